@@ -1,0 +1,5 @@
+import sys
+
+from modalprompt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,161 @@
+"""Stage checkpoints: only what a stage trained (P_t, MLP_t) in safetensors, plus a self-describing JSON.
+
+A stage folder holds `task.safetensors` and `stage.json`. Both are written atomically (temp file, fsync,
+rename), the JSON last: a folder without a JSON that matches its tensors is not a checkpoint. Loading
+stage s reads the folders of tasks 1..s in order and refuses files from another base model, an
+incompatible method config, or a chain whose earlier stages were retrained since.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import safetensors.torch
+import torch
+
+from modalprompt import __version__
+from modalprompt.prompts import TaskPrompt
+
+if TYPE_CHECKING:
+    from modalprompt.model import ModalPromptModel
+
+TENSORS_FILE = "task.safetensors"
+META_FILE = "stage.json"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A stage checkpoint is missing, truncated, or does not belong with this base model or config."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see either the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class StageMeta:
+    task: str
+    stage: int  # 1-based position in the task sequence
+    base_fingerprint: str
+    method_structure: dict[str, Any]  # settings that define the tensors' meaning (must match to load)
+    method_hash: str  # hash of all method settings used in training (recorded, not enforced)
+    training_hash: str
+    tensors_sha256: str
+    previous: list[dict[str, str]]  # [{"task", "tensors_sha256"}] of stages 1..s-1, the chain it was trained on
+    shapes: dict[str, list[int]]
+    package_version: str = __version__
+    torch_version: str = torch.__version__
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def save_stage(task: TaskPrompt, folder: Path, meta: StageMeta) -> Path:
+    """Write the task's tensors and metadata; returns the folder. `meta.tensors_sha256` is filled in."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in task.state_dict().items()}
+    data = safetensors.torch.save(tensors, metadata={"task": meta.task, "stage": str(meta.stage)})
+    atomic_write_bytes(folder / TENSORS_FILE, data)
+    meta.tensors_sha256 = hashlib.sha256(data).hexdigest()
+    meta.shapes = {k: list(v.shape) for k, v in tensors.items()}
+    atomic_write_text(folder / META_FILE, json.dumps(asdict(meta), indent=2, sort_keys=True) + "\n")
+    return folder
+
+
+def read_meta(folder: Path) -> StageMeta:
+    path = folder / META_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {META_FILE}: not a finished stage checkpoint (rerun that stage)")
+    try:
+        raw = json.loads(path.read_text())
+        meta = StageMeta(**raw)
+    except (json.JSONDecodeError, TypeError) as err:
+        raise CheckpointError(f"{path}: unreadable stage metadata ({err})") from err
+    if meta.format_version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {meta.format_version}, this package reads {FORMAT_VERSION}")
+    return meta
+
+
+def read_stage_tensors(folder: Path, meta: StageMeta) -> dict[str, torch.Tensor]:
+    path = folder / TENSORS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: {TENSORS_FILE} is missing (rerun stage {meta.stage}, task {meta.task})")
+    actual = sha256_file(path)
+    if actual != meta.tensors_sha256:
+        raise CheckpointError(
+            f"{path}: contents (sha256 {actual[:12]}) differ from {META_FILE} ({meta.tensors_sha256[:12]}): "
+            f"the file is truncated or was replaced; rerun stage {meta.stage} ({meta.task})"
+        )
+    return safetensors.torch.load_file(path)
+
+
+def check_compatible(folder: Path, meta: StageMeta, fingerprint: str, structure: dict[str, Any]) -> None:
+    if meta.base_fingerprint != fingerprint:
+        raise CheckpointError(
+            f"{folder} was trained on base model {meta.base_fingerprint}, but the loaded base model is "
+            f"{fingerprint}: use the model.llava / model.clip it was trained with, or retrain the stages"
+        )
+    if meta.method_structure != structure:
+        raise CheckpointError(
+            f"{folder} was trained with method settings {meta.method_structure}, incompatible with the "
+            f"configured {structure}: restore those method settings or retrain the stages"
+        )
+
+
+def check_chain(folders: list[Path], metas: list[StageMeta]) -> None:
+    """Stage i must sit at position i and must have been trained on exactly the earlier files given."""
+    for i, (folder, meta) in enumerate(zip(folders, metas, strict=True)):
+        if meta.stage != i + 1:
+            raise CheckpointError(f"{folder} holds stage {meta.stage} ({meta.task}) but was given as stage {i + 1}")
+        expected = [{"task": m.task, "tensors_sha256": m.tensors_sha256} for m in metas[:i]]
+        if meta.previous != expected:
+            raise CheckpointError(
+                f"{folder} (stage {meta.stage}, {meta.task}) was trained after other versions of stages 1..{i}: "
+                f"its record {[p['task'] + ':' + p['tensors_sha256'][:8] for p in meta.previous]} vs given "
+                f"{[p['task'] + ':' + p['tensors_sha256'][:8] for p in expected]}; rerun from the first changed stage"
+            )
+
+
+def load_stages(model: ModalPromptModel, folders: list[Path]) -> list[StageMeta]:
+    """Add the tasks of stages 1..s (in order) to the model's prompt store, frozen."""
+    folders = [Path(f) for f in folders]
+    metas = [read_meta(f) for f in folders]
+    check_chain(folders, metas)
+    for folder, meta in zip(folders, metas, strict=True):
+        check_compatible(folder, meta, model.backbone.fingerprint, model.method.structure())
+        tensors = read_stage_tensors(folder, meta)
+        task = model.prompts.add_task(meta.task)
+        try:
+            task.load_state_dict(tensors, strict=True)
+        except RuntimeError as err:
+            raise CheckpointError(f"{folder}: tensors do not fit this model ({err})") from err
+        task.to(model.backbone.device).requires_grad_(False)
+    return metas

@@ -1,0 +1,243 @@
+"""CoIN-format data: records, one image preprocessing, the LLaVA-1.5 conversation template, the collator.
+
+The pipeline produces both the LLM tokens and the CLIP text tokens of the instruction, so the model never
+decodes and re-tokenises. Train and eval share `ImagePreprocessor` (pad to square, then the processor).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+IMAGE_PLACEHOLDER = "<image>"
+SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+IGNORE_INDEX = -100
+
+
+class DataError(ValueError):
+    """A data file or record is unusable; the message names the file, the record and the field."""
+
+
+def read_json_list(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found: check the task's train_file / eval_file in config.yaml")
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path}: not valid JSON ({err})") from err
+    if not isinstance(records, list):
+        raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
+    return records
+
+
+class ImagePreprocessor:
+    """LLaVA-1.5's 'pad' preprocessing: pad to a square with the processor's mean colour, then resize and
+    normalise with the CLIP processor. The single code path for training and evaluation."""
+
+    def __init__(self, processor: Any):
+        self.processor = processor
+        self.fill = tuple(int(round(255 * m)) for m in processor.image_mean)
+
+    def pad_to_square(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        if width == height:
+            return image
+        side = max(width, height)
+        canvas = Image.new("RGB", (side, side), self.fill)
+        canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+        return canvas
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:  # (3, H, W)
+        square = self.pad_to_square(image.convert("RGB"))
+        return self.processor(images=square, return_tensors="pt")["pixel_values"][0]
+
+
+def load_image(root: Path, relative: str, where: str) -> Image.Image:
+    path = root / relative
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError) as err:
+        raise DataError(f"{where}: field 'image' = {relative!r}: cannot read {path} ({err})") from err
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    labels: list[int] | None
+    clip_ids: list[int]
+    pixel_values: torch.Tensor | None
+    key: Any  # record id (train) or question_id (eval)
+
+
+class ConversationEncoder:
+    """Tokenises records with the LLaVA-1.5 'vicuna_v1' template; loss only on the answers (and their EOS)."""
+
+    def __init__(self, tokenizer, clip_tokenizer, image_token_id: int, num_image_tokens: int, max_length: int):
+        self.tokenizer = tokenizer
+        self.clip_tokenizer = clip_tokenizer
+        self.image_token_id = image_token_id
+        self.num_image_tokens = num_image_tokens
+        self.max_length = max_length
+        self.clip_max_length = min(int(getattr(clip_tokenizer, "model_max_length", 77) or 77), 77)
+
+    def _tokens(self, text: str) -> list[int]:
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        expanded: list[int] = []
+        for token in ids:  # one <image> placeholder becomes the image's patch tokens
+            expanded.extend([token] * self.num_image_tokens if token == self.image_token_id else [token])
+        return expanded
+
+    def _start(self) -> list[int]:
+        bos = self.tokenizer.bos_token_id
+        return [] if bos is None else [bos]
+
+    def clip_tokens(self, instruction: str) -> list[int]:
+        text = instruction.replace(IMAGE_PLACEHOLDER, "").strip()
+        return self.clip_tokenizer(text, truncation=True, max_length=self.clip_max_length)["input_ids"]
+
+    def encode_conversation(self, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+        """turns: (human, assistant) pairs. Returns input ids and labels (answers + EOS only)."""
+        ids, labels = self._start(), [IGNORE_INDEX] * len(self._start())
+        for i, (human, answer) in enumerate(turns):
+            lead = f"{SYSTEM_PROMPT} USER: " if i == 0 else "USER: "
+            question = self._tokens(f"{lead}{human} ASSISTANT:")
+            reply = self._tokens(f" {answer}") + [self.tokenizer.eos_token_id]
+            ids += question + reply
+            labels += [IGNORE_INDEX] * len(question) + reply
+        if self.image_token_id in ids[self.max_length :] and self.image_token_id in ids[: self.max_length]:
+            raise DataError(f"max_length {self.max_length} cuts through the image tokens: raise training.max_length")
+        return ids[: self.max_length], labels[: self.max_length]
+
+    def encode_question(self, question: str) -> list[int]:
+        """The evaluation prompt: identical to the training prefix up to 'ASSISTANT:'."""
+        return self._start() + self._tokens(f"{SYSTEM_PROMPT} USER: {question} ASSISTANT:")
+
+
+def conversation_turns(record: dict[str, Any], where: str) -> list[tuple[str, str]]:
+    conversations = record.get("conversations")
+    if not isinstance(conversations, list) or not conversations:
+        raise DataError(f"{where}: field 'conversations' must be a non-empty list of turns")
+    turns = []
+    for i in range(0, len(conversations) - 1, 2):
+        human, gpt = conversations[i], conversations[i + 1]
+        if human.get("from") != "human" or gpt.get("from") != "gpt":
+            raise DataError(f"{where}: conversations[{i}:{i + 2}] must be a 'human' turn then a 'gpt' turn")
+        turns.append((str(human.get("value", "")), str(gpt.get("value", ""))))
+    if not turns:
+        raise DataError(f"{where}: field 'conversations' has no human/gpt pair")
+    return turns
+
+
+class TrainDataset(Dataset):
+    """CoIN train.json: LLaVA conversations, optionally with an image (text-only samples have none)."""
+
+    def __init__(self, path: Path, image_root: Path, encoder: ConversationEncoder, images: ImagePreprocessor):
+        self.path, self.image_root, self.encoder, self.images = path, image_root, encoder, images
+        self.records = read_json_list(path)
+        for i, record in enumerate(self.records):  # structure checked up front, images read lazily
+            conversation_turns(record, self._where(i))
+
+    def _where(self, index: int) -> str:
+        return f"{self.path} record {index} (id {self.records[index].get('id')!r})"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Encoded:
+        record, where = self.records[index], self._where(index)
+        turns = conversation_turns(record, where)
+        pixels = None
+        if record.get("image"):
+            pixels = self.images(load_image(self.image_root, record["image"], where))
+            if IMAGE_PLACEHOLDER not in turns[0][0]:
+                turns[0] = (f"{IMAGE_PLACEHOLDER}\n{turns[0][0]}", turns[0][1])
+        else:
+            turns = [(h.replace(IMAGE_PLACEHOLDER, "").strip(), a) for h, a in turns]
+        ids, labels = self.encoder.encode_conversation(turns)
+        return Encoded(ids, labels, self.encoder.clip_tokens(turns[0][0]), pixels, record.get("id", index))
+
+
+class EvalDataset(Dataset):
+    """CoIN test.json / val.json: question_id, image, text, answer."""
+
+    def __init__(self, path: Path, image_root: Path, encoder: ConversationEncoder, images: ImagePreprocessor,
+                 max_samples: int | None = None):
+        self.path, self.image_root, self.encoder, self.images = path, image_root, encoder, images
+        self.records = read_json_list(path)[:max_samples]
+        seen: set[Any] = set()
+        for i, record in enumerate(self.records):
+            where = f"{path} record {i}"
+            for name in ("question_id", "text"):
+                if name not in record:
+                    raise DataError(f"{where}: missing field {name!r}")
+            if record["question_id"] in seen:
+                raise DataError(f"{where}: duplicate question_id {record['question_id']!r}")
+            seen.add(record["question_id"])
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> Encoded:
+        record = self.records[index]
+        where = f"{self.path} record {index} (question_id {record['question_id']!r})"
+        question, pixels = record["text"], None
+        if record.get("image"):
+            pixels = self.images(load_image(self.image_root, record["image"], where))
+            question = f"{IMAGE_PLACEHOLDER}\n{question.replace(IMAGE_PLACEHOLDER, '').strip()}"
+        ids = self.encoder.encode_question(question)
+        return Encoded(ids, None, self.encoder.clip_tokens(record["text"]), pixels, record["question_id"])
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # (B, N)
+    attention_mask: torch.Tensor  # (B, N)
+    labels: torch.Tensor | None  # (B, N), IGNORE_INDEX outside answers
+    pixel_values: torch.Tensor | None  # (M, 3, H, W), M = samples with an image, in batch order
+    has_image: torch.Tensor  # (B,) bool
+    clip_input_ids: torch.Tensor  # (B, C)
+    clip_attention_mask: torch.Tensor  # (B, C)
+    keys: list[Any]
+
+    def to(self, device: torch.device) -> Batch:
+        move = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Batch(**move)
+
+
+def _pad(rows: list[list[int]], value: int, left: bool) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    padded = [([value] * (width - len(r)) + r) if left else (r + [value] * (width - len(r))) for r in rows]
+    return torch.tensor(padded, dtype=torch.long)
+
+
+class Collator:
+    """Pads a list of Encoded samples: right padding for training, left padding for generation."""
+
+    def __init__(self, pad_token_id: int, clip_pad_token_id: int, left_pad: bool):
+        self.pad, self.clip_pad, self.left = pad_token_id, clip_pad_token_id, left_pad
+
+    def __call__(self, samples: list[Encoded]) -> Batch:
+        ids = [s.input_ids for s in samples]
+        mask = [[1] * len(s.input_ids) for s in samples]
+        labels = None if samples[0].labels is None else _pad([s.labels for s in samples], IGNORE_INDEX, self.left)
+        pixels = [s.pixel_values for s in samples if s.pixel_values is not None]
+        return Batch(
+            input_ids=_pad(ids, self.pad, self.left),
+            attention_mask=_pad(mask, 0, self.left),
+            labels=labels,
+            pixel_values=torch.stack(pixels) if pixels else None,
+            has_image=torch.tensor([s.pixel_values is not None for s in samples]),
+            clip_input_ids=_pad([s.clip_ids for s in samples], self.clip_pad, left=False),
+            clip_attention_mask=_pad([[1] * len(s.clip_ids) for s in samples], 0, left=False),
+            keys=[s.key for s in samples],
+        )

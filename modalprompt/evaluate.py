@@ -1,0 +1,79 @@
+"""`evaluate_stage`: batched greedy generation over a task's test set with the prompts of stages 1..s."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from modalprompt.backbone import Backbone
+from modalprompt.checkpoint import atomic_write_text, load_stages
+from modalprompt.config import EvaluationConfig, MethodConfig, TaskConfig
+from modalprompt.data import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
+from modalprompt.model import ModalPromptModel
+
+
+@dataclass
+class Prediction:
+    question_id: Any
+    prediction: str
+    selected: list[str]  # task names of the chosen prompts, ascending score (most similar last)
+    scores: dict[str, float]  # selection score of every learned task
+
+
+@dataclass
+class EvalResult:
+    task: str
+    stage: int
+    predictions: list[Prediction]
+    seconds: float
+
+    @property
+    def samples_per_s(self) -> float:
+        return len(self.predictions) / self.seconds if self.seconds > 0 else 0.0
+
+
+def evaluate_stage(
+    backbone: Backbone,
+    method: MethodConfig,
+    evaluation: EvaluationConfig,
+    task: TaskConfig,
+    checkpoints: Sequence[Path],
+    out_file: Path | None = None,
+    *,
+    progress: bool = True,
+) -> EvalResult:
+    """Generate answers for `task`'s eval file after stage len(checkpoints); write JSONL if `out_file`."""
+    model = ModalPromptModel(backbone, method)
+    load_stages(model, list(checkpoints))
+    names = model.prompts.names
+    encoder = ConversationEncoder(backbone.tokenizer, backbone.clip_tokenizer, backbone.image_token_id,
+                                  backbone.num_image_tokens, max_length=10**9)
+    dataset = EvalDataset(Path(task.eval_file), Path(task.image_root), encoder,
+                          ImagePreprocessor(backbone.image_processor), evaluation.max_samples)
+    collate = Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=True)
+    loader = DataLoader(dataset, batch_size=evaluation.batch_size, collate_fn=collate)
+    predictions: list[Prediction] = []
+    start = time.perf_counter()
+    for batch in tqdm(loader, desc=f"eval {task.name} @ stage {len(names)}", disable=not progress):
+        batch = batch.to(backbone.device)
+        out = model.generate(batch, evaluation.max_new_tokens)
+        texts = backbone.tokenizer.batch_decode(out.token_ids, skip_special_tokens=True)
+        for i, key in enumerate(batch.keys):
+            predictions.append(Prediction(
+                question_id=key,
+                prediction=texts[i].strip(),
+                selected=[names[j] for j in out.selected[i].tolist()],
+                scores={name: round(float(s), 6) for name, s in zip(names, out.scores[i].tolist(), strict=True)},
+            ))
+    seconds = time.perf_counter() - start
+    if out_file is not None:
+        lines = "".join(json.dumps(asdict(p)) + "\n" for p in predictions)
+        atomic_write_text(Path(out_file), lines)
+    return EvalResult(task.name, len(names), predictions, seconds)

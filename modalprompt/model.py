@@ -1,0 +1,200 @@
+"""The ModalPrompt wrapper: a frozen LLaVA plus CLIP queries plus the learned per-task prompts.
+
+Composition only: the wrapper builds `inputs_embeds` (image features scattered into the image tokens,
+selected prompts inserted right after BOS), extends the attention mask, labels and positions, and calls
+LLaVA's own forward / generate. It returns the CE loss and both alignment terms separately.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from modalprompt.backbone import Backbone
+from modalprompt.config import MethodConfig, TextFeature
+from modalprompt.data import Batch
+from modalprompt.prompts import PromptStore, TaskPrompt
+from modalprompt.selection import select_for_inference, select_for_training, task_scores
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class Queries:
+    embeds: torch.Tensor  # (B, N, d) token embeddings with image features in place
+    image: torch.Tensor  # (B, e) f_v; zeros for samples without an image
+    text: torch.Tensor  # (B, e) f_q
+    has_image: torch.Tensor  # (B,) bool
+
+
+@dataclass
+class ModalPromptOutput:
+    loss: torch.Tensor  # CE + w_v * align_image + w_q * align_text
+    ce: torch.Tensor
+    align_image: torch.Tensor  # 1 - mean cos(f_v, k_t) over samples with an image
+    align_text: torch.Tensor  # 1 - mean cos(f_q, k_t)
+    selected: torch.Tensor  # (B, k) task indices, ascending score, current task last
+    scores: torch.Tensor  # (B, t - 1) scores of the previous tasks
+
+
+@dataclass
+class Generation:
+    token_ids: torch.Tensor  # (B, new) generated ids, padded with pad_token_id
+    selected: torch.Tensor  # (B, k) task indices, ascending score
+    scores: torch.Tensor  # (B, t) scores of all learned tasks
+
+
+def insert_prompts(
+    embeds: torch.Tensor,  # (B, N, d)
+    attention_mask: torch.Tensor,  # (B, N)
+    labels: torch.Tensor | None,  # (B, N)
+    prompt: torch.Tensor,  # (B, P, d)
+    after_bos: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Insert `prompt` right after each sample's BOS (its first attended token), for left or right padding.
+
+    Returns embeds (B, N + P, d), attention mask with ones over the prompt, labels with IGNORE_INDEX over
+    the prompt, and position ids that run on through the prompt.
+    """
+    batch, length, _ = embeds.shape
+    plen = prompt.shape[1]
+    first = attention_mask.long().argmax(dim=-1, keepdim=True)  # (B, 1) first real token
+    start = first + 1 if after_bos else first  # (B, 1) first prompt position
+    pos = torch.arange(length + plen, device=embeds.device).expand(batch, -1)  # (B, N + P)
+    in_prompt = (pos >= start) & (pos < start + plen)
+    source = torch.where(pos < start, pos, pos - plen).clamp(0, length - 1)  # (B, N + P)
+    prompt_row = (pos - start).clamp(0, plen - 1)
+
+    def take(x: torch.Tensor) -> torch.Tensor:
+        return x.gather(1, source)
+
+    gathered = embeds.gather(1, source[..., None].expand(-1, -1, embeds.shape[-1]))
+    from_prompt = prompt.to(embeds.dtype).gather(1, prompt_row[..., None].expand(-1, -1, prompt.shape[-1]))
+    new_embeds = torch.where(in_prompt[..., None], from_prompt, gathered)
+    new_mask = torch.where(in_prompt, 1, take(attention_mask))
+    new_labels = None if labels is None else torch.where(in_prompt, IGNORE_INDEX, take(labels))
+    positions = (new_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return new_embeds, new_mask, new_labels, positions
+
+
+class ModalPromptModel(nn.Module):
+    def __init__(self, backbone: Backbone, method: MethodConfig):
+        super().__init__()
+        self.backbone = backbone
+        self.method = method
+        hidden = backbone.llava.config.text_config.hidden_size
+        feature = backbone.visual_projection.out_features
+        text_dim = (
+            backbone.text_projection.out_features
+            if method.text_feature == TextFeature.PROJECTED
+            else backbone.text_projection.in_features
+        )
+        if text_dim != feature:
+            raise ValueError(
+                f"method.text_feature={method.text_feature.value!r} gives {text_dim}-d text features but the image "
+                f"query is {feature}-d; keys must match both: use text_feature 'projected' with this CLIP"
+            )
+        self.prompts = PromptStore(method.prefix_length, hidden, method.key_hidden_size or hidden, feature)
+        self.prompts.to(backbone.device)
+
+    @property
+    def llava(self):
+        return self.backbone.llava
+
+    @property
+    def after_bos(self) -> bool:
+        return self.backbone.tokenizer.bos_token_id is not None
+
+    def add_task(self, name: str, seed: int) -> TaskPrompt:
+        """Append a new task's prompt and key network (seeded) and make it the only trainable tensors."""
+        task = self.prompts.add_task(name)
+        task.initialise(self.llava.get_input_embeddings().weight, seed)
+        task.to(self.backbone.device)
+        self.prompts.freeze_all_but_last()
+        return task
+
+    @torch.no_grad()
+    def encode(self, batch: Batch) -> Queries:
+        """Token embeddings with image features, and both CLIP queries, from one vision forward."""
+        b = self.backbone
+        embeds = self.llava.get_input_embeddings()(batch.input_ids)  # (B, N, d)
+        feature_dim = b.visual_projection.out_features
+        image_query = torch.zeros(len(batch.input_ids), feature_dim, device=embeds.device)
+        if batch.pixel_values is not None:
+            pixels = batch.pixel_values.to(b.device, b.dtype)
+            vision = self.llava.model.get_image_features(pixels, return_dict=True)
+            features = torch.cat(vision.pooler_output, dim=0).to(embeds.dtype)  # (M * patches, d)
+            mask = (batch.input_ids == b.image_token_id)[..., None]
+            embeds = embeds.masked_scatter(mask, features)
+            if b.clip_vision is None:  # LLaVA's tower is CLIP's: pool its last layer as CLIP does
+                pooled = self.llava.model.vision_tower.post_layernorm(vision.last_hidden_state[:, 0])
+            else:
+                pooled = b.clip_vision(pixels).pooler_output
+            image_query[batch.has_image] = b.visual_projection(pooled).float()  # (M, e)
+        text = b.clip_text(input_ids=batch.clip_input_ids, attention_mask=batch.clip_attention_mask).pooler_output
+        if self.method.text_feature == TextFeature.PROJECTED:
+            text = b.text_projection(text)
+        return Queries(embeds=embeds, image=image_query, text=text.float(), has_image=batch.has_image)
+
+    def _prefix(self, selected: torch.Tensor) -> torch.Tensor:  # (B, k) -> (B, k * L, d)
+        return self.prompts.prompts()[selected].flatten(1, 2)
+
+    def forward(self, batch: Batch) -> ModalPromptOutput:
+        """Training forward at stage t = number of tasks in the store (the last one is being trained)."""
+        if len(self.prompts) == 0:
+            raise RuntimeError("add_task() before training: the store has no task to train")
+        q = self.encode(batch)
+        keys = self.prompts.keys()  # (t, e); the current key carries gradients
+        with torch.no_grad():
+            scores = task_scores(q.image, q.text, keys[:-1], self.method.lam, q.has_image)  # (B, t - 1)
+            selected = select_for_training(scores, self.method.transfer_num)  # (B, min(t, K))
+        embeds, mask, labels, positions = insert_prompts(
+            q.embeds, batch.attention_mask, batch.labels, self._prefix(selected), self.after_bos
+        )
+        ce = self._cross_entropy(embeds, mask, labels, positions)
+        current = keys[-1].float()
+        align_text = 1.0 - F.cosine_similarity(q.text, current[None], dim=-1).mean()
+        if q.has_image.any():
+            align_image = 1.0 - F.cosine_similarity(q.image[q.has_image], current[None], dim=-1).mean()
+        else:
+            align_image = current.sum() * 0.0  # keeps the graph uniform for distributed gradient sync
+        loss = ce + self.method.image_loss_weight * align_image + self.method.text_loss_weight * align_text
+        return ModalPromptOutput(loss, ce, align_image, align_text, selected, scores)
+
+    def _cross_entropy(self, embeds, mask, labels, positions) -> torch.Tensor:
+        logits = self.llava(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        shift_logits = logits[:, :-1].float()  # (B, N + P - 1, V)
+        shift_labels = labels[:, 1:]
+        if (shift_labels == IGNORE_INDEX).all():
+            return shift_logits.sum() * 0.0
+        return F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX)
+
+    @torch.no_grad()
+    def generate(self, batch: Batch, max_new_tokens: int, selected: torch.Tensor | None = None) -> Generation:
+        """Greedy decoding with a KV cache. Batches must be left-padded. Prompts are chosen per sample from
+        all learned tasks (no task id) unless `selected` (B, k) forces them; no prompt with an empty store."""
+        q = self.encode(batch)
+        batch_size = len(batch.input_ids)
+        if len(self.prompts) == 0:
+            scores = torch.zeros(batch_size, 0, device=q.embeds.device)
+            selected = torch.zeros(batch_size, 0, dtype=torch.long, device=q.embeds.device)
+            embeds, mask = q.embeds, batch.attention_mask
+        else:
+            scores = task_scores(q.image, q.text, self.prompts.keys(), self.method.lam, q.has_image)  # (B, t)
+            if selected is None:
+                selected = select_for_inference(scores, self.method.transfer_num)
+            embeds, mask, _, _ = insert_prompts(q.embeds, batch.attention_mask, None, self._prefix(selected), self.after_bos)
+        tokenizer = self.backbone.tokenizer
+        out = self.llava.generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            num_beams=1,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        return Generation(token_ids=out, selected=selected, scores=scores)

@@ -1,0 +1,161 @@
+"""Tiny local base models and a toy task sequence, built offline and deterministically.
+
+`build_tiny_base` writes a llava-hf folder and a CLIP folder (random weights, tokenizers trained here, the
+same vision tower in both) that load through the production code path. `write_toy_tasks` writes a
+three-task CoIN-format dataset with Pillow-drawn images. Tests and the CLI quick start use both.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    PreTrainedTokenizerFast,
+)
+
+from modalprompt.data import SYSTEM_PROMPT
+
+COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
+SHAPES = ("circle", "square", "triangle")
+TOY_TASKS = ("colors", "shapes", "count")
+
+
+def _corpus() -> list[str]:
+    words = [SYSTEM_PROMPT, "USER: ASSISTANT: <image>", *COLORS, *SHAPES, *"0123456789"]
+    words += ["What color is the picture? Answer with one word.", "Which shape is shown? Answer with one word.",
+              "How many dots are there? Answer with a number."]
+    return words * 4
+
+
+def _train_tokenizer(specials: list[str], vocab_size: int, lowercase: bool) -> Tokenizer:
+    tokenizer = Tokenizer(models.BPE(unk_token=specials[1] if lowercase else specials[0]))
+    if lowercase:
+        tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    return tokenizer
+
+
+def build_llm_tokenizer() -> PreTrainedTokenizerFast:
+    """Llama-style: <unk>, <s> (BOS, added in front), </s>, <pad>, and the <image> placeholder."""
+    tok = _train_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], vocab_size=400, lowercase=False)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", extra_special_tokens=["<image>"], model_max_length=4096)
+
+
+def build_clip_tokenizer() -> PreTrainedTokenizerFast:
+    """CLIP-style: lower case, wrapped in <|startoftext|> ... <|endoftext|> (the pooler reads EOS)."""
+    specials = ["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"]
+    tok = _train_tokenizer(specials, vocab_size=300, lowercase=True)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 2), ("<|endoftext|>", 3)]
+    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                   unk_token="<unk>", pad_token="<pad>", model_max_length=77)
+
+
+def tiny_configs(vocab_size: int, clip_vocab_size: int, image_token_id: int, hidden: int = 64,
+                 image_size: int = 32, patch_size: int = 8, feature: int = 32) -> tuple[LlavaConfig, CLIPConfig]:
+    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "image_size": image_size, "patch_size": patch_size, "projection_dim": feature}
+    clip = CLIPConfig(
+        text_config={"vocab_size": clip_vocab_size, "hidden_size": feature, "intermediate_size": 64,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
+                     "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},
+        vision_config=vision,
+        projection_dim=feature,
+    )
+    text = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+                       tie_word_embeddings=False)
+    llava = LlavaConfig(vision_config=clip.vision_config, text_config=text, image_token_id=image_token_id,
+                        vision_feature_layer=-2, vision_feature_select_strategy="default", pad_token_id=3)
+    return llava, clip
+
+
+def build_tiny_base(out: Path, seed: int = 0, hidden: int = 64) -> tuple[Path, Path]:
+    """Write `out/llava` (llava-hf layout) and `out/clip`; LLaVA's vision tower is CLIP's vision model."""
+    out = Path(out)
+    tokenizer, clip_tokenizer = build_llm_tokenizer(), build_clip_tokenizer()
+    llava_cfg, clip_cfg = tiny_configs(len(tokenizer), len(clip_tokenizer),
+                                       tokenizer.convert_tokens_to_ids("<image>"), hidden=hidden)
+    torch.manual_seed(seed)
+    clip = CLIPModel(clip_cfg).eval()
+    llava = LlavaForConditionalGeneration(llava_cfg).eval()
+    llava.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    image_size = clip_cfg.vision_config.image_size
+    processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                      crop_size={"height": image_size, "width": image_size})
+    for folder, model, tok in ((out / "llava", llava, tokenizer), (out / "clip", clip, clip_tokenizer)):
+        model.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        processor.save_pretrained(folder)
+    return out / "llava", out / "clip"
+
+
+def _draw(kind: str, value: str, rng: random.Random, size: int = 48) -> Image.Image:
+    background = tuple(rng.randint(200, 255) for _ in range(3))
+    image = Image.new("RGB", (size + rng.randint(0, 16), size), background)
+    draw = ImageDraw.Draw(image)
+    if kind == "colors":
+        draw.rectangle([6, 6, image.width - 6, size - 6], fill=COLORS[value])
+    elif kind == "shapes":
+        box = [10, 10, 38, 38]
+        if value == "circle":
+            draw.ellipse(box, fill=(20, 20, 20))
+        elif value == "square":
+            draw.rectangle(box, fill=(20, 20, 20))
+        else:
+            draw.polygon([(24, 8), (40, 40), (8, 40)], fill=(20, 20, 20))
+    else:
+        for _ in range(int(value)):
+            x, y = rng.randint(4, image.width - 10), rng.randint(4, size - 10)
+            draw.ellipse([x, y, x + 6, y + 6], fill=(0, 0, 0))
+    return image
+
+
+_QUESTIONS = {
+    "colors": ("What color is the picture? Answer with one word.", list(COLORS)),
+    "shapes": ("Which shape is shown? Answer with one word.", list(SHAPES)),
+    "count": ("How many dots are there? Answer with a number.", ["1", "2", "3", "4"]),
+}
+
+
+def write_toy_tasks(out: Path, seed: int = 0, train_size: int = 24, test_size: int = 8) -> dict[str, Path]:
+    """Three CoIN-format tasks (train.json, test.json, images/); returns task name -> folder."""
+    rng = random.Random(seed)
+    folders = {}
+    for name in TOY_TASKS:
+        folder = Path(out) / name
+        (folder / "images").mkdir(parents=True, exist_ok=True)
+        question, answers = _QUESTIONS[name]
+        train, test = [], []
+        for i in range(train_size + test_size):
+            answer = answers[i % len(answers)]
+            image_name = f"images/{name}_{i:04d}.png"
+            _draw(name, answer, rng).save(folder / image_name)
+            if i < train_size:
+                train.append({"id": f"{name}-{i}", "image": image_name, "conversations": [
+                    {"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]})
+            else:
+                test.append({"question_id": f"{name}-{i}", "image": image_name, "text": question, "answer": answer})
+        (folder / "train.json").write_text(json.dumps(train, indent=1))
+        (folder / "test.json").write_text(json.dumps(test, indent=1))
+        folders[name] = folder
+    return folders

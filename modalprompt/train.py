@@ -1,0 +1,231 @@
+"""`train_stage`: train task t's prompt and key network on top of the frozen base and stages 1..t-1.
+
+Runs unchanged under torch.distributed: each rank takes its shard of a seeded permutation, and the
+gradients of the (few) trainable tensors are averaged across ranks before each optimizer step.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from modalprompt.backbone import Backbone
+from modalprompt.checkpoint import StageMeta, load_stages, save_stage
+from modalprompt.config import MethodConfig, Schedule, TaskConfig, TrainingConfig, config_hash
+from modalprompt.data import Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
+from modalprompt.model import ModalPromptModel
+
+
+@dataclass
+class StepMetrics:
+    step: int  # optimizer step, 1-based
+    epoch: float
+    loss: float
+    ce: float
+    align_image: float
+    align_text: float
+    lr: float
+    samples_per_s: float  # global samples (all ranks) per second over this step
+    peak_memory_mb: float  # CUDA peak allocated, or the process's peak RSS on CPU
+
+
+@dataclass
+class StageResult:
+    task: str
+    stage: int
+    checkpoint: Path
+    steps: int
+    samples: int
+    seconds: float
+    history: list[StepMetrics] = field(default_factory=list)
+
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+def stage_seed(base_seed: int, stage: int) -> int:
+    """Initialisation seed of stage `stage`: distinct per stage, identical on every rank and rerun."""
+    return base_seed * 1_000_003 + stage
+
+
+def lr_multiplier(schedule: Schedule, warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """Linear warm-up over `warmup_steps`, then constant or cosine decay to zero at `total_steps`."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        if schedule == Schedule.CONSTANT:
+            return 1.0
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return multiplier
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def shard_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+    """This rank's batches of one epoch: a seeded permutation, padded to a multiple of the world size by
+    wrapping around, split round-robin across ranks, then cut into batches."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    order += order[: (-len(order)) % world]
+    mine = order[rank::world]
+    return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _require_only_current_trainable(model: ModalPromptModel) -> list[torch.nn.Parameter]:
+    current = model.prompts.tasks[-1]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    expected = list(current.parameters())
+    base = (model.backbone.llava, model.backbone.clip_text, model.backbone.text_projection,
+            model.backbone.visual_projection, model.backbone.clip_vision)
+    base_trainable = [p for m in base if m is not None for p in m.parameters() if p.requires_grad]
+    if {id(p) for p in trainable} != {id(p) for p in expected} or base_trainable:
+        raise RuntimeError("only the current task's prompt and key network may require grad")
+    return expected
+
+
+def train_stage(
+    backbone: Backbone,
+    method: MethodConfig,
+    training: TrainingConfig,
+    task: TaskConfig,
+    previous: Sequence[Path],
+    out_dir: Path,
+    *,
+    on_step: Callable[[StepMetrics], None] | None = None,
+    progress: bool = True,
+) -> StageResult:
+    """Train task `task` as stage len(previous) + 1 and write its checkpoint to `out_dir`."""
+    rank, world = _rank_world()
+    torch.manual_seed(training.seed)
+    model = ModalPromptModel(backbone, method)
+    metas = load_stages(model, list(previous))
+    stage = len(metas) + 1
+    current = model.add_task(task.name, stage_seed(method.prompt_init_seed, stage))
+    params = _require_only_current_trainable(model)
+
+    encoder = ConversationEncoder(backbone.tokenizer, backbone.clip_tokenizer, backbone.image_token_id,
+                                  backbone.num_image_tokens, training.max_length)
+    dataset = TrainDataset(Path(task.train_file), Path(task.image_root), encoder,
+                           ImagePreprocessor(backbone.image_processor))
+    collate = Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=False)
+    micro_per_epoch = len(shard_batches(len(dataset), training.batch_size, training.seed, 0, rank, world))
+    total_micro = math.ceil(training.epochs * micro_per_epoch)
+    total_steps = math.ceil(total_micro / training.grad_accum_steps)
+    if training.max_steps is not None:
+        total_steps = min(total_steps, training.max_steps)
+        total_micro = min(total_micro, total_steps * training.grad_accum_steps)
+
+    optimizer = torch.optim.AdamW(params, lr=training.lr, betas=training.adam_betas,
+                                  weight_decay=training.weight_decay)
+    warmup = math.floor(training.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(training.schedule, warmup, total_steps))
+
+    def batches() -> Iterator[tuple[int, object]]:
+        for epoch in range(math.ceil(training.epochs) + 1):
+            plan = shard_batches(len(dataset), training.batch_size, training.seed, epoch, rank, world)
+            loader = DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=training.num_workers,
+                                pin_memory=backbone.device.type == "cuda")
+            for batch in loader:
+                yield epoch, batch
+
+    autocast = (
+        torch.autocast("cuda", dtype=backbone.dtype)
+        if backbone.device.type == "cuda" and backbone.dtype != torch.float32
+        else nullcontext()
+    )
+    checkpointing = training.gradient_checkpointing
+    if checkpointing:
+        backbone.llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        backbone.llava.train()  # checkpointing is active in train mode only; the base has no dropout in use
+
+    history: list[StepMetrics] = []
+    bar = tqdm(total=total_steps, desc=f"stage {stage} {task.name}", disable=not progress or rank != 0)
+    start = step_start = time.perf_counter()
+    samples = step_samples = 0
+    sums = torch.zeros(4)
+    data = batches()
+    try:
+        for micro in range(total_micro):
+            epoch, batch = next(data)
+            batch = batch.to(backbone.device)
+            with autocast:
+                out = model(batch)
+            (out.loss / training.grad_accum_steps).backward()
+            sums += torch.stack([out.loss, out.ce, out.align_image, out.align_text]).detach().float().cpu()
+            step_samples += len(batch.keys) * world
+            if (micro + 1) % training.grad_accum_steps and micro + 1 != total_micro:
+                continue
+            if world > 1:
+                for p in params:
+                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+            if training.max_grad_norm is not None:
+                torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            now = time.perf_counter()
+            accumulated = (micro % training.grad_accum_steps) + 1
+            means = (sums / accumulated).tolist()
+            metrics = StepMetrics(
+                step=len(history) + 1,
+                epoch=(micro + 1) / micro_per_epoch,
+                loss=means[0], ce=means[1], align_image=means[2], align_text=means[3], lr=lr,
+                samples_per_s=step_samples / max(now - step_start, 1e-9),
+                peak_memory_mb=_peak_memory_mb(backbone.device),
+            )
+            history.append(metrics)
+            samples += step_samples
+            sums.zero_()
+            step_samples, step_start = 0, now
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics.loss:.4f}", ce=f"{metrics.ce:.4f}")
+            if on_step is not None and rank == 0:
+                on_step(metrics)
+    finally:
+        bar.close()
+        if checkpointing:
+            backbone.llava.gradient_checkpointing_disable()
+            backbone.llava.eval()
+    seconds = time.perf_counter() - start
+
+    meta = StageMeta(
+        task=task.name,
+        stage=stage,
+        base_fingerprint=backbone.fingerprint,
+        method_structure=method.structure(),
+        method_hash=config_hash(method),
+        training_hash=config_hash(training),
+        tensors_sha256="",
+        previous=[{"task": m.task, "tensors_sha256": m.tensors_sha256} for m in metas],
+        shapes={},
+        extra={"steps": len(history), "samples": samples, "final_loss": history[-1].loss if history else None},
+    )
+    if rank == 0:
+        save_stage(current, Path(out_dir), meta)
+    if world > 1:
+        dist.barrier()
+    return StageResult(task.name, stage, Path(out_dir), len(history), samples, seconds, history)

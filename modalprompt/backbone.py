@@ -89,7 +89,9 @@ def resolve_attention(attention: Attention, device: torch.device) -> str:
 def _read_config(folder: Path, what: str) -> dict:
     path = folder / "config.json"
     if not path.is_file():
-        raise BaseModelError(f"{what} folder {folder} has no config.json: point model.{what} at a saved model folder")
+        raise BaseModelError(
+            f"{what} folder {folder} has no config.json: point model.{what} at a saved model folder"
+        )
     return json.loads(path.read_text())
 
 
@@ -126,7 +128,8 @@ def _same_vision_weights(clip_vision: nn.Module, llava_tower: nn.Module) -> bool
     if ours.keys() != theirs.keys():
         return False
     return all(
-        ours[k].shape == theirs[k].shape and torch.equal(ours[k].float().cpu(), theirs[k].float().cpu()) for k in ours
+        ours[k].shape == theirs[k].shape and torch.equal(ours[k].float().cpu(), theirs[k].float().cpu())
+        for k in ours
     )
 
 
@@ -138,7 +141,9 @@ def check_llava_folder(folder: Path) -> None:
             f"`modalprompt convert-llava {folder} CONVERTED_DIR --clip CLIP_DIR` and set model.llava to CONVERTED_DIR"
         )
     if config.get("model_type") != "llava":
-        raise BaseModelError(f"{folder}/config.json has model_type {config.get('model_type')!r}, expected 'llava'")
+        raise BaseModelError(
+            f"{folder}/config.json has model_type {config.get('model_type')!r}, expected 'llava'"
+        )
     if not _weight_files(folder):
         raise BaseModelError(f"{folder} has no *.safetensors weights: save the model with save_pretrained")
 
@@ -149,7 +154,9 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
     check_llava_folder(llava_dir)
     clip_config = _read_config(clip_dir, "clip")
     if clip_config.get("model_type") != "clip":
-        raise BaseModelError(f"{clip_dir}/config.json has model_type {clip_config.get('model_type')!r}, expected 'clip'")
+        raise BaseModelError(
+            f"{clip_dir}/config.json has model_type {clip_config.get('model_type')!r}, expected 'clip'"
+        )
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     attention = resolve_attention(cfg.attention, device)
@@ -212,7 +219,9 @@ def convert_llava(src: Path, dst: Path, clip_dir: Path) -> Path:
         raise BaseModelError(f"{src}/config.json has no mm_projector_type: not an original LLaVA checkpoint")
     projector = config["mm_projector_type"]
     if projector not in _PROJECTOR:
-        raise BaseModelError(f"{src}: mm_projector_type {projector!r} is not supported (supported: {list(_PROJECTOR)})")
+        raise BaseModelError(
+            f"{src}: mm_projector_type {projector!r} is not supported (supported: {list(_PROJECTOR)})"
+        )
     strategy = config.get("mm_vision_select_feature", "patch")
     if strategy not in _SELECT_STRATEGY:
         raise BaseModelError(f"{src}: mm_vision_select_feature {strategy!r} is not supported")
@@ -246,9 +255,13 @@ def convert_llava(src: Path, dst: Path, clip_dir: Path) -> Path:
     with torch.device("meta"):
         model = LlavaForConditionalGeneration(llava_config)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [k for k in missing if k != "lm_head.weight" or "model.language_model.embed_tokens.weight" not in state]
+    missing = [
+        k for k in missing if k != "lm_head.weight" or "model.language_model.embed_tokens.weight" not in state
+    ]
     if missing or unexpected:
-        raise BaseModelError(f"{src}: weights do not fit LLaVA: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        raise BaseModelError(
+            f"{src}: weights do not fit LLaVA: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
 
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -257,7 +270,9 @@ def convert_llava(src: Path, dst: Path, clip_dir: Path) -> Path:
     processor = CLIPImageProcessorPil.from_pretrained(clip_dir, local_files_only=True)
     processor.save_pretrained(tmp)
     (tmp / "conversion.json").write_text(
-        json.dumps({"source": str(src.resolve()), "clip": str(clip_dir.resolve()), "source_vocab_size": old_vocab})
+        json.dumps(
+            {"source": str(src.resolve()), "clip": str(clip_dir.resolve()), "source_vocab_size": old_vocab}
+        )
     )
     if dst.exists():
         shutil.rmtree(dst)
@@ -280,7 +295,9 @@ _ORIGINAL_ONLY_KEYS = {
 }
 
 
-def _map_original_keys(weights: dict[str, torch.Tensor], old_vocab: int, new_vocab: int) -> dict[str, torch.Tensor]:
+def _map_original_keys(
+    weights: dict[str, torch.Tensor], old_vocab: int, new_vocab: int
+) -> dict[str, torch.Tensor]:
     state = {}
     for key, tensor in weights.items():
         if key.startswith("model.mm_projector."):
@@ -288,7 +305,9 @@ def _map_original_keys(weights: dict[str, torch.Tensor], old_vocab: int, new_voc
             layer = {"0": "linear_1", "2": "linear_2"}[index]
             state[f"model.multi_modal_projector.{layer}.{key.split('.')[-1]}"] = tensor
         elif key.startswith("model.vision_tower.vision_tower.vision_model."):
-            state["model.vision_tower." + key.removeprefix("model.vision_tower.vision_tower.vision_model.")] = tensor
+            state[
+                "model.vision_tower." + key.removeprefix("model.vision_tower.vision_tower.vision_model.")
+            ] = tensor
         elif key.startswith("model."):
             state["model.language_model." + key.removeprefix("model.")] = tensor
         elif key == "lm_head.weight":

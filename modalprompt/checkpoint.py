@@ -70,7 +70,9 @@ class StageMeta:
     method_hash: str  # hash of all method settings used in training (recorded, not enforced)
     training_hash: str
     tensors_sha256: str
-    previous: list[dict[str, str]]  # [{"task", "tensors_sha256"}] of stages 1..s-1, the chain it was trained on
+    previous: list[
+        dict[str, str]
+    ]  # [{"task", "tensors_sha256"}] of stages 1..s-1, the chain it was trained on
     shapes: dict[str, list[int]]
     package_version: str = __version__
     torch_version: str = torch.__version__
@@ -100,14 +102,18 @@ def read_meta(folder: Path) -> StageMeta:
     except (json.JSONDecodeError, TypeError) as err:
         raise CheckpointError(f"{path}: unreadable stage metadata ({err})") from err
     if meta.format_version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format_version {meta.format_version}, this package reads {FORMAT_VERSION}")
+        raise CheckpointError(
+            f"{path}: format_version {meta.format_version}, this package reads {FORMAT_VERSION}"
+        )
     return meta
 
 
 def read_stage_tensors(folder: Path, meta: StageMeta) -> dict[str, torch.Tensor]:
     path = folder / TENSORS_FILE
     if not path.is_file():
-        raise CheckpointError(f"{folder}: {TENSORS_FILE} is missing (rerun stage {meta.stage}, task {meta.task})")
+        raise CheckpointError(
+            f"{folder}: {TENSORS_FILE} is missing (rerun stage {meta.stage}, task {meta.task})"
+        )
     actual = sha256_file(path)
     if actual != meta.tensors_sha256:
         raise CheckpointError(
@@ -134,7 +140,9 @@ def check_chain(folders: list[Path], metas: list[StageMeta]) -> None:
     """Stage i must sit at position i and must have been trained on exactly the earlier files given."""
     for i, (folder, meta) in enumerate(zip(folders, metas, strict=True)):
         if meta.stage != i + 1:
-            raise CheckpointError(f"{folder} holds stage {meta.stage} ({meta.task}) but was given as stage {i + 1}")
+            raise CheckpointError(
+                f"{folder} holds stage {meta.stage} ({meta.task}) but was given as stage {i + 1}"
+            )
         expected = [{"task": m.task, "tensors_sha256": m.tensors_sha256} for m in metas[:i]]
         if meta.previous != expected:
             raise CheckpointError(

@@ -21,7 +21,9 @@ def _cmd_make_tiny(args: argparse.Namespace) -> None:
 
     llava, clip = build_tiny_base(args.models, seed=args.seed)
     tasks = write_toy_tasks(args.data, seed=args.seed)
-    print(json.dumps({"llava": str(llava), "clip": str(clip), "tasks": {k: str(v) for k, v in tasks.items()}}))
+    print(
+        json.dumps({"llava": str(llava), "clip": str(clip), "tasks": {k: str(v) for k, v in tasks.items()}})
+    )
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
@@ -36,13 +38,29 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     cfg = load_experiment(args.config)
     task = cfg.task(args.task)
-    result = train_stage(load_backbone(cfg.model), cfg.method, cfg.training_for(task.name), task,
-                         args.previous, args.out, progress=not args.quiet)
+    result = train_stage(
+        load_backbone(cfg.model),
+        cfg.method,
+        cfg.training_for(task.name),
+        task,
+        args.previous,
+        args.out,
+        progress=not args.quiet,
+    )
     if args.history:
         atomic_write_text(args.history, "".join(json.dumps(asdict(m)) + "\n" for m in result.history))
-    print(json.dumps({"task": result.task, "stage": result.stage, "checkpoint": str(result.checkpoint),
-                      "steps": result.steps, "seconds": round(result.seconds, 3),
-                      "samples_per_s": round(result.samples_per_s, 2)}))
+    print(
+        json.dumps(
+            {
+                "task": result.task,
+                "stage": result.stage,
+                "checkpoint": str(result.checkpoint),
+                "steps": result.steps,
+                "seconds": round(result.seconds, 3),
+                "samples_per_s": round(result.samples_per_s, 2),
+            }
+        )
+    )
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -51,10 +69,26 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     cfg = load_experiment(args.config)
     task = cfg.task(args.task)
-    result = evaluate_stage(load_backbone(cfg.model), cfg.method, cfg.evaluation_for(task.name), task,
-                            args.checkpoints, args.out, progress=not args.quiet)
-    print(json.dumps({"task": result.task, "stage": result.stage, "samples": len(result.predictions),
-                      "seconds": round(result.seconds, 3), "samples_per_s": round(result.samples_per_s, 2)}))
+    result = evaluate_stage(
+        load_backbone(cfg.model),
+        cfg.method,
+        cfg.evaluation_for(task.name),
+        task,
+        args.checkpoints,
+        args.out,
+        progress=not args.quiet,
+    )
+    print(
+        json.dumps(
+            {
+                "task": result.task,
+                "stage": result.stage,
+                "samples": len(result.predictions),
+                "seconds": round(result.seconds, 3),
+                "samples_per_s": round(result.samples_per_s, 2),
+            }
+        )
+    )
 
 
 def _cmd_run(args: argparse.Namespace) -> None:
@@ -69,13 +103,27 @@ def _cmd_run(args: argparse.Namespace) -> None:
     checkpoints: list[Path] = []
     for stage, task in enumerate(cfg.tasks, start=1):
         folder = results / f"stage-{stage}" / "checkpoint"
-        trained = train_stage(backbone, cfg.method, cfg.training_for(task.name), task, checkpoints, folder,
-                              progress=not args.quiet)
+        trained = train_stage(
+            backbone,
+            cfg.method,
+            cfg.training_for(task.name),
+            task,
+            checkpoints,
+            folder,
+            progress=not args.quiet,
+        )
         checkpoints.append(trained.checkpoint)
         for seen in cfg.tasks[:stage]:
             out = results / f"stage-{stage}" / "eval" / f"{seen.name}.jsonl"
-            evaluate_stage(backbone, cfg.method, cfg.evaluation_for(seen.name), seen, checkpoints, out,
-                           progress=not args.quiet)
+            evaluate_stage(
+                backbone,
+                cfg.method,
+                cfg.evaluation_for(seen.name),
+                seen,
+                checkpoints,
+                out,
+                progress=not args.quiet,
+            )
             print(f"stage {stage} ({task.name}): predictions for {seen.name} -> {out}")
 
 
@@ -84,21 +132,29 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("make-tiny", help="write tiny local base models and a toy 3-task CoIN-format dataset")
-    p.add_argument("--models", type=Path, default=Path("models/tiny"), help="output folder for llava/ and clip/")
+    p.add_argument(
+        "--models", type=Path, default=Path("models/tiny"), help="output folder for llava/ and clip/"
+    )
     p.add_argument("--data", type=Path, default=Path("data/toy"), help="output folder for the toy tasks")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_tiny)
 
-    p = sub.add_parser("convert-llava", help="convert an original LLaVA-1.5 checkpoint to the llava-hf layout")
+    p = sub.add_parser(
+        "convert-llava", help="convert an original LLaVA-1.5 checkpoint to the llava-hf layout"
+    )
     p.add_argument("src", type=Path, help="folder of the original checkpoint (LlavaLlamaForCausalLM)")
     p.add_argument("dst", type=Path, help="output folder (llava-hf layout)")
-    p.add_argument("--clip", type=Path, required=True, help="local CLIP folder whose vision model is the tower")
+    p.add_argument(
+        "--clip", type=Path, required=True, help="local CLIP folder whose vision model is the tower"
+    )
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("train", help="train one stage: the task's prompt and key network")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--task", required=True, help="task name from the config's task list")
-    p.add_argument("--previous", type=Path, nargs="*", default=[], help="checkpoints of stages 1..t-1, in order")
+    p.add_argument(
+        "--previous", type=Path, nargs="*", default=[], help="checkpoints of stages 1..t-1, in order"
+    )
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--history", type=Path, help="write per-step metrics as JSONL here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -107,12 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="generate answers for a task's eval file after stage s")
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--task", required=True, help="task name from the config's task list")
-    p.add_argument("--checkpoints", type=Path, nargs="*", default=[], help="checkpoints of stages 1..s, in order")
+    p.add_argument(
+        "--checkpoints", type=Path, nargs="*", default=[], help="checkpoints of stages 1..s, in order"
+    )
     p.add_argument("--out", type=Path, required=True, help="predictions JSONL to write")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("run", help="train all stages in order and evaluate each stage on the tasks seen so far")
+    p = sub.add_parser(
+        "run", help="train all stages in order and evaluate each stage on the tasks seen so far"
+    )
     p.add_argument("--config", type=Path, required=True)
     p.add_argument("--results", type=Path, required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -60,7 +60,9 @@ def _help(text: str, **kwargs: Any) -> Any:
 class ModelConfig:
     llava: str = _help("Folder of the base LLaVA in the transformers (llava-hf) layout.", default="")
     clip: str = _help("Folder of the CLIP model (text tower and projections) used for selection.", default="")
-    dtype: DType = _help("Dtype of the frozen base model; trainable tensors are always float32.", default=DType.AUTO)
+    dtype: DType = _help(
+        "Dtype of the frozen base model; trainable tensors are always float32.", default=DType.AUTO
+    )
     attention: Attention = _help("Attention kernel of the LLM.", default=Attention.AUTO)
     device: str = _help("'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.", default="auto")
 
@@ -68,19 +70,27 @@ class ModelConfig:
 @dataclass(frozen=True)
 class MethodConfig:
     prefix_length: int = _help("Prompt length L: rows of each task's prompt.", default=10)
-    transfer_num: int = _help("K: prompts selected per sample (current + K-1 previous in training).", default=3)
-    lam: float = _help("Weight of the image term in the selection score (1 - lam on the text term).", default=0.5)
+    transfer_num: int = _help(
+        "K: prompts selected per sample (current + K-1 previous in training).", default=3
+    )
+    lam: float = _help(
+        "Weight of the image term in the selection score (1 - lam on the text term).", default=0.5
+    )
     image_loss_weight: float = _help("w_v: weight of the image-key alignment loss.", default=1.0)
     text_loss_weight: float = _help("w_q: weight of the text-key alignment loss.", default=1.0)
     text_feature: TextFeature = _help("CLIP text feature for the text query.", default=TextFeature.POOLED)
-    key_hidden_size: int | None = _help("Hidden size of the key network; null = the LLM hidden size.", default=None)
+    key_hidden_size: int | None = _help(
+        "Hidden size of the key network; null = the LLM hidden size.", default=None
+    )
     prompt_init_seed: int = _help("Seed of the prompt and key-network initialisation (per stage).", default=0)
 
     def validate(self, where: str) -> None:
         _check(self.prefix_length >= 1, where, "prefix_length", self.prefix_length, "an integer >= 1")
         _check(self.transfer_num >= 1, where, "transfer_num", self.transfer_num, "an integer >= 1")
         _check(0.0 <= self.lam <= 1.0, where, "lam", self.lam, "a number in [0, 1]")
-        _check(self.image_loss_weight >= 0, where, "image_loss_weight", self.image_loss_weight, "a number >= 0")
+        _check(
+            self.image_loss_weight >= 0, where, "image_loss_weight", self.image_loss_weight, "a number >= 0"
+        )
         _check(self.text_loss_weight >= 0, where, "text_loss_weight", self.text_loss_weight, "a number >= 0")
         if self.key_hidden_size is not None:
             _check(self.key_hidden_size >= 1, where, "key_hidden_size", self.key_hidden_size, "null or >= 1")
@@ -106,15 +116,21 @@ class TrainingConfig:
     warmup_ratio: float = _help("Share of optimizer steps spent in linear warm-up.", default=0.03)
     max_grad_norm: float | None = _help("Gradient clipping norm; null disables clipping.", default=1.0)
     max_length: int = _help("Maximum LLM tokens per sample before the prompt is inserted.", default=2048)
-    max_steps: int | None = _help("Stop after this many optimizer steps (null: run all epochs).", default=None)
-    gradient_checkpointing: bool = _help("Recompute LLM activations in backward to save memory.", default=False)
+    max_steps: int | None = _help(
+        "Stop after this many optimizer steps (null: run all epochs).", default=None
+    )
+    gradient_checkpointing: bool = _help(
+        "Recompute LLM activations in backward to save memory.", default=False
+    )
     seed: int = _help("Seed of data order and everything random in training.", default=0)
     num_workers: int = _help("DataLoader worker processes.", default=0)
 
     def validate(self, where: str) -> None:
         _check(self.epochs > 0, where, "epochs", self.epochs, "a number > 0")
         _check(self.batch_size >= 1, where, "batch_size", self.batch_size, "an integer >= 1")
-        _check(self.grad_accum_steps >= 1, where, "grad_accum_steps", self.grad_accum_steps, "an integer >= 1")
+        _check(
+            self.grad_accum_steps >= 1, where, "grad_accum_steps", self.grad_accum_steps, "an integer >= 1"
+        )
         _check(self.lr > 0, where, "lr", self.lr, "a number > 0")
         _check(self.weight_decay >= 0, where, "weight_decay", self.weight_decay, "a number >= 0")
         _check(0 <= self.warmup_ratio < 1, where, "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
@@ -130,7 +146,9 @@ class TrainingConfig:
 class EvaluationConfig:
     batch_size: int = _help("Samples per generation batch.", default=16)
     max_new_tokens: int = _help("Greedy decoding stops after this many new tokens (or at EOS).", default=128)
-    max_samples: int | None = _help("Evaluate only the first N samples of the eval file (null: all).", default=None)
+    max_samples: int | None = _help(
+        "Evaluate only the first N samples of the eval file (null: all).", default=None
+    )
 
     def validate(self, where: str) -> None:
         _check(self.batch_size >= 1, where, "batch_size", self.batch_size, "an integer >= 1")
@@ -147,7 +165,9 @@ class TaskConfig:
     image_root: str = _help("Folder the records' image paths are relative to.", default="")
     scorer: str = _help("Scorer for this task's predictions.", default="exact_match")
     training: dict[str, Any] = _help("Overrides of `training` keys for this task only.", default_factory=dict)
-    evaluation: dict[str, Any] = _help("Overrides of `evaluation` keys for this task only.", default_factory=dict)
+    evaluation: dict[str, Any] = _help(
+        "Overrides of `evaluation` keys for this task only.", default_factory=dict
+    )
 
 
 @dataclass(frozen=True)
@@ -158,7 +178,9 @@ class ExperimentConfig:
     model: ModelConfig = _help("The frozen base models.", default_factory=ModelConfig)
     method: MethodConfig = _help("ModalPrompt's knobs.", default_factory=MethodConfig)
     training: TrainingConfig = _help("Training defaults for every task.", default_factory=TrainingConfig)
-    evaluation: EvaluationConfig = _help("Evaluation defaults for every task.", default_factory=EvaluationConfig)
+    evaluation: EvaluationConfig = _help(
+        "Evaluation defaults for every task.", default_factory=EvaluationConfig
+    )
     tasks: tuple[TaskConfig, ...] = _help("The task sequence, in training order.", default=())
     source: str = _help("The file this config was read from (set by the loader).", default="<dict>")
 
@@ -183,7 +205,9 @@ class ExperimentConfig:
     def evaluation_for(self, name: str) -> EvaluationConfig:
         task = self.task(name)
         where = f"{self.source}: tasks[{task.name}].evaluation"
-        merged = from_dict(EvaluationConfig, {**dataclasses.asdict(self.evaluation), **task.evaluation}, where)
+        merged = from_dict(
+            EvaluationConfig, {**dataclasses.asdict(self.evaluation), **task.evaluation}, where
+        )
         merged.validate(where)
         return merged
 
@@ -269,7 +293,9 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     """Read config.yaml, validate it, and resolve its paths against the file's folder."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist: pass --config with the path of your config.yaml")
+        raise ConfigError(
+            f"config file {path} does not exist: pass --config with the path of your config.yaml"
+        )
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -277,7 +303,9 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
     raw.pop("paths", None)  # pipeline-level folders; read by the workflow, not by the package
     cfg = experiment_from_dict(raw, str(path))
     base = path.resolve().parent
-    model = dataclasses.replace(cfg.model, llava=_resolve(base, cfg.model.llava), clip=_resolve(base, cfg.model.clip))
+    model = dataclasses.replace(
+        cfg.model, llava=_resolve(base, cfg.model.llava), clip=_resolve(base, cfg.model.clip)
+    )
     tasks = tuple(
         dataclasses.replace(
             t,

@@ -45,7 +45,7 @@ class ImagePreprocessor:
 
     def __init__(self, processor: Any):
         self.processor = processor
-        self.fill = tuple(int(round(255 * m)) for m in processor.image_mean)
+        self.fill = tuple(round(255 * m) for m in processor.image_mean)
 
     def pad_to_square(self, image: Image.Image) -> Image.Image:
         width, height = image.size
@@ -82,7 +82,9 @@ class Encoded:
 class ConversationEncoder:
     """Tokenises records with the LLaVA-1.5 'vicuna_v1' template; loss only on the answers (and their EOS)."""
 
-    def __init__(self, tokenizer, clip_tokenizer, image_token_id: int, num_image_tokens: int, max_length: int):
+    def __init__(
+        self, tokenizer, clip_tokenizer, image_token_id: int, num_image_tokens: int, max_length: int
+    ):
         self.tokenizer = tokenizer
         self.clip_tokenizer = clip_tokenizer
         self.image_token_id = image_token_id
@@ -111,11 +113,13 @@ class ConversationEncoder:
         for i, (human, answer) in enumerate(turns):
             lead = f"{SYSTEM_PROMPT} USER: " if i == 0 else "USER: "
             question = self._tokens(f"{lead}{human} ASSISTANT:")
-            reply = self._tokens(f" {answer}") + [self.tokenizer.eos_token_id]
+            reply = [*self._tokens(f" {answer}"), self.tokenizer.eos_token_id]
             ids += question + reply
             labels += [IGNORE_INDEX] * len(question) + reply
         if self.image_token_id in ids[self.max_length :] and self.image_token_id in ids[: self.max_length]:
-            raise DataError(f"max_length {self.max_length} cuts through the image tokens: raise training.max_length")
+            raise DataError(
+                f"max_length {self.max_length} cuts through the image tokens: raise training.max_length"
+            )
         return ids[: self.max_length], labels[: self.max_length]
 
     def encode_question(self, question: str) -> list[int]:
@@ -170,8 +174,14 @@ class TrainDataset(Dataset):
 class EvalDataset(Dataset):
     """CoIN test.json / val.json: question_id, image, text, answer."""
 
-    def __init__(self, path: Path, image_root: Path, encoder: ConversationEncoder, images: ImagePreprocessor,
-                 max_samples: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        image_root: Path,
+        encoder: ConversationEncoder,
+        images: ImagePreprocessor,
+        max_samples: int | None = None,
+    ):
         self.path, self.image_root, self.encoder, self.images = path, image_root, encoder, images
         self.records = read_json_list(path)[:max_samples]
         seen: set[Any] = set()
@@ -229,7 +239,9 @@ class Collator:
     def __call__(self, samples: list[Encoded]) -> Batch:
         ids = [s.input_ids for s in samples]
         mask = [[1] * len(s.input_ids) for s in samples]
-        labels = None if samples[0].labels is None else _pad([s.labels for s in samples], IGNORE_INDEX, self.left)
+        labels = (
+            None if samples[0].labels is None else _pad([s.labels for s in samples], IGNORE_INDEX, self.left)
+        )
         pixels = [s.pixel_values for s in samples if s.pixel_values is not None]
         return Batch(
             input_ids=_pad(ids, self.pad, self.left),

@@ -53,10 +53,20 @@ def evaluate_stage(
     model = ModalPromptModel(backbone, method)
     load_stages(model, list(checkpoints))
     names = model.prompts.names
-    encoder = ConversationEncoder(backbone.tokenizer, backbone.clip_tokenizer, backbone.image_token_id,
-                                  backbone.num_image_tokens, max_length=10**9)
-    dataset = EvalDataset(Path(task.eval_file), Path(task.image_root), encoder,
-                          ImagePreprocessor(backbone.image_processor), evaluation.max_samples)
+    encoder = ConversationEncoder(
+        backbone.tokenizer,
+        backbone.clip_tokenizer,
+        backbone.image_token_id,
+        backbone.num_image_tokens,
+        max_length=10**9,
+    )
+    dataset = EvalDataset(
+        Path(task.eval_file),
+        Path(task.image_root),
+        encoder,
+        ImagePreprocessor(backbone.image_processor),
+        evaluation.max_samples,
+    )
     collate = Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=True)
     loader = DataLoader(dataset, batch_size=evaluation.batch_size, collate_fn=collate)
     predictions: list[Prediction] = []
@@ -66,12 +76,17 @@ def evaluate_stage(
         out = model.generate(batch, evaluation.max_new_tokens)
         texts = backbone.tokenizer.batch_decode(out.token_ids, skip_special_tokens=True)
         for i, key in enumerate(batch.keys):
-            predictions.append(Prediction(
-                question_id=key,
-                prediction=texts[i].strip(),
-                selected=[names[j] for j in out.selected[i].tolist()],
-                scores={name: round(float(s), 6) for name, s in zip(names, out.scores[i].tolist(), strict=True)},
-            ))
+            predictions.append(
+                Prediction(
+                    question_id=key,
+                    prediction=texts[i].strip(),
+                    selected=[names[j] for j in out.selected[i].tolist()],
+                    scores={
+                        name: round(float(s), 6)
+                        for name, s in zip(names, out.scores[i].tolist(), strict=True)
+                    },
+                )
+            )
     seconds = time.perf_counter() - start
     if out_file is not None:
         lines = "".join(json.dumps(asdict(p)) + "\n" for p in predictions)

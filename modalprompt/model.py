@@ -134,7 +134,9 @@ class ModalPromptModel(nn.Module):
             else:
                 pooled = b.clip_vision(pixels).pooler_output
             image_query[batch.has_image] = b.visual_projection(pooled).float()  # (M, e)
-        text = b.clip_text(input_ids=batch.clip_input_ids, attention_mask=batch.clip_attention_mask).pooler_output
+        text = b.clip_text(
+            input_ids=batch.clip_input_ids, attention_mask=batch.clip_attention_mask
+        ).pooler_output
         if self.method.text_feature == TextFeature.PROJECTED:
             text = b.text_projection(text)
         return Queries(embeds=embeds, image=image_query, text=text.float(), has_image=batch.has_image)
@@ -186,7 +188,9 @@ class ModalPromptModel(nn.Module):
             scores = task_scores(q.image, q.text, self.prompts.keys(), self.method.lam, q.has_image)  # (B, t)
             if selected is None:
                 selected = select_for_inference(scores, self.method.transfer_num)
-            embeds, mask, _, _ = insert_prompts(q.embeds, batch.attention_mask, None, self._prefix(selected), self.after_bos)
+            embeds, mask, _, _ = insert_prompts(
+                q.embeds, batch.attention_mask, None, self._prefix(selected), self.after_bos
+            )
         tokenizer = self.backbone.tokenizer
         out = self.llava.generate(
             inputs_embeds=embeds,

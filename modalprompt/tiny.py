@@ -33,8 +33,11 @@ TOY_TASKS = ("colors", "shapes", "count")
 
 def _corpus() -> list[str]:
     words = [SYSTEM_PROMPT, "USER: ASSISTANT: <image>", *COLORS, *SHAPES, *"0123456789"]
-    words += ["What color is the picture? Answer with one word.", "Which shape is shown? Answer with one word.",
-              "How many dots are there? Answer with a number."]
+    words += [
+        "What color is the picture? Answer with one word.",
+        "Which shape is shown? Answer with one word.",
+        "How many dots are there? Answer with a number.",
+    ]
     return words * 4
 
 
@@ -44,8 +47,12 @@ def _train_tokenizer(specials: list[str], vocab_size: int, lowercase: bool) -> T
         tokenizer.normalizer = normalizers.Lowercase()
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tokenizer.train_from_iterator(_corpus(), trainer=trainer)
     return tokenizer
 
@@ -54,8 +61,15 @@ def build_llm_tokenizer() -> PreTrainedTokenizerFast:
     """Llama-style: <unk>, <s> (BOS, added in front), </s>, <pad>, and the <image> placeholder."""
     tok = _train_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], vocab_size=400, lowercase=False)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>", extra_special_tokens=["<image>"], model_max_length=4096)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens=["<image>"],
+        model_max_length=4096,
+    )
 
 
 def build_clip_tokenizer() -> PreTrainedTokenizerFast:
@@ -63,29 +77,73 @@ def build_clip_tokenizer() -> PreTrainedTokenizerFast:
     specials = ["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"]
     tok = _train_tokenizer(specials, vocab_size=300, lowercase=True)
     tok.post_processor = processors.TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 2), ("<|endoftext|>", 3)]
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", 2), ("<|endoftext|>", 3)],
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-                                   unk_token="<unk>", pad_token="<pad>", model_max_length=77)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        model_max_length=77,
+    )
 
 
-def tiny_configs(vocab_size: int, clip_vocab_size: int, image_token_id: int, hidden: int = 64,
-                 image_size: int = 32, patch_size: int = 8, feature: int = 32) -> tuple[LlavaConfig, CLIPConfig]:
-    vision = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "image_size": image_size, "patch_size": patch_size, "projection_dim": feature}
+def tiny_configs(
+    vocab_size: int,
+    clip_vocab_size: int,
+    image_token_id: int,
+    hidden: int = 64,
+    image_size: int = 32,
+    patch_size: int = 8,
+    feature: int = 32,
+) -> tuple[LlavaConfig, CLIPConfig]:
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "projection_dim": feature,
+    }
     clip = CLIPConfig(
-        text_config={"vocab_size": clip_vocab_size, "hidden_size": feature, "intermediate_size": 64,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
-                     "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},
+        text_config={
+            "vocab_size": clip_vocab_size,
+            "hidden_size": feature,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "pad_token_id": 0,
+            "bos_token_id": 2,
+            "eos_token_id": 3,
+        },
         vision_config=vision,
         projection_dim=feature,
     )
-    text = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                       max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=3,
-                       tie_word_embeddings=False)
-    llava = LlavaConfig(vision_config=clip.vision_config, text_config=text, image_token_id=image_token_id,
-                        vision_feature_layer=-2, vision_feature_select_strategy="default", pad_token_id=3)
+    text = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
+        tie_word_embeddings=False,
+    )
+    llava = LlavaConfig(
+        vision_config=clip.vision_config,
+        text_config=text,
+        image_token_id=image_token_id,
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        pad_token_id=3,
+    )
     return llava, clip
 
 
@@ -93,15 +151,17 @@ def build_tiny_base(out: Path, seed: int = 0, hidden: int = 64) -> tuple[Path, P
     """Write `out/llava` (llava-hf layout) and `out/clip`; LLaVA's vision tower is CLIP's vision model."""
     out = Path(out)
     tokenizer, clip_tokenizer = build_llm_tokenizer(), build_clip_tokenizer()
-    llava_cfg, clip_cfg = tiny_configs(len(tokenizer), len(clip_tokenizer),
-                                       tokenizer.convert_tokens_to_ids("<image>"), hidden=hidden)
+    llava_cfg, clip_cfg = tiny_configs(
+        len(tokenizer), len(clip_tokenizer), tokenizer.convert_tokens_to_ids("<image>"), hidden=hidden
+    )
     torch.manual_seed(seed)
     clip = CLIPModel(clip_cfg).eval()
     llava = LlavaForConditionalGeneration(llava_cfg).eval()
     llava.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
     image_size = clip_cfg.vision_config.image_size
-    processor = CLIPImageProcessorPil(size={"shortest_edge": image_size},
-                                      crop_size={"height": image_size, "width": image_size})
+    processor = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
     for folder, model, tok in ((out / "llava", llava, tokenizer), (out / "clip", clip, clip_tokenizer)):
         model.save_pretrained(folder)
         tok.save_pretrained(folder)
@@ -151,10 +211,20 @@ def write_toy_tasks(out: Path, seed: int = 0, train_size: int = 24, test_size: i
             image_name = f"images/{name}_{i:04d}.png"
             _draw(name, answer, rng).save(folder / image_name)
             if i < train_size:
-                train.append({"id": f"{name}-{i}", "image": image_name, "conversations": [
-                    {"from": "human", "value": f"<image>\n{question}"}, {"from": "gpt", "value": answer}]})
+                train.append(
+                    {
+                        "id": f"{name}-{i}",
+                        "image": image_name,
+                        "conversations": [
+                            {"from": "human", "value": f"<image>\n{question}"},
+                            {"from": "gpt", "value": answer},
+                        ],
+                    }
+                )
             else:
-                test.append({"question_id": f"{name}-{i}", "image": image_name, "text": question, "answer": answer})
+                test.append(
+                    {"question_id": f"{name}-{i}", "image": image_name, "text": question, "answer": answer}
+                )
         (folder / "train.json").write_text(json.dumps(train, indent=1))
         (folder / "test.json").write_text(json.dumps(test, indent=1))
         folders[name] = folder

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from modalprompt.backbone import Backbone
 from modalprompt.checkpoint import StageMeta, load_stages, save_stage
 from modalprompt.config import MethodConfig, Schedule, TaskConfig, TrainingConfig, config_hash
-from modalprompt.data import Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
+from modalprompt.data import Batch, Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
 from modalprompt.model import ModalPromptModel
 
 
@@ -98,8 +98,13 @@ def _require_only_current_trainable(model: ModalPromptModel) -> list[torch.nn.Pa
     current = model.prompts.tasks[-1]
     trainable = [p for p in model.parameters() if p.requires_grad]
     expected = list(current.parameters())
-    base = (model.backbone.llava, model.backbone.clip_text, model.backbone.text_projection,
-            model.backbone.visual_projection, model.backbone.clip_vision)
+    base = (
+        model.backbone.llava,
+        model.backbone.clip_text,
+        model.backbone.text_projection,
+        model.backbone.visual_projection,
+        model.backbone.clip_vision,
+    )
     base_trainable = [p for m in base if m is not None for p in m.parameters() if p.requires_grad]
     if {id(p) for p in trainable} != {id(p) for p in expected} or base_trainable:
         raise RuntimeError("only the current task's prompt and key network may require grad")
@@ -126,10 +131,16 @@ def train_stage(
     current = model.add_task(task.name, stage_seed(method.prompt_init_seed, stage))
     params = _require_only_current_trainable(model)
 
-    encoder = ConversationEncoder(backbone.tokenizer, backbone.clip_tokenizer, backbone.image_token_id,
-                                  backbone.num_image_tokens, training.max_length)
-    dataset = TrainDataset(Path(task.train_file), Path(task.image_root), encoder,
-                           ImagePreprocessor(backbone.image_processor))
+    encoder = ConversationEncoder(
+        backbone.tokenizer,
+        backbone.clip_tokenizer,
+        backbone.image_token_id,
+        backbone.num_image_tokens,
+        training.max_length,
+    )
+    dataset = TrainDataset(
+        Path(task.train_file), Path(task.image_root), encoder, ImagePreprocessor(backbone.image_processor)
+    )
     collate = Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=False)
     micro_per_epoch = len(shard_batches(len(dataset), training.batch_size, training.seed, 0, rank, world))
     total_micro = math.ceil(training.epochs * micro_per_epoch)
@@ -138,18 +149,25 @@ def train_stage(
         total_steps = min(total_steps, training.max_steps)
         total_micro = min(total_micro, total_steps * training.grad_accum_steps)
 
-    optimizer = torch.optim.AdamW(params, lr=training.lr, betas=training.adam_betas,
-                                  weight_decay=training.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=training.lr, betas=training.adam_betas, weight_decay=training.weight_decay
+    )
     warmup = math.floor(training.warmup_ratio * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(training.schedule, warmup, total_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(training.schedule, warmup, total_steps)
+    )
 
-    def batches() -> Iterator[tuple[int, object]]:
+    def batches() -> Iterator[Batch]:
         for epoch in range(math.ceil(training.epochs) + 1):
             plan = shard_batches(len(dataset), training.batch_size, training.seed, epoch, rank, world)
-            loader = DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=training.num_workers,
-                                pin_memory=backbone.device.type == "cuda")
-            for batch in loader:
-                yield epoch, batch
+            loader = DataLoader(
+                dataset,
+                batch_sampler=plan,
+                collate_fn=collate,
+                num_workers=training.num_workers,
+                pin_memory=backbone.device.type == "cuda",
+            )
+            yield from loader
 
     autocast = (
         torch.autocast("cuda", dtype=backbone.dtype)
@@ -169,8 +187,7 @@ def train_stage(
     data = batches()
     try:
         for micro in range(total_micro):
-            epoch, batch = next(data)
-            batch = batch.to(backbone.device)
+            batch = next(data).to(backbone.device)
             with autocast:
                 out = model(batch)
             (out.loss / training.grad_accum_steps).backward()
@@ -193,7 +210,11 @@ def train_stage(
             metrics = StepMetrics(
                 step=len(history) + 1,
                 epoch=(micro + 1) / micro_per_epoch,
-                loss=means[0], ce=means[1], align_image=means[2], align_text=means[3], lr=lr,
+                loss=means[0],
+                ce=means[1],
+                align_image=means[2],
+                align_text=means[3],
+                lr=lr,
                 samples_per_s=step_samples / max(now - step_start, 1e-9),
                 peak_memory_mb=_peak_memory_mb(backbone.device),
             )
@@ -222,7 +243,11 @@ def train_stage(
         tensors_sha256="",
         previous=[{"task": m.task, "tensors_sha256": m.tensors_sha256} for m in metas],
         shapes={},
-        extra={"steps": len(history), "samples": samples, "final_loss": history[-1].loss if history else None},
+        extra={
+            "steps": len(history),
+            "samples": samples,
+            "final_loss": history[-1].loss if history else None,
+        },
     )
     if rank == 0:
         save_stage(current, Path(out_dir), meta)

@@ -84,7 +84,7 @@ def save_stage(task: TaskPrompt, folder: Path, meta: StageMeta) -> Path:
     """Write the task's tensors and metadata; returns the folder. `meta.tensors_sha256` is filled in."""
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in task.state_dict().items()}
-    data = safetensors.torch.save(tensors, metadata={"task": meta.task, "stage": str(meta.stage)})
+    data = safetensors.torch.save(tensors)  # no header metadata: its key order varies between processes
     atomic_write_bytes(folder / TENSORS_FILE, data)
     meta.tensors_sha256 = hashlib.sha256(data).hexdigest()
     meta.shapes = {k: list(v.shape) for k, v in tensors.items()}

@@ -116,7 +116,7 @@ class ConversationEncoder:
             reply = [*self._tokens(f" {answer}"), self.tokenizer.eos_token_id]
             ids += question + reply
             labels += [IGNORE_INDEX] * len(question) + reply
-        if self.image_token_id in ids[self.max_length :] and self.image_token_id in ids[: self.max_length]:
+        if self.image_token_id in ids[self.max_length :]:
             raise DataError(
                 f"max_length {self.max_length} cuts through the image tokens: raise training.max_length"
             )

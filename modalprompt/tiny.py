@@ -57,18 +57,20 @@ def _train_tokenizer(specials: list[str], vocab_size: int, lowercase: bool) -> T
     return tokenizer
 
 
-def build_llm_tokenizer() -> PreTrainedTokenizerFast:
-    """Llama-style: <unk>, <s> (BOS, added in front), </s>, <pad>, and the <image> placeholder."""
-    tok = _train_tokenizer(["<unk>", "<s>", "</s>", "<pad>", "<image>"], vocab_size=400, lowercase=False)
+def build_llm_tokenizer(llava_hf: bool = True) -> PreTrainedTokenizerFast:
+    """Llama-style: <unk>, <s> (BOS, added in front), </s>; the llava-hf layout adds <pad> and <image>
+    (the original LLaVA layout has neither: its code splices images in by a negative token index)."""
+    extra = ["<pad>", "<image>"] if llava_hf else []
+    tok = _train_tokenizer(["<unk>", "<s>", "</s>", *extra], vocab_size=400, lowercase=False)
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    specials = {"pad_token": "<pad>", "extra_special_tokens": ["<image>"]} if llava_hf else {}
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens=["<image>"],
         model_max_length=4096,
+        **specials,
     )
 
 

@@ -1,0 +1,118 @@
+"""Loading base models from local folders, and converting the original LLaVA-1.5 layout."""
+
+import json
+
+import pytest
+import safetensors.torch
+import torch
+from torch import nn
+from transformers import CLIPModel, LlamaForCausalLM
+
+from modalprompt.backbone import (
+    BaseModelError,
+    check_llava_folder,
+    fingerprint_folder,
+    load_backbone,
+    resolve_attention,
+    resolve_dtype,
+)
+from modalprompt.cli import main
+from modalprompt.config import Attention, DType, ModelConfig
+from modalprompt.tiny import build_llm_tokenizer, tiny_configs
+
+
+def _write_original_llava(folder, clip_dir, as_pickle=False):
+    """A tiny checkpoint in the layout of liuhaotian/llava-v1.5-7b: LlavaLlamaForCausalLM + model.mm_projector."""
+    folder.mkdir()
+    tokenizer = build_llm_tokenizer(llava_hf=False)
+    tokenizer.save_pretrained(folder)
+    llava_cfg, _ = tiny_configs(len(tokenizer), 300, image_token_id=0)
+    text_cfg = llava_cfg.text_config
+    torch.manual_seed(3)
+    llm = LlamaForCausalLM(text_cfg)
+    mm_hidden = llava_cfg.vision_config.hidden_size
+    d = text_cfg.hidden_size
+    projector = nn.Sequential(nn.Linear(mm_hidden, d), nn.GELU(), nn.Linear(d, d))
+    state = {**llm.state_dict(), **{f"model.mm_projector.{k}": v for k, v in projector.state_dict().items()}}
+    config = {
+        **text_cfg.to_dict(),
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "model_type": "llava",
+        "mm_hidden_size": mm_hidden,
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+        "mm_use_im_start_end": False,
+        "image_aspect_ratio": "pad",
+        "tokenizer_model_max_length": 2048,
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    if as_pickle:
+        torch.save(state, folder / "pytorch_model.bin")
+    else:
+        safetensors.torch.save_file(
+            {k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors"
+        )
+    return llm, projector, len(tokenizer)
+
+
+@pytest.mark.parametrize("as_pickle", [False, True])
+def test_convert_original_layout_keeps_logits(tmp_path, tiny_base, as_pickle):
+    clip_dir = tiny_base[1]
+    llm, projector, old_vocab = _write_original_llava(tmp_path / "orig", clip_dir, as_pickle)
+    with pytest.raises(BaseModelError, match="convert-llava"):
+        check_llava_folder(tmp_path / "orig")
+    assert main(["convert-llava", str(tmp_path / "orig"), str(tmp_path / "hf"), "--clip", str(clip_dir)]) == 0
+
+    backbone = load_backbone(ModelConfig(llava=str(tmp_path / "hf"), clip=str(clip_dir), device="cpu"))
+    assert backbone.clip_vision is None  # the tower came from this CLIP folder
+    image_id = backbone.image_token_id
+    assert backbone.tokenizer.convert_ids_to_tokens(image_id) == "<image>" and image_id >= old_vocab
+
+    n_image = backbone.num_image_tokens
+    text_ids = backbone.tokenizer("What color is the picture?", add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([[1, *text_ids[:3], *([image_id] * n_image), *text_ids[3:]]])
+    pixels = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        converted = backbone.llava(input_ids=ids, pixel_values=pixels).logits[..., :old_vocab]
+        # the reference: the original weights composed by hand, as the LLaVA fork runs them
+        vision = CLIPModel.from_pretrained(clip_dir).vision_model
+        features = projector(vision(pixels, output_hidden_states=True).hidden_states[-2][:, 1:])
+        embeds = llm.get_input_embeddings()(ids.clamp(max=old_vocab - 1))
+        embeds[ids == image_id] = features[0]
+        reference = llm(inputs_embeds=embeds).logits
+    assert torch.allclose(converted, reference, atol=1e-5)
+
+
+def test_load_rejects_folders_that_are_not_models(tmp_path, tiny_base):
+    with pytest.raises(BaseModelError, match=r"has no config\.json"):
+        load_backbone(ModelConfig(llava=str(tmp_path), clip=str(tiny_base[1])))
+    with pytest.raises(BaseModelError, match="expected 'clip'"):
+        load_backbone(ModelConfig(llava=str(tiny_base[0]), clip=str(tiny_base[0])))
+
+
+def test_fingerprint_is_stable_and_separates_models(tiny_base, tmp_path):
+    from modalprompt.tiny import build_tiny_base
+
+    assert fingerprint_folder(tiny_base[0]) == fingerprint_folder(tiny_base[0])
+    other, _ = build_tiny_base(tmp_path, seed=1)
+    assert fingerprint_folder(other) != fingerprint_folder(tiny_base[0])
+
+
+def test_dtype_and_attention_resolution():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_dtype(DType.AUTO, cpu) == torch.float32
+    assert resolve_dtype(DType.AUTO, cuda) == torch.bfloat16
+    assert resolve_dtype(DType.FLOAT16, cpu) == torch.float16
+    assert resolve_attention(Attention.AUTO, cpu) == "sdpa"
+    assert resolve_attention(Attention.EAGER, cuda) == "eager"
+
+
+def test_frozen_base_in_configured_dtype(tiny_base):
+    backbone = load_backbone(
+        ModelConfig(llava=str(tiny_base[0]), clip=str(tiny_base[1]), device="cpu", dtype=DType.BFLOAT16)
+    )
+    assert backbone.llava.dtype == torch.bfloat16
+    assert not any(p.requires_grad for p in backbone.llava.parameters())
+    assert backbone.llava.config._attn_implementation == "sdpa"

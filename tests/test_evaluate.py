@@ -1,0 +1,66 @@
+"""evaluate_stage: batched greedy generation with left padding and a KV cache, per-sample selection."""
+
+import dataclasses
+import json
+
+from modalprompt.evaluate import evaluate_stage
+from modalprompt.train import train_stage
+
+
+def test_batched_generation_equals_one_sample_at_a_time(
+    backbone, method, training, evaluation, toy_tasks, tmp_path
+):
+    checkpoints = []
+    for name in ("colors", "count"):
+        checkpoints.append(
+            train_stage(
+                backbone, method, training, toy_tasks[name], checkpoints, tmp_path / name, progress=False
+            ).checkpoint
+        )
+    task = toy_tasks["count"]
+    batched = evaluate_stage(
+        backbone,
+        method,
+        dataclasses.replace(evaluation, batch_size=6),
+        task,
+        checkpoints,
+        tmp_path / "batched.jsonl",
+        progress=False,
+    )
+    single = evaluate_stage(
+        backbone, method, dataclasses.replace(evaluation, batch_size=1), task, checkpoints, progress=False
+    )
+    assert [p.prediction for p in batched.predictions] == [p.prediction for p in single.predictions]
+    assert [p.selected for p in batched.predictions] == [p.selected for p in single.predictions]
+    rows = [json.loads(line) for line in (tmp_path / "batched.jsonl").read_text().splitlines()]
+    assert [r["question_id"] for r in rows] == [f"count-{i}" for i in range(16, 22)]
+    assert all(set(r) == {"question_id", "prediction", "selected", "scores"} for r in rows)
+    assert all(sorted(r["selected"]) == ["colors", "count"] for r in rows)  # t = 2 < K: both, by score
+
+
+def test_zero_shot_without_checkpoints(backbone, method, evaluation, toy_tasks):
+    result = evaluate_stage(backbone, method, evaluation, toy_tasks["colors"], [], progress=False)
+    assert result.stage == 0 and len(result.predictions) == 6
+    assert all(p.selected == [] and p.scores == {} for p in result.predictions)
+
+
+def test_selected_order_is_ascending_score(backbone, method, training, evaluation, toy_tasks, tmp_path):
+    checkpoints = []
+    for i, name in enumerate(("colors", "shapes", "count", "colors")):
+        task = dataclasses.replace(toy_tasks[name], name=f"{name}{i}")
+        checkpoints.append(
+            train_stage(
+                backbone,
+                method,
+                dataclasses.replace(training, max_steps=1),
+                task,
+                checkpoints,
+                tmp_path / str(i),
+                progress=False,
+            ).checkpoint
+        )
+    result = evaluate_stage(backbone, method, evaluation, toy_tasks["shapes"], checkpoints, progress=False)
+    for p in result.predictions:
+        chosen = [p.scores[name] for name in p.selected]
+        assert len(chosen) == 3 and chosen == sorted(chosen)
+        assert min(chosen) >= sorted(p.scores.values())[-3]

@@ -219,6 +219,11 @@ class Batch:
     clip_attention_mask: torch.Tensor  # (B, C)
     keys: list[Any]
 
+    @property
+    def answer_tokens(self) -> int:
+        """Tokens the CE is computed on (labels after the causal shift)."""
+        return 0 if self.labels is None else int((self.labels[:, 1:] != IGNORE_INDEX).sum())
+
     def to(self, device: torch.device) -> Batch:
         move = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
         return Batch(**move)

@@ -32,12 +32,43 @@ class Queries:
 
 @dataclass
 class ModalPromptOutput:
-    loss: torch.Tensor  # CE + w_v * align_image + w_q * align_text
-    ce: torch.Tensor
-    align_image: torch.Tensor  # 1 - mean cos(f_v, k_t) over samples with an image
-    align_text: torch.Tensor  # 1 - mean cos(f_q, k_t)
+    """Loss terms as sums with their counts, so that gradient accumulation and data parallelism can
+    normalise by the global counts of an optimizer step (the same gradients as one large batch)."""
+
+    ce_sum: torch.Tensor  # summed CE over answer tokens
+    tokens: int  # answer tokens (the CE's count)
+    align_image_sum: torch.Tensor  # sum of 1 - cos(f_v, k_t) over samples with an image
+    images: int
+    align_text_sum: torch.Tensor  # sum of 1 - cos(f_q, k_t) over samples
+    samples: int
+    image_weight: float  # w_v
+    text_weight: float  # w_q
     selected: torch.Tensor  # (B, k) task indices, ascending score, current task last
     scores: torch.Tensor  # (B, t - 1) scores of the previous tasks
+
+    def normalised_loss(self, tokens: int, images: int, samples: int) -> torch.Tensor:
+        """This batch's share of CE + w_v * align_image + w_q * align_text over a larger set of batches."""
+        return (
+            self.ce_sum / max(tokens, 1)
+            + self.image_weight * self.align_image_sum / max(images, 1)
+            + self.text_weight * self.align_text_sum / max(samples, 1)
+        )
+
+    @property
+    def loss(self) -> torch.Tensor:  # CE + w_v * align_image + w_q * align_text, means over this batch
+        return self.normalised_loss(self.tokens, self.images, self.samples)
+
+    @property
+    def ce(self) -> torch.Tensor:
+        return self.ce_sum / max(self.tokens, 1)
+
+    @property
+    def align_image(self) -> torch.Tensor:  # 1 - mean cos(f_v, k_t) over samples with an image
+        return self.align_image_sum / max(self.images, 1)
+
+    @property
+    def align_text(self) -> torch.Tensor:  # 1 - mean cos(f_q, k_t)
+        return self.align_text_sum / max(self.samples, 1)
 
 
 @dataclass
@@ -156,23 +187,32 @@ class ModalPromptModel(nn.Module):
         embeds, mask, labels, positions = insert_prompts(
             q.embeds, batch.attention_mask, batch.labels, self._prefix(selected), self.after_bos
         )
-        ce = self._cross_entropy(embeds, mask, labels, positions)
+        ce_sum, tokens = self._cross_entropy_sum(embeds, mask, labels, positions)
         current = keys[-1].float()
-        align_text = 1.0 - F.cosine_similarity(q.text, current[None], dim=-1).mean()
-        if q.has_image.any():
-            align_image = 1.0 - F.cosine_similarity(q.image[q.has_image], current[None], dim=-1).mean()
-        else:
-            align_image = current.sum() * 0.0  # keeps the graph uniform for distributed gradient sync
-        loss = ce + self.method.image_loss_weight * align_image + self.method.text_loss_weight * align_text
-        return ModalPromptOutput(loss, ce, align_image, align_text, selected, scores)
+        text_gap = 1.0 - F.cosine_similarity(q.text, current[None], dim=-1)  # (B,)
+        image_gap = 1.0 - F.cosine_similarity(q.image, current[None], dim=-1)  # (B,)
+        return ModalPromptOutput(
+            ce_sum=ce_sum,
+            tokens=tokens,
+            align_image_sum=(image_gap * q.has_image).sum(),  # samples without an image add nothing
+            images=int(q.has_image.sum()),
+            align_text_sum=text_gap.sum(),
+            samples=len(text_gap),
+            image_weight=self.method.image_loss_weight,
+            text_weight=self.method.text_loss_weight,
+            selected=selected,
+            scores=scores,
+        )
 
-    def _cross_entropy(self, embeds, mask, labels, positions) -> torch.Tensor:
+    def _cross_entropy_sum(self, embeds, mask, labels, positions) -> tuple[torch.Tensor, int]:
         logits = self.llava(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
         shift_logits = logits[:, :-1].float()  # (B, N + P - 1, V)
         shift_labels = labels[:, 1:]
-        if (shift_labels == IGNORE_INDEX).all():
-            return shift_logits.sum() * 0.0
-        return F.cross_entropy(shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX)
+        tokens = int((shift_labels != IGNORE_INDEX).sum())
+        ce_sum = F.cross_entropy(
+            shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+        )
+        return ce_sum, tokens
 
     @torch.no_grad()
     def generate(self, batch: Batch, max_new_tokens: int, selected: torch.Tensor | None = None) -> Generation:

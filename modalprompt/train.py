@@ -149,6 +149,7 @@ def train_stage(
         total_steps = min(total_steps, training.max_steps)
         total_micro = min(total_micro, total_steps * training.grad_accum_steps)
 
+    accum = training.grad_accum_steps
     optimizer = torch.optim.AdamW(
         params, lr=training.lr, betas=training.adam_betas, weight_decay=training.weight_decay
     )
@@ -181,47 +182,53 @@ def train_stage(
 
     history: list[StepMetrics] = []
     bar = tqdm(total=total_steps, desc=f"stage {stage} {task.name}", disable=not progress or rank != 0)
-    start = step_start = time.perf_counter()
-    samples = step_samples = 0
-    sums = torch.zeros(4)
+    start = time.perf_counter()
+    samples = done_micro = 0
     data = batches()
     try:
-        for micro in range(total_micro):
-            batch = next(data).to(backbone.device)
-            with autocast:
-                out = model(batch)
-            (out.loss / training.grad_accum_steps).backward()
-            sums += torch.stack([out.loss, out.ce, out.align_image, out.align_text]).detach().float().cpu()
-            step_samples += len(batch.keys) * world
-            if (micro + 1) % training.grad_accum_steps and micro + 1 != total_micro:
-                continue
+        for step in range(1, total_steps + 1):
+            step_start = time.perf_counter()
+            group = [next(data).to(backbone.device) for _ in range(min(accum, total_micro - done_micro))]
+            done_micro += len(group)
+            # Normalise by the counts of the whole optimizer step on all ranks: the gradients then equal
+            # those of one batch of accum * world * batch_size samples.
+            counts = torch.tensor(
+                [[b.answer_tokens, int(b.has_image.sum()), len(b.keys)] for b in group]
+            ).sum(0)
+            sums = torch.zeros(4, dtype=torch.float64)  # loss, CE sum, image-gap sum, text-gap sum
+            if world > 1:
+                dist.all_reduce(counts)
+            tokens, images, n_samples = counts.tolist()
+            for batch in group:
+                with autocast:
+                    out = model(batch)
+                loss = out.normalised_loss(tokens, images, n_samples)
+                loss.backward()
+                terms = [loss, out.ce_sum, out.align_image_sum, out.align_text_sum]
+                sums += torch.stack([t.detach().double().cpu() for t in terms])
             if world > 1:
                 for p in params:
-                    dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+                    dist.all_reduce(p.grad)
+                dist.all_reduce(sums)
             if training.max_grad_norm is not None:
                 torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            now = time.perf_counter()
-            accumulated = (micro % training.grad_accum_steps) + 1
-            means = (sums / accumulated).tolist()
             metrics = StepMetrics(
-                step=len(history) + 1,
-                epoch=(micro + 1) / micro_per_epoch,
-                loss=means[0],
-                ce=means[1],
-                align_image=means[2],
-                align_text=means[3],
+                step=step,
+                epoch=done_micro / micro_per_epoch,
+                loss=float(sums[0]),
+                ce=float(sums[1]) / max(tokens, 1),
+                align_image=float(sums[2]) / max(images, 1),
+                align_text=float(sums[3]) / max(n_samples, 1),
                 lr=lr,
-                samples_per_s=step_samples / max(now - step_start, 1e-9),
+                samples_per_s=n_samples / max(time.perf_counter() - step_start, 1e-9),
                 peak_memory_mb=_peak_memory_mb(backbone.device),
             )
             history.append(metrics)
-            samples += step_samples
-            sums.zero_()
-            step_samples, step_start = 0, now
+            samples += n_samples
             bar.update(1)
             bar.set_postfix(loss=f"{metrics.loss:.4f}", ce=f"{metrics.ce:.4f}")
             if on_step is not None and rank == 0:

@@ -174,3 +174,18 @@ def test_gradient_checkpointing_gives_the_same_training(backbone, method, traini
     b = safetensors.torch.load_file(checkpointed.checkpoint / TENSORS_FILE)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
     assert not backbone.llava.is_gradient_checkpointing and not backbone.llava.training  # restored
+
+
+def test_accumulation_equals_one_large_batch(backbone, method, training, toy_tasks, tmp_path):
+    """CE is normalised by the answer tokens of the whole optimizer step, so accumulation changes nothing."""
+    results = {}
+    for batch_size, accum in ((8, 1), (4, 2), (2, 4)):
+        config = dataclasses.replace(training, batch_size=batch_size, grad_accum_steps=accum, epochs=2)
+        result = train_stage(
+            backbone, method, config, toy_tasks["count"], [], tmp_path / f"{batch_size}", progress=False
+        )
+        assert result.steps == 4
+        results[batch_size] = safetensors.torch.load_file(result.checkpoint / TENSORS_FILE)
+    for other in (4, 2):
+        for key, value in results[8].items():
+            assert torch.allclose(value, results[other][key], atol=1e-5), (other, key)

@@ -1,0 +1,48 @@
+"""train_stage under torch.distributed (gloo, CPU): 2 ranks give the tensors of 1 rank with the same global batch."""
+
+import dataclasses
+import socket
+
+import pytest
+import safetensors.torch
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from modalprompt.backbone import load_backbone
+from modalprompt.checkpoint import TENSORS_FILE
+from modalprompt.config import MethodConfig, ModelConfig, TrainingConfig
+from modalprompt.train import train_stage
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, model_cfg, method, training, task, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        train_stage(load_backbone(model_cfg), method, training, task, [], out, progress=False)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_equal_one_rank(tiny_base, toy_tasks, tmp_path):
+    model_cfg = ModelConfig(llava=str(tiny_base[0]), clip=str(tiny_base[1]), device="cpu")
+    method = MethodConfig(prefix_length=4)
+    single = TrainingConfig(epochs=2, batch_size=8, lr=1e-2, warmup_ratio=0.0)
+    per_rank = dataclasses.replace(single, batch_size=4)
+    task = toy_tasks["count"]
+    mp.spawn(_worker, args=(2, _free_port(), model_cfg, method, per_rank, task, tmp_path / "two"), nprocs=2)
+    reference = train_stage(
+        load_backbone(model_cfg), method, single, task, [], tmp_path / "one", progress=False
+    )
+    two = safetensors.torch.load_file(tmp_path / "two" / TENSORS_FILE)
+    one = safetensors.torch.load_file(reference.checkpoint / TENSORS_FILE)
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key

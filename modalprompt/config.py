@@ -22,6 +22,7 @@ import yaml
 T = typing.TypeVar("T")
 
 TASK_NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
+SCORER_NAMES = ("option_letter", "vqa_soft", "exact_match", "contains", "box_iou")  # modalprompt.scoring
 
 
 class ConfigError(ValueError):
@@ -158,6 +159,15 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    skip_bad_records: bool = _help(
+        "Skip records that fail validation and report them, instead of stopping before the job starts.",
+        default=False,
+    )
+    check_images: bool = _help("Open every distinct image (header only) during validation.", default=True)
+
+
+@dataclass(frozen=True)
 class TaskConfig:
     name: str = _help("Task name: letters, digits, '-' and '_' only (used in paths).", default="")
     train_file: str = _help("CoIN train.json (LLaVA conversation format).", default="")
@@ -181,6 +191,7 @@ class ExperimentConfig:
     evaluation: EvaluationConfig = _help(
         "Evaluation defaults for every task.", default_factory=EvaluationConfig
     )
+    data: DataConfig = _help("Validation of the task files.", default_factory=DataConfig)
     tasks: tuple[TaskConfig, ...] = _help("The task sequence, in training order.", default=())
     source: str = _help("The file this config was read from (set by the loader).", default="<dict>")
 
@@ -329,6 +340,10 @@ def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Experim
         if not re.match(TASK_NAME_PATTERN, task.name):
             raise ConfigError(
                 f"{where}.name = {task.name!r} is not a safe task name: use letters, digits, '-' and '_' only"
+            )
+        if task.scorer not in SCORER_NAMES:
+            raise ConfigError(
+                f"{where}.scorer = {task.scorer!r} does not exist: choose one of {list(SCORER_NAMES)}"
             )
         if task.name in seen:
             raise ConfigError(f"{where}.name = {task.name!r} appears twice: task names must be unique")

@@ -6,7 +6,6 @@ decodes and re-tokenises. Train and eval share `ImagePreprocessor` (pad to squar
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,28 +14,21 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from modalprompt.errors import DataError
+from modalprompt.validation import (
+    ImageChecker,
+    Problem,
+    load_records,
+    validate_eval_records,
+    validate_train_records,
+)
+
 IMAGE_PLACEHOLDER = "<image>"
 SYSTEM_PROMPT = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
 IGNORE_INDEX = -100
-
-
-class DataError(ValueError):
-    """A data file or record is unusable; the message names the file, the record and the field."""
-
-
-def read_json_list(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise DataError(f"{path}: file not found: check the task's train_file / eval_file in config.yaml")
-    try:
-        records = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise DataError(f"{path}: not valid JSON ({err})") from err
-    if not isinstance(records, list):
-        raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
-    return records
 
 
 class ImagePreprocessor:
@@ -127,42 +119,55 @@ class ConversationEncoder:
         return self._start() + self._tokens(f"{SYSTEM_PROMPT} USER: {question} ASSISTANT:")
 
 
-def conversation_turns(record: dict[str, Any], where: str) -> list[tuple[str, str]]:
-    conversations = record.get("conversations")
-    if not isinstance(conversations, list) or not conversations:
-        raise DataError(f"{where}: field 'conversations' must be a non-empty list of turns")
-    turns = []
-    for i in range(0, len(conversations) - 1, 2):
-        human, gpt = conversations[i], conversations[i + 1]
-        if human.get("from") != "human" or gpt.get("from") != "gpt":
-            raise DataError(f"{where}: conversations[{i}:{i + 2}] must be a 'human' turn then a 'gpt' turn")
-        turns.append((str(human.get("value", "")), str(gpt.get("value", ""))))
-    if not turns:
-        raise DataError(f"{where}: field 'conversations' has no human/gpt pair")
-    return turns
+def conversation_turns(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """(human, assistant) pairs of a validated train record."""
+    turns = record["conversations"]
+    return [(turns[i]["value"], turns[i + 1]["value"]) for i in range(0, len(turns), 2)]
 
 
-class TrainDataset(Dataset):
-    """CoIN train.json: LLaVA conversations, optionally with an image (text-only samples have none)."""
+class _ValidatedRecords(Dataset):
+    """The records of one file that passed validation; bad ones stop the job or are skipped and kept
+    in `skipped` (each a Problem naming file, record, id and field)."""
 
-    def __init__(self, path: Path, image_root: Path, encoder: ConversationEncoder, images: ImagePreprocessor):
-        self.path, self.image_root, self.encoder, self.images = path, image_root, encoder, images
-        self.records = read_json_list(path)
-        for i, record in enumerate(self.records):  # structure checked up front, images read lazily
-            conversation_turns(record, self._where(i))
-
-    def _where(self, index: int) -> str:
-        return f"{self.path} record {index} (id {self.records[index].get('id')!r})"
+    def __init__(self, path: Path, records: list, report, skip_bad: bool):
+        if not skip_bad:
+            report.raise_if_bad()
+        bad = report.bad_indices
+        self.path, self.report = path, report
+        self.positions = [i for i in range(len(records)) if i not in bad]  # index in the file
+        self.records = [records[i] for i in self.positions]
+        self.skipped: list[Problem] = report.problems
 
     def __len__(self) -> int:
         return len(self.records)
 
+    def _where(self, index: int, key: str) -> str:
+        return f"{self.path} record {self.positions[index]} ({key} {self.records[index].get(key)!r})"
+
+
+class TrainDataset(_ValidatedRecords):
+    """CoIN train.json: LLaVA conversations, optionally with an image (text-only samples have none)."""
+
+    def __init__(
+        self,
+        path: Path,
+        image_root: Path,
+        encoder: ConversationEncoder,
+        images: ImagePreprocessor,
+        skip_bad: bool = False,
+        check_images: bool = True,
+    ):
+        records = load_records(path)
+        report = validate_train_records(records, str(path), ImageChecker(image_root, check_images))
+        super().__init__(path, records, report, skip_bad)
+        self.image_root, self.encoder, self.images = image_root, encoder, images
+
     def __getitem__(self, index: int) -> Encoded:
-        record, where = self.records[index], self._where(index)
-        turns = conversation_turns(record, where)
+        record = self.records[index]
+        turns = conversation_turns(record)
         pixels = None
         if record.get("image"):
-            pixels = self.images(load_image(self.image_root, record["image"], where))
+            pixels = self.images(load_image(self.image_root, record["image"], self._where(index, "id")))
             if IMAGE_PLACEHOLDER not in turns[0][0]:
                 turns[0] = (f"{IMAGE_PLACEHOLDER}\n{turns[0][0]}", turns[0][1])
         else:
@@ -171,8 +176,8 @@ class TrainDataset(Dataset):
         return Encoded(ids, labels, self.encoder.clip_tokens(turns[0][0]), pixels, record.get("id", index))
 
 
-class EvalDataset(Dataset):
-    """CoIN test.json / val.json: question_id, image, text, answer."""
+class EvalDataset(_ValidatedRecords):
+    """CoIN test.json / val.json: question_id, image, text, answer (answer_bbox for grounding)."""
 
     def __init__(
         self,
@@ -181,28 +186,24 @@ class EvalDataset(Dataset):
         encoder: ConversationEncoder,
         images: ImagePreprocessor,
         max_samples: int | None = None,
+        scorer: str | None = None,
+        skip_bad: bool = False,
+        check_images: bool = True,
     ):
-        self.path, self.image_root, self.encoder, self.images = path, image_root, encoder, images
-        self.records = read_json_list(path)[:max_samples]
-        seen: set[Any] = set()
-        for i, record in enumerate(self.records):
-            where = f"{path} record {i}"
-            for name in ("question_id", "text"):
-                if name not in record:
-                    raise DataError(f"{where}: missing field {name!r}")
-            if record["question_id"] in seen:
-                raise DataError(f"{where}: duplicate question_id {record['question_id']!r}")
-            seen.add(record["question_id"])
-
-    def __len__(self) -> int:
-        return len(self.records)
+        records = load_records(path)
+        if isinstance(records, list):
+            records = records[:max_samples]
+        report = validate_eval_records(records, str(path), ImageChecker(image_root, check_images), scorer)
+        super().__init__(path, records, report, skip_bad)
+        self.image_root, self.encoder, self.images = image_root, encoder, images
 
     def __getitem__(self, index: int) -> Encoded:
         record = self.records[index]
-        where = f"{self.path} record {index} (question_id {record['question_id']!r})"
         question, pixels = record["text"], None
         if record.get("image"):
-            pixels = self.images(load_image(self.image_root, record["image"], where))
+            pixels = self.images(
+                load_image(self.image_root, record["image"], self._where(index, "question_id"))
+            )
             question = f"{IMAGE_PLACEHOLDER}\n{question.replace(IMAGE_PLACEHOLDER, '').strip()}"
         ids = self.encoder.encode_question(question)
         return Encoded(ids, None, self.encoder.clip_tokens(record["text"]), pixels, record["question_id"])

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ from tqdm import tqdm
 
 from modalprompt.backbone import Backbone
 from modalprompt.checkpoint import atomic_write_text, load_stages
-from modalprompt.config import EvaluationConfig, MethodConfig, TaskConfig
+from modalprompt.config import DataConfig, EvaluationConfig, MethodConfig, TaskConfig
 from modalprompt.data import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
 from modalprompt.model import ModalPromptModel
+from modalprompt.validation import Problem
 
 
 @dataclass
@@ -33,6 +35,7 @@ class EvalResult:
     stage: int
     predictions: list[Prediction]
     seconds: float
+    skipped: list[Problem] = field(default_factory=list)  # bad records left out (data.skip_bad_records)
 
     @property
     def samples_per_s(self) -> float:
@@ -47,6 +50,7 @@ def evaluate_stage(
     checkpoints: Sequence[Path],
     out_file: Path | None = None,
     *,
+    data: DataConfig = DataConfig(),  # noqa: B008 (frozen dataclass)
     progress: bool = True,
 ) -> EvalResult:
     """Generate answers for `task`'s eval file after stage len(checkpoints); write JSONL if `out_file`."""
@@ -66,7 +70,12 @@ def evaluate_stage(
         encoder,
         ImagePreprocessor(backbone.image_processor),
         evaluation.max_samples,
+        scorer=task.scorer,
+        skip_bad=data.skip_bad_records,
+        check_images=data.check_images,
     )
+    if dataset.skipped:
+        print(f"modalprompt: skipping bad records as configured\n{dataset.report.summary()}", file=sys.stderr)
     collate = Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=True)
     loader = DataLoader(dataset, batch_size=evaluation.batch_size, collate_fn=collate)
     predictions: list[Prediction] = []
@@ -89,6 +98,15 @@ def evaluate_stage(
             )
     seconds = time.perf_counter() - start
     if out_file is not None:
-        lines = "".join(json.dumps(asdict(p)) + "\n" for p in predictions)
-        atomic_write_text(Path(out_file), lines)
-    return EvalResult(task.name, len(names), predictions, seconds)
+        # skipped records get a row too, so that scoring can tell "skipped as bad" from "missing"
+        predicted = {p.question_id for p in predictions}
+        skipped = {
+            p.record_id: str(p)
+            for p in dataset.skipped
+            if isinstance(p.record_id, str | int) and p.record_id not in predicted  # not a duplicate's twin
+        }
+        rows = [asdict(p) for p in predictions] + [
+            {"question_id": q, "skipped": why} for q, why in skipped.items()
+        ]
+        atomic_write_text(Path(out_file), "".join(json.dumps(row) + "\n" for row in rows))
+    return EvalResult(task.name, len(names), predictions, seconds, dataset.skipped)

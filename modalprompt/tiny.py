@@ -28,6 +28,7 @@ from modalprompt.data import SYSTEM_PROMPT
 
 COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square", "triangle")
+INIT_RANGE = 0.3  # wide enough that a frozen random LM can express confident answers
 TOY_TASKS = ("colors", "shapes", "count")
 
 
@@ -137,6 +138,7 @@ def tiny_configs(
         eos_token_id=2,
         pad_token_id=3,
         tie_word_embeddings=False,
+        initializer_range=INIT_RANGE,
     )
     llava = LlavaConfig(
         vision_config=clip.vision_config,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import resource
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -21,9 +22,10 @@ from tqdm import tqdm
 
 from modalprompt.backbone import Backbone
 from modalprompt.checkpoint import StageMeta, load_stages, save_stage
-from modalprompt.config import MethodConfig, Schedule, TaskConfig, TrainingConfig, config_hash
+from modalprompt.config import DataConfig, MethodConfig, Schedule, TaskConfig, TrainingConfig, config_hash
 from modalprompt.data import Batch, Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
 from modalprompt.model import ModalPromptModel
+from modalprompt.validation import Problem, Report
 
 
 @dataclass
@@ -48,6 +50,7 @@ class StageResult:
     samples: int
     seconds: float
     history: list[StepMetrics] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)  # bad records left out (data.skip_bad_records)
 
     @property
     def samples_per_s(self) -> float:
@@ -71,6 +74,11 @@ def lr_multiplier(schedule: Schedule, warmup_steps: int, total_steps: int) -> Ca
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return multiplier
+
+
+def _report_skipped(report: Report, rank: int) -> None:
+    if report.problems and rank == 0:
+        print(f"modalprompt: skipping bad records as configured\n{report.summary()}", file=sys.stderr)
 
 
 def _rank_world() -> tuple[int, int]:
@@ -119,6 +127,7 @@ def train_stage(
     previous: Sequence[Path],
     out_dir: Path,
     *,
+    data: DataConfig = DataConfig(),  # noqa: B008 (frozen dataclass)
     on_step: Callable[[StepMetrics], None] | None = None,
     progress: bool = True,
 ) -> StageResult:
@@ -139,8 +148,14 @@ def train_stage(
         training.max_length,
     )
     dataset = TrainDataset(
-        Path(task.train_file), Path(task.image_root), encoder, ImagePreprocessor(backbone.image_processor)
-    )
+        Path(task.train_file),
+        Path(task.image_root),
+        encoder,
+        ImagePreprocessor(backbone.image_processor),
+        skip_bad=data.skip_bad_records,
+        check_images=data.check_images,
+    )  # validated up front: bad records stop here, before the first step, unless skipped
+    _report_skipped(dataset.report, rank)
     collate = Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=False)
     micro_per_epoch = len(shard_batches(len(dataset), training.batch_size, training.seed, 0, rank, world))
     total_micro = math.ceil(training.epochs * micro_per_epoch)
@@ -260,4 +275,6 @@ def train_stage(
         save_stage(current, Path(out_dir), meta)
     if world > 1:
         dist.barrier()
-    return StageResult(task.name, stage, Path(out_dir), len(history), samples, seconds, history)
+    return StageResult(
+        task.name, stage, Path(out_dir), len(history), samples, seconds, history, dataset.skipped
+    )

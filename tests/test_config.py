@@ -34,7 +34,7 @@ def test_shipped_config_loads_and_resolves_paths():
     cfg = load_experiment(ROOT / "config.yaml")
     assert [t.name for t in cfg.tasks] == ["colors", "shapes", "count"]
     assert Path(cfg.model.llava).is_absolute() and cfg.model.llava.startswith(str(ROOT))
-    assert cfg.training_for("count").epochs == 6 and cfg.training_for("colors").epochs == cfg.training.epochs
+    assert cfg.training_for("count").epochs == 60 and cfg.training_for("colors").epochs == cfg.training.epochs
     assert cfg.stage_of("shapes") == 2
 
 

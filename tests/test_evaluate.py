@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 from modalprompt.evaluate import evaluate_stage
 from modalprompt.train import train_stage
@@ -64,3 +65,38 @@ def test_selected_order_is_ascending_score(backbone, method, training, evaluatio
         chosen = [p.scores[name] for name in p.selected]
         assert len(chosen) == 3 and chosen == sorted(chosen)
         assert min(chosen) >= sorted(p.scores.values())[-3]
+
+
+def test_skipped_bad_records_are_written_and_scored_apart(
+    backbone, method, training, evaluation, toy_tasks, tmp_path
+):
+    from modalprompt.config import DataConfig
+    from modalprompt.errors import DataError
+    from modalprompt.scoring import score_predictions
+
+    task = toy_tasks["colors"]
+    records = json.loads(Path(task.eval_file).read_text())
+    records[1]["image"] = "images/gone.png"
+    records[2]["answer"] = ""
+    bad_file = tmp_path / "test.json"
+    bad_file.write_text(json.dumps(records))
+    bad_task = dataclasses.replace(task, eval_file=str(bad_file))
+    try:
+        evaluate_stage(backbone, method, evaluation, bad_task, [], progress=False)
+        raise AssertionError("bad records must stop the evaluation by default")
+    except DataError as err:
+        assert "2 of 6 records have problems" in str(err)
+    out = tmp_path / "p.jsonl"
+    result = evaluate_stage(
+        backbone,
+        method,
+        evaluation,
+        bad_task,
+        [],
+        out,
+        data=DataConfig(skip_bad_records=True),
+        progress=False,
+    )
+    assert len(result.predictions) == 4 and len(result.skipped) == 2
+    scored = score_predictions("exact_match", out, bad_file)
+    assert scored.scored == 4 and [s["question_id"] for s in scored.skipped] == ["colors-17", "colors-18"]

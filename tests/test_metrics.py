@@ -103,3 +103,11 @@ def test_cli_prints_json(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["avg"] == pytest.approx(80.0) and out["selection_accuracy"] == pytest.approx(95.0)
     assert main(["metrics", str(tmp_path / "missing.csv")]) == 2
+
+
+def test_scoring_and_metrics_import_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, modalprompt.scoring, modalprompt.metrics; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

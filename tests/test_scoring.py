@@ -192,3 +192,37 @@ def test_vqa_soft_uses_all_answers_and_box_uses_answer_bbox(tmp_path):
         "box_iou", *_files(tmp_path, refs[1:], [{"question_id": 2, "prediction": "[0,0,1,1]"}])
     )
     assert box.accuracy == 100.0
+
+
+def test_score_command(tmp_path, capsys):
+    from modalprompt.cli import main
+
+    predictions, eval_file = _files(
+        tmp_path,
+        REFS,
+        [
+            {"question_id": 1, "prediction": "A", "selected": ["sqa"]},
+            {"question_id": "x", "prediction": "C", "selected": ["sqa"]},
+        ],
+    )
+    out = tmp_path / "score.json"
+    args = [
+        "score",
+        "--scorer",
+        "option_letter",
+        "--predictions",
+        str(predictions),
+        "--eval-file",
+        str(eval_file),
+        "--task",
+        "sqa",
+        "--out",
+        str(out),
+    ]
+    assert main(args) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["accuracy"] == 50.0 and printed["selection_accuracy"] == 100.0
+    assert json.loads(out.read_text())["per_question"] == {"1": 1.0, "x": 0.0}
+    predictions.write_text(json.dumps({"question_id": 1, "prediction": "A"}) + "\n")
+    assert main(args) == 2
+    assert "no prediction for 1 question(s)" in capsys.readouterr().err

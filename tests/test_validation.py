@@ -147,3 +147,22 @@ def test_file_level_errors(folder):
         validate_folder(folder)
     with pytest.raises(DataError, match=r"no train\.json, test\.json or val\.json"):
         validate_folder(folder / "ok.png")
+
+
+def test_validate_command_reports_every_problem(folder, capsys):
+    from modalprompt.cli import main
+
+    records = [GOOD_TRAIN] + [{"id": f"bad{i}", "conversations": _turns("q", "")} for i in range(25)]
+    (folder / "train.json").write_text(json.dumps(records))
+    (folder / "val.json").write_text(json.dumps([GOOD_EVAL, {**GOOD_EVAL, "image": "broken.png"}]))
+    assert main(["validate", str(folder)]) == 1
+    out = capsys.readouterr().out
+    assert "25 of 26 records have problems" in out and all(f"(id 'bad{i}')" in out for i in range(25))
+    assert "val.json record 1 (id 0): field 'question_id': duplicate of record 0" in out
+    assert "cannot read image" in out
+    assert main(["validate", str(folder), "--json"]) == 1
+    reports = json.loads(capsys.readouterr().out)
+    assert [r["bad_records"] for r in reports] == [25, 1]
+    (folder / "train.json").write_text(json.dumps([GOOD_TRAIN]))
+    (folder / "val.json").write_text(json.dumps([GOOD_EVAL]))
+    assert main(["validate", str(folder)]) == 0

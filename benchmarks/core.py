@@ -42,7 +42,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        llava, clip = build_tiny_base(root / "base", hidden=args.hidden)
+        llava, clip = build_tiny_base(root / "base" / "llava", root / "base" / "clip", hidden=args.hidden)
         folders = write_toy_tasks(root / "data", train_size=64, test_size=32)
         backbone = load_backbone(ModelConfig(llava=str(llava), clip=str(clip), device="cpu"))
         method = MethodConfig()

@@ -29,12 +29,9 @@ from transformers import (
 )
 
 from modalprompt.config import Attention, DType, ModelConfig
+from modalprompt.errors import BaseModelError
 
 IMAGE_TOKEN = "<image>"
-
-
-class BaseModelError(ValueError):
-    """A base-model folder is missing, incomplete or in the wrong layout."""
 
 
 @dataclass

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +18,8 @@ import safetensors.torch
 import torch
 
 from modalprompt import __version__
+from modalprompt.errors import CheckpointError
+from modalprompt.files import atomic_write_bytes, atomic_write_text, sha256_file
 from modalprompt.prompts import TaskPrompt
 
 if TYPE_CHECKING:
@@ -28,37 +28,6 @@ if TYPE_CHECKING:
 TENSORS_FILE = "task.safetensors"
 META_FILE = "stage.json"
 FORMAT_VERSION = 1
-
-
-class CheckpointError(ValueError):
-    """A stage checkpoint is missing, truncated, or does not belong with this base model or config."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see either the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass

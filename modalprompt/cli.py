@@ -1,4 +1,8 @@
-"""Command line: a thin map from subcommands to the package's typed functions."""
+"""Command line: a thin map from subcommands to the package's typed functions.
+
+Jobs take their settings either from a config file (`--config config.yaml --task NAME`, for people) or as
+one JSON string (`--settings`, what the Snakemake rules pass: exactly the resolved settings of that job).
+"""
 
 from __future__ import annotations
 
@@ -8,46 +12,40 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from modalprompt.backbone import BaseModelError
-from modalprompt.checkpoint import CheckpointError, atomic_write_text
-from modalprompt.config import ConfigError, load_experiment
-from modalprompt.errors import DataError
+from modalprompt.config import (
+    ConfigError,
+    EvalJob,
+    TrainJob,
+    eval_job,
+    job_from_json,
+    load_experiment,
+    train_job,
+)
+from modalprompt.errors import BaseModelError, CheckpointError, DataError
+from modalprompt.files import atomic_write_text
 
 USER_ERRORS = (ConfigError, BaseModelError, CheckpointError, DataError)
 
 
-def _cmd_make_tiny(args: argparse.Namespace) -> None:
-    from modalprompt.tiny import build_tiny_base, write_toy_tasks
+def _job(args: argparse.Namespace, cls: type, from_config) -> TrainJob | EvalJob:
+    if args.threads:
+        import torch
 
-    llava, clip = build_tiny_base(args.models, seed=args.seed)
-    tasks = write_toy_tasks(args.data, seed=args.seed)
-    print(
-        json.dumps({"llava": str(llava), "clip": str(clip), "tasks": {k: str(v) for k, v in tasks.items()}})
-    )
-
-
-def _cmd_convert(args: argparse.Namespace) -> None:
-    from modalprompt.backbone import convert_llava
-
-    print(convert_llava(args.src, args.dst, args.clip))
+        torch.set_num_threads(args.threads)
+    if args.settings:
+        return job_from_json(cls, args.settings)
+    if not (args.config and args.task):
+        raise ConfigError("give --settings JSON, or --config config.yaml with --task NAME")
+    return from_config(load_experiment(args.config), args.task)
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
     from modalprompt.backbone import load_backbone
     from modalprompt.train import train_stage
 
-    cfg = load_experiment(args.config)
-    task = cfg.task(args.task)
-    result = train_stage(
-        load_backbone(cfg.model),
-        cfg.method,
-        cfg.training_for(task.name),
-        task,
-        args.previous,
-        args.out,
-        data=cfg.data,
-        progress=not args.quiet,
-    )
+    job = _job(args, TrainJob, train_job)
+    result = train_stage(load_backbone(job.model), job.method, job.training, job.task, args.previous, args.out,
+                         data=job.data, progress=not args.quiet)  # fmt: skip
     if args.history:
         atomic_write_text(args.history, "".join(json.dumps(asdict(m)) + "\n" for m in result.history))
     print(
@@ -59,6 +57,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
                 "steps": result.steps,
                 "seconds": round(result.seconds, 3),
                 "samples_per_s": round(result.samples_per_s, 2),
+                "skipped_records": len(result.skipped),
             }
         )
     )
@@ -68,24 +67,16 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from modalprompt.backbone import load_backbone
     from modalprompt.evaluate import evaluate_stage
 
-    cfg = load_experiment(args.config)
-    task = cfg.task(args.task)
-    result = evaluate_stage(
-        load_backbone(cfg.model),
-        cfg.method,
-        cfg.evaluation_for(task.name),
-        task,
-        args.checkpoints,
-        args.out,
-        data=cfg.data,
-        progress=not args.quiet,
-    )
+    job = _job(args, EvalJob, eval_job)
+    result = evaluate_stage(load_backbone(job.model), job.method, job.evaluation, job.task, args.checkpoints,
+                            args.out, data=job.data, progress=not args.quiet)  # fmt: skip
     print(
         json.dumps(
             {
                 "task": result.task,
                 "stage": result.stage,
                 "samples": len(result.predictions),
+                "skipped_records": len(result.skipped),
                 "seconds": round(result.seconds, 3),
                 "samples_per_s": round(result.samples_per_s, 2),
             }
@@ -93,55 +84,54 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     )
 
 
-def _cmd_run(args: argparse.Namespace) -> None:
-    """Every stage in order, every (stage s, task j <= s) evaluation and its score, with one loaded base
-    model; then the accuracy matrix, the selection matrix and the metrics."""
-    from modalprompt.backbone import load_backbone
-    from modalprompt.evaluate import evaluate_stage
-    from modalprompt.metrics import compute_metrics, format_matrix
+def _cmd_score(args: argparse.Namespace) -> None:
     from modalprompt.scoring import score_predictions
-    from modalprompt.train import train_stage
 
-    cfg = load_experiment(args.config)
-    backbone = load_backbone(cfg.model)
-    results = Path(args.results)
-    names = [t.name for t in cfg.tasks]
-    accuracy = {s: [None] * len(names) for s in range(1, len(names) + 1)}
-    selection = {s: [None] * len(names) for s in range(1, len(names) + 1)}
-    checkpoints: list[Path] = []
-    for stage, task in enumerate(cfg.tasks, start=1):
-        trained = train_stage(
-            backbone, cfg.method, cfg.training_for(task.name), task, checkpoints,
-            results / f"stage-{stage}" / "checkpoint", data=cfg.data, progress=not args.quiet,
-        )  # fmt: skip
-        checkpoints.append(trained.checkpoint)
-        for j, seen in enumerate(cfg.tasks[:stage]):
-            evaluation = cfg.evaluation_for(seen.name)
-            out = results / f"stage-{stage}" / "eval" / f"{seen.name}.jsonl"
-            evaluate_stage(
-                backbone,
-                cfg.method,
-                evaluation,
-                seen,
-                checkpoints,
-                out,
-                data=cfg.data,
-                progress=not args.quiet,
+    result = score_predictions(
+        args.scorer, args.predictions, args.eval_file, args.task, args.max_samples or None
+    )
+    record = {"task": args.task, "stage": args.stage, **result.to_json()}
+    if args.out:
+        atomic_write_text(args.out, json.dumps(record, indent=1, default=str) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k != "per_question"}, default=str))
+
+
+def _cmd_matrix(args: argparse.Namespace) -> None:
+    """Accuracy and selection matrices, metrics and heatmap from score files (each names its stage/task)."""
+    from modalprompt.metrics import compute_metrics, format_matrix
+    from modalprompt.plots import write_heatmap
+
+    tasks = list(args.tasks)
+    accuracy: dict[int, list[float | None]] = {}
+    selection: dict[int, list[float | None]] = {}
+    for path in args.scores:
+        record = json.loads(Path(path).read_text())
+        if record.get("task") not in tasks or not isinstance(record.get("stage"), int):
+            raise DataError(
+                f"{path}: needs 'task' (one of {tasks}) and an integer 'stage' (score with --stage)"
             )
-            scored = score_predictions(
-                seen.scorer, out, Path(seen.eval_file), seen.name, evaluation.max_samples
-            )
-            atomic_write_text(out.with_suffix(".score.json"), json.dumps(scored.to_json(), indent=1) + "\n")
-            accuracy[stage][j], selection[stage][j] = scored.accuracy, scored.selection_accuracy
-            print(
-                f"stage {stage} ({task.name}) on {seen.name}: accuracy {scored.accuracy:.1f}%, "
-                f"selection {scored.selection_accuracy:.1f}%"
-            )
-    atomic_write_text(results / "matrix.csv", format_matrix(names, accuracy))
-    atomic_write_text(results / "selection.csv", format_matrix(names, selection))
-    metrics = compute_metrics(names, accuracy)
-    atomic_write_text(results / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+        column = tasks.index(record["task"])
+        accuracy.setdefault(record["stage"], [None] * len(tasks))[column] = record["accuracy"]
+        selection.setdefault(record["stage"], [None] * len(tasks))[column] = record["selection_accuracy"]
+    out = Path(args.out_dir)
+    metrics = compute_metrics(tasks, accuracy)
+    atomic_write_text(out / "matrix.csv", format_matrix(tasks, accuracy))
+    atomic_write_text(
+        out / "selection.csv", format_matrix(tasks, {s: r for s, r in selection.items() if s > 0})
+    )
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_heatmap(out / "heatmap.png", tasks, accuracy, args.title or "accuracy (%)")
+    print(format_matrix(tasks, accuracy), end="")
     print(json.dumps(metrics))
+
+
+def _cmd_track(args: argparse.Namespace) -> None:
+    from modalprompt.tracking import sync_method
+
+    summary = sync_method(args.uri, args.experiment, Path(args.results), args.method, list(args.tasks))
+    if args.out:
+        atomic_write_text(args.out, json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary))
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -174,15 +164,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 1 if any(r.problems for r in reports) else 0
 
 
-def _cmd_score(args: argparse.Namespace) -> None:
-    from modalprompt.scoring import score_predictions
-
-    result = score_predictions(args.scorer, args.predictions, args.eval_file, args.task, args.max_samples)
-    if args.out:
-        atomic_write_text(args.out, json.dumps(result.to_json(), indent=1, default=str) + "\n")
-    print(json.dumps({k: v for k, v in result.to_json().items() if k != "per_question"}, default=str))
-
-
 def _cmd_metrics(args: argparse.Namespace) -> None:
     from modalprompt.metrics import compute_metrics, read_matrix
 
@@ -199,48 +180,138 @@ def _cmd_metrics(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1))
 
 
+def _cmd_convert(args: argparse.Namespace) -> None:
+    from modalprompt.backbone import convert_llava
+
+    print(convert_llava(args.src, args.dst, args.clip))
+
+
+def _cmd_make_tiny_base(args: argparse.Namespace) -> None:
+    from modalprompt.tiny import build_tiny_base
+
+    llava, clip = build_tiny_base(args.llava, args.clip, seed=args.seed)
+    print(json.dumps({"llava": str(llava), "clip": str(clip)}))
+
+
+def _cmd_make_toy_data(args: argparse.Namespace) -> None:
+    from modalprompt.tiny import write_toy_tasks
+
+    print(json.dumps({k: str(v) for k, v in write_toy_tasks(args.out, seed=args.seed).items()}))
+
+
+def _cmd_schema(args: argparse.Namespace) -> None:
+    import yaml
+
+    from modalprompt.config import json_schema
+
+    print(yaml.safe_dump(json_schema(), sort_keys=False, width=120), end="")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    """Every stage in order, every (stage s, task j <= s) evaluation and its score, in one process with one
+    loaded base model (no Snakemake, no MLflow); then the matrices and metrics, in the pipeline's layout."""
+    from modalprompt import layout
+    from modalprompt.backbone import load_backbone
+    from modalprompt.evaluate import evaluate_stage
+    from modalprompt.scoring import score_predictions
+    from modalprompt.train import train_stage
+
+    cfg = load_experiment(args.config)
+    backbone = load_backbone(cfg.model)
+    results, method, names = cfg.results_dir, layout.METHOD, [t.name for t in cfg.tasks]
+    cells = layout.evaluation_cells(names, cfg.pipeline.zero_shot)
+    scores, checkpoints = [], []
+    for stage in range(0, len(names) + 1):
+        if stage > 0:
+            job = train_job(cfg, names[stage - 1])
+            trained = train_stage(backbone, job.method, job.training, job.task, checkpoints,
+                                  layout.checkpoint_dir(results, method, stage), data=job.data,
+                                  progress=not args.quiet)  # fmt: skip
+            atomic_write_text(layout.history_file(results, method, stage),
+                              "".join(json.dumps(asdict(m)) + "\n" for m in trained.history))  # fmt: skip
+            checkpoints.append(trained.checkpoint)
+        for name in [task for s, task in cells if s == stage]:
+            job, out = eval_job(cfg, name), layout.predictions_file(results, method, stage, name)
+            evaluate_stage(backbone, job.method, job.evaluation, job.task, checkpoints, out, data=job.data,
+                           progress=not args.quiet)  # fmt: skip
+            result = score_predictions(cfg.task(name).scorer, out, Path(job.task.eval_file), name,
+                                       job.evaluation.max_samples)  # fmt: skip
+            scores.append(layout.score_file(results, method, stage, name))
+            atomic_write_text(
+                scores[-1], json.dumps({"task": name, "stage": stage, **result.to_json()}) + "\n"
+            )
+    _cmd_matrix(argparse.Namespace(tasks=names, scores=scores, title=cfg.experiment,
+                                   out_dir=layout.method_dir(results, method)))  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="modalprompt", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="modalprompt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("make-tiny", help="write tiny local base models and a toy 3-task CoIN-format dataset")
-    p.add_argument(
-        "--models", type=Path, default=Path("models/tiny"), help="output folder for llava/ and clip/"
-    )
-    p.add_argument("--data", type=Path, default=Path("data/toy"), help="output folder for the toy tasks")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_make_tiny)
-
-    p = sub.add_parser(
-        "convert-llava", help="convert an original LLaVA-1.5 checkpoint to the llava-hf layout"
-    )
-    p.add_argument("src", type=Path, help="folder of the original checkpoint (LlavaLlamaForCausalLM)")
-    p.add_argument("dst", type=Path, help="output folder (llava-hf layout)")
-    p.add_argument(
-        "--clip", type=Path, required=True, help="local CLIP folder whose vision model is the tower"
-    )
-    p.set_defaults(func=_cmd_convert)
+    def job_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--settings", help="the job's resolved settings as JSON (what the pipeline passes)")
+        p.add_argument("--config", type=Path, help="config.yaml to take the settings from (with --task)")
+        p.add_argument("--task", help="task name from the config's task list")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")
 
     p = sub.add_parser("train", help="train one stage: the task's prompt and key network")
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--task", required=True, help="task name from the config's task list")
+    job_options(p)
     p.add_argument(
         "--previous", type=Path, nargs="*", default=[], help="checkpoints of stages 1..t-1, in order"
     )
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--history", type=Path, help="write per-step metrics as JSONL here")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="generate answers for a task's eval file after stage s")
-    p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--task", required=True, help="task name from the config's task list")
+    job_options(p)
     p.add_argument(
         "--checkpoints", type=Path, nargs="*", default=[], help="checkpoints of stages 1..s, in order"
     )
     p.add_argument("--out", type=Path, required=True, help="predictions JSONL to write")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "score", help="score a predictions JSONL against its eval file (joined on question_id)"
+    )
+    p.add_argument(
+        "--scorer", required=True, help="option_letter | vqa_soft | exact_match | contains | box_iou"
+    )
+    p.add_argument("--predictions", type=Path, required=True)
+    p.add_argument("--eval-file", type=Path, required=True, help="the task's test.json / val.json")
+    p.add_argument("--task", help="task name, for selection accuracy (most similar prompt is the task's own)")
+    p.add_argument("--stage", type=int, help="stage the predictions come from (recorded for the matrix)")
+    p.add_argument("--max-samples", type=int, help="the evaluation's max_samples (0 or absent: all)")
+    p.add_argument("--out", type=Path, help="write the full result (with per-question scores) as JSON here")
+    p.set_defaults(func=_cmd_score)
+
+    p = sub.add_parser(
+        "matrix", help="matrix.csv, selection.csv, metrics.json and heatmap.png from score files"
+    )
+    p.add_argument("--tasks", nargs="+", required=True, help="task names in training order")
+    p.add_argument(
+        "--scores", type=Path, nargs="+", required=True, help="score JSON files (from score --stage)"
+    )
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--title", help="heatmap title")
+    p.set_defaults(func=_cmd_matrix)
+
+    p = sub.add_parser("metrics", help="continual-learning metrics of an accuracy matrix CSV, as JSON")
+    p.add_argument("matrix", type=Path, help="CSV: stage, then one column per task in training order")
+    p.add_argument("--selection", type=Path, help="CSV of selection accuracies in the same layout")
+    p.set_defaults(func=_cmd_metrics)
+
+    p = sub.add_parser("track", help="record a method's results in MLflow (replacing what changed)")
+    p.add_argument("--uri", required=True, help="MLflow tracking URI")
+    p.add_argument("--experiment", required=True, help="MLflow experiment name")
+    p.add_argument("--results", type=Path, required=True, help="the experiment's results folder")
+    p.add_argument("--method", required=True)
+    p.add_argument("--tasks", nargs="+", required=True, help="task names in training order")
+    p.add_argument("--out", type=Path, help="write the run ids as JSON here")
+    p.set_defaults(func=_cmd_track)
 
     p = sub.add_parser(
         "validate", help="report every problem in a CoIN task folder (or all tasks of a config)"
@@ -253,28 +324,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser(
-        "score", help="score a predictions JSONL against its eval file (joined on question_id)"
+        "convert-llava", help="convert an original LLaVA-1.5 checkpoint to the llava-hf layout"
     )
+    p.add_argument("src", type=Path, help="folder of the original checkpoint (LlavaLlamaForCausalLM)")
+    p.add_argument("dst", type=Path, help="output folder (llava-hf layout)")
     p.add_argument(
-        "--scorer", required=True, help="option_letter | vqa_soft | exact_match | contains | box_iou"
+        "--clip", type=Path, required=True, help="local CLIP folder whose vision model is the tower"
     )
-    p.add_argument("--predictions", type=Path, required=True)
-    p.add_argument("--eval-file", type=Path, required=True, help="the task's test.json / val.json")
-    p.add_argument("--task", help="task name, for selection accuracy (most similar prompt is the task's own)")
-    p.add_argument("--max-samples", type=int, help="the evaluation's max_samples, if it used one")
-    p.add_argument("--out", type=Path, help="write the full result (with per-question scores) as JSON here")
-    p.set_defaults(func=_cmd_score)
-
-    p = sub.add_parser("metrics", help="continual-learning metrics of an accuracy matrix CSV, as JSON")
-    p.add_argument("matrix", type=Path, help="CSV: stage, then one column per task in training order")
-    p.add_argument("--selection", type=Path, help="CSV of selection accuracies in the same layout")
-    p.set_defaults(func=_cmd_metrics)
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser(
-        "run", help="train all stages in order and evaluate each stage on the tasks seen so far"
+        "make-tiny-base", help="write tiny random LLaVA and CLIP folders (for tests and the demo)"
     )
+    p.add_argument("llava", type=Path)
+    p.add_argument("clip", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_make_tiny_base)
+
+    p = sub.add_parser("make-toy-data", help="write the toy 3-task CoIN-format dataset")
+    p.add_argument("out", type=Path, help="folder for colors/, shapes/, count/")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_make_toy_data)
+
+    p = sub.add_parser("schema", help="print the JSON Schema of config.yaml (YAML)")
+    p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("run", help="all stages, evaluations and scores in one process, without Snakemake")
     p.add_argument("--config", type=Path, required=True)
-    p.add_argument("--results", type=Path, required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_run)
     return parser
@@ -287,7 +363,3 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"modalprompt: error: {err}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

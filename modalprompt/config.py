@@ -1,7 +1,9 @@
-"""Typed settings for the method, training, evaluation and the task sequence.
+"""Typed settings: the experiment as read from config.yaml, and the per-job settings the pipeline passes.
 
-Every field carries one line of help. `from_dict` rejects unknown keys and wrong types with a message that
-names the file, the key path and the fix. Defaults reproduce the reference (method.md).
+Every field carries one line of help and, where it has one, its allowed range. `from_dict` rejects unknown
+keys, wrong types and out-of-range values with a message naming the file, the key path and what is
+expected. `json_schema()` derives `workflow/schemas/config.schema.yaml` from these classes (a test keeps the
+committed file equal to it). Defaults reproduce the reference (method.md).
 """
 
 from __future__ import annotations
@@ -22,7 +24,6 @@ import yaml
 T = typing.TypeVar("T")
 
 TASK_NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
-SCORER_NAMES = ("option_letter", "vqa_soft", "exact_match", "contains", "box_iou")  # modalprompt.scoring
 
 
 class ConfigError(ValueError):
@@ -53,14 +54,55 @@ class Attention(enum.StrEnum):
     EAGER = "eager"
 
 
+class ModelSource(enum.StrEnum):
+    HF = "hf"  # model.llava is a llava-hf folder, used as it is
+    ORIGINAL = "original"  # model.original_llava is converted once into model.llava by the pipeline
+    TINY = "tiny"  # the pipeline builds tiny random models into model.llava / model.clip (the demo)
+
+
+class Scorer(enum.StrEnum):  # modalprompt.scoring.SCORERS
+    OPTION_LETTER = "option_letter"
+    VQA_SOFT = "vqa_soft"
+    EXACT_MATCH = "exact_match"
+    CONTAINS = "contains"
+    BOX_IOU = "box_iou"
+
+
 def _help(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
+    """A field with help text; bounds (minimum, maximum, exclusive_minimum, exclusive_maximum), `pattern`
+    and `overrides` (the class whose keys a dict may override) go to metadata, the rest to `field`."""
+    meta_keys = (
+        "minimum",
+        "maximum",
+        "exclusive_minimum",
+        "exclusive_maximum",
+        "pattern",
+        "overrides",
+        "internal",
+    )
+    metadata = {"help": text, **{k: kwargs.pop(k) for k in meta_keys if k in kwargs}}
+    return field(metadata=metadata, **kwargs)
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    models: str = _help(
+        "Folder that relative model paths are under (relative to the config file).", default="models"
+    )
+    data: str = _help("Folder that relative task files and image roots are under.", default="data")
+    results: str = _help(
+        "Folder of all outputs; each experiment writes to <results>/<experiment>/.", default="results"
+    )
 
 
 @dataclass(frozen=True)
 class ModelConfig:
+    source: ModelSource = _help(
+        "How model.llava comes to be: hf (given), original (converted), tiny (built).", default=ModelSource.HF
+    )
     llava: str = _help("Folder of the base LLaVA in the transformers (llava-hf) layout.", default="")
     clip: str = _help("Folder of the CLIP model (text tower and projections) used for selection.", default="")
+    original_llava: str = _help("Folder of an original-layout LLaVA-1.5 (source: original only).", default="")
     dtype: DType = _help(
         "Dtype of the frozen base model; trainable tensors are always float32.", default=DType.AUTO
     )
@@ -70,31 +112,26 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MethodConfig:
-    prefix_length: int = _help("Prompt length L: rows of each task's prompt.", default=10)
+    prefix_length: int = _help("Prompt length L: rows of each task's prompt.", default=10, minimum=1)
     transfer_num: int = _help(
-        "K: prompts selected per sample (current + K-1 previous in training).", default=3
+        "K: prompts selected per sample (current + K-1 previous in training).",
+        default=3,
+        minimum=1,
+        maximum=64,
     )
     lam: float = _help(
-        "Weight of the image term in the selection score (1 - lam on the text term).", default=0.5
+        "Weight of the image term in the selection score (1 - lam on the text term).",
+        default=0.5,
+        minimum=0.0,
+        maximum=1.0,
     )
-    image_loss_weight: float = _help("w_v: weight of the image-key alignment loss.", default=1.0)
-    text_loss_weight: float = _help("w_q: weight of the text-key alignment loss.", default=1.0)
+    image_loss_weight: float = _help("w_v: weight of the image-key alignment loss.", default=1.0, minimum=0.0)
+    text_loss_weight: float = _help("w_q: weight of the text-key alignment loss.", default=1.0, minimum=0.0)
     text_feature: TextFeature = _help("CLIP text feature for the text query.", default=TextFeature.POOLED)
     key_hidden_size: int | None = _help(
-        "Hidden size of the key network; null = the LLM hidden size.", default=None
+        "Hidden size of the key network; null = the LLM hidden size.", default=None, minimum=1
     )
     prompt_init_seed: int = _help("Seed of the prompt and key-network initialisation (per stage).", default=0)
-
-    def validate(self, where: str) -> None:
-        _check(self.prefix_length >= 1, where, "prefix_length", self.prefix_length, "an integer >= 1")
-        _check(self.transfer_num >= 1, where, "transfer_num", self.transfer_num, "an integer >= 1")
-        _check(0.0 <= self.lam <= 1.0, where, "lam", self.lam, "a number in [0, 1]")
-        _check(
-            self.image_loss_weight >= 0, where, "image_loss_weight", self.image_loss_weight, "a number >= 0"
-        )
-        _check(self.text_loss_weight >= 0, where, "text_loss_weight", self.text_loss_weight, "a number >= 0")
-        if self.key_hidden_size is not None:
-            _check(self.key_hidden_size >= 1, where, "key_hidden_size", self.key_hidden_size, "null or >= 1")
 
     def structure(self) -> dict[str, Any]:
         """The settings that define what a stage file's tensors mean; loading refuses a mismatch."""
@@ -107,55 +144,43 @@ class MethodConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    epochs: float = _help("Passes over the task's training set (fractions allowed).", default=10.0)
-    batch_size: int = _help("Samples per optimizer micro-step on each process.", default=16)
-    grad_accum_steps: int = _help("Micro-steps accumulated per optimizer step.", default=1)
-    lr: float = _help("Peak AdamW learning rate.", default=2e-4)
-    weight_decay: float = _help("AdamW weight decay.", default=0.0)
+    epochs: float = _help(
+        "Passes over the task's training set (fractions allowed).", default=10.0, exclusive_minimum=0.0
+    )
+    batch_size: int = _help("Samples per micro-step on each process.", default=16, minimum=1)
+    grad_accum_steps: int = _help("Micro-steps accumulated per optimizer step.", default=1, minimum=1)
+    lr: float = _help("Peak AdamW learning rate.", default=2e-4, exclusive_minimum=0.0)
+    weight_decay: float = _help("AdamW weight decay.", default=0.0, minimum=0.0)
     adam_betas: tuple[float, float] = _help("AdamW betas.", default=(0.9, 0.999))
     schedule: Schedule = _help("Learning-rate schedule after warm-up.", default=Schedule.CONSTANT)
-    warmup_ratio: float = _help("Share of optimizer steps spent in linear warm-up.", default=0.03)
-    max_grad_norm: float | None = _help("Gradient clipping norm; null disables clipping.", default=1.0)
-    max_length: int = _help("Maximum LLM tokens per sample before the prompt is inserted.", default=2048)
+    warmup_ratio: float = _help(
+        "Share of optimizer steps spent in linear warm-up.", default=0.03, minimum=0.0, exclusive_maximum=1.0
+    )
+    max_grad_norm: float | None = _help(
+        "Gradient clipping norm; null disables clipping.", default=1.0, exclusive_minimum=0.0
+    )
+    max_length: int = _help(
+        "Maximum LLM tokens per sample before the prompt is inserted.", default=2048, minimum=8
+    )
     max_steps: int | None = _help(
-        "Stop after this many optimizer steps (null: run all epochs).", default=None
+        "Stop after this many optimizer steps (null: run all epochs).", default=None, minimum=1
     )
     gradient_checkpointing: bool = _help(
         "Recompute LLM activations in backward to save memory.", default=False
     )
     seed: int = _help("Seed of data order and everything random in training.", default=0)
-    num_workers: int = _help("DataLoader worker processes.", default=0)
-
-    def validate(self, where: str) -> None:
-        _check(self.epochs > 0, where, "epochs", self.epochs, "a number > 0")
-        _check(self.batch_size >= 1, where, "batch_size", self.batch_size, "an integer >= 1")
-        _check(
-            self.grad_accum_steps >= 1, where, "grad_accum_steps", self.grad_accum_steps, "an integer >= 1"
-        )
-        _check(self.lr > 0, where, "lr", self.lr, "a number > 0")
-        _check(self.weight_decay >= 0, where, "weight_decay", self.weight_decay, "a number >= 0")
-        _check(0 <= self.warmup_ratio < 1, where, "warmup_ratio", self.warmup_ratio, "a number in [0, 1)")
-        _check(self.max_length >= 8, where, "max_length", self.max_length, "an integer >= 8")
-        _check(self.num_workers >= 0, where, "num_workers", self.num_workers, "an integer >= 0")
-        if self.max_steps is not None:
-            _check(self.max_steps >= 1, where, "max_steps", self.max_steps, "null or an integer >= 1")
-        if self.max_grad_norm is not None:
-            _check(self.max_grad_norm > 0, where, "max_grad_norm", self.max_grad_norm, "null or a number > 0")
+    num_workers: int = _help("DataLoader worker processes.", default=0, minimum=0)
 
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    batch_size: int = _help("Samples per generation batch.", default=16)
-    max_new_tokens: int = _help("Greedy decoding stops after this many new tokens (or at EOS).", default=128)
-    max_samples: int | None = _help(
-        "Evaluate only the first N samples of the eval file (null: all).", default=None
+    batch_size: int = _help("Samples per generation batch.", default=16, minimum=1)
+    max_new_tokens: int = _help(
+        "Greedy decoding stops after this many new tokens (or at EOS).", default=128, minimum=1
     )
-
-    def validate(self, where: str) -> None:
-        _check(self.batch_size >= 1, where, "batch_size", self.batch_size, "an integer >= 1")
-        _check(self.max_new_tokens >= 1, where, "max_new_tokens", self.max_new_tokens, "an integer >= 1")
-        if self.max_samples is not None:
-            _check(self.max_samples >= 1, where, "max_samples", self.max_samples, "null or an integer >= 1")
+    max_samples: int | None = _help(
+        "Evaluate only the first N samples of the eval file (null: all).", default=None, minimum=1
+    )
 
 
 @dataclass(frozen=True)
@@ -169,22 +194,67 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str = _help("Task name: letters, digits, '-' and '_' only (used in paths).", default="")
-    train_file: str = _help("CoIN train.json (LLaVA conversation format).", default="")
-    eval_file: str = _help("CoIN test.json / val.json.", default="")
-    image_root: str = _help("Folder the records' image paths are relative to.", default="")
-    scorer: str = _help("Scorer for this task's predictions.", default="exact_match")
-    training: dict[str, Any] = _help("Overrides of `training` keys for this task only.", default_factory=dict)
+    name: str = _help(
+        "Task name: letters, digits, '-' and '_' only (used in paths).", default="", pattern=TASK_NAME_PATTERN
+    )
+    train_file: str = _help("CoIN train.json (LLaVA conversation format), under paths.data.", default="")
+    eval_file: str = _help("CoIN test.json / val.json, under paths.data.", default="")
+    image_root: str = _help("Folder the records' image paths are relative to, under paths.data.", default="")
+    scorer: Scorer = _help("Scorer for this task's predictions.", default=Scorer.EXACT_MATCH)
+    training: dict[str, Any] = _help(
+        "Overrides of `training` keys for this task only.", default_factory=dict, overrides=TrainingConfig
+    )
     evaluation: dict[str, Any] = _help(
-        "Overrides of `evaluation` keys for this task only.", default_factory=dict
+        "Overrides of `evaluation` keys for this task only.", default_factory=dict, overrides=EvaluationConfig
+    )
+
+
+@dataclass(frozen=True)
+class JobResources:
+    gpus: int = _help("GPUs per job (Slurm --gpus); ignored by local runs.", default=0, minimum=0)
+    cpus: int = _help("CPU cores per job (threads locally, Slurm --cpus-per-task).", default=1, minimum=1)
+    mem_mb: int = _help("Memory per job in MB (Slurm --mem).", default=4000, minimum=1)
+    runtime: int = _help("Wall-time limit per job in minutes (Slurm -t).", default=60, minimum=1)
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    train: JobResources = _help("Resources of each stage's training job.", default_factory=JobResources)
+    evaluate: JobResources = _help("Resources of each evaluation job.", default_factory=JobResources)
+    prepare: JobResources = _help(
+        "Resources of base-model preparation (conversion, tiny models).", default_factory=JobResources
+    )
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    uri: str | None = _help(
+        "MLflow tracking URI; null = SQLite file <results>/<experiment>/mlflow.db.", default=None
+    )
+    experiment: str | None = _help(
+        "MLflow experiment name; null = the config's experiment name.", default=None
+    )
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    zero_shot: bool = _help(
+        "Also evaluate the base model without prompts (row 0) and each stage on the next task (for fwt).",
+        default=True,
+    )
+    toy_data: bool = _help(
+        "Write the toy tasks under <paths.data>/toy as a pipeline step (the demo).", default=False
     )
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """The whole experiment as read from config.yaml; paths resolved against the file's folder."""
+    """The whole experiment as read from config.yaml; paths resolved by `load_experiment`."""
 
-    experiment: str = _help("Experiment name.", default="modalprompt")
+    experiment: str = _help(
+        "Experiment name (a folder under paths.results).", default="modalprompt", pattern=TASK_NAME_PATTERN
+    )
+    paths: PathsConfig = _help("Where models, data and results live.", default_factory=PathsConfig)
     model: ModelConfig = _help("The frozen base models.", default_factory=ModelConfig)
     method: MethodConfig = _help("ModalPrompt's knobs.", default_factory=MethodConfig)
     training: TrainingConfig = _help("Training defaults for every task.", default_factory=TrainingConfig)
@@ -193,7 +263,14 @@ class ExperimentConfig:
     )
     data: DataConfig = _help("Validation of the task files.", default_factory=DataConfig)
     tasks: tuple[TaskConfig, ...] = _help("The task sequence, in training order.", default=())
-    source: str = _help("The file this config was read from (set by the loader).", default="<dict>")
+    pipeline: PipelineConfig = _help(
+        "What the pipeline runs besides the stages.", default_factory=PipelineConfig
+    )
+    resources: ResourcesConfig = _help("Cluster resources per job kind.", default_factory=ResourcesConfig)
+    tracking: TrackingConfig = _help("Where MLflow records the runs.", default_factory=TrackingConfig)
+    source: str = _help(
+        "The file this config was read from (set by the loader).", default="<dict>", internal=True
+    )
 
     def task(self, name: str) -> TaskConfig:
         for task in self.tasks:
@@ -208,42 +285,112 @@ class ExperimentConfig:
 
     def training_for(self, name: str) -> TrainingConfig:
         task = self.task(name)
-        where = f"{self.source}: tasks[{task.name}].training"
-        merged = from_dict(TrainingConfig, {**dataclasses.asdict(self.training), **task.training}, where)
-        merged.validate(where)
-        return merged
+        merged = {**dataclasses.asdict(self.training), **task.training}
+        return from_dict(
+            TrainingConfig, merged, f"{self.source}: tasks[{task.name}].training (with overrides)"
+        )
 
     def evaluation_for(self, name: str) -> EvaluationConfig:
         task = self.task(name)
-        where = f"{self.source}: tasks[{task.name}].evaluation"
-        merged = from_dict(
-            EvaluationConfig, {**dataclasses.asdict(self.evaluation), **task.evaluation}, where
+        merged = {**dataclasses.asdict(self.evaluation), **task.evaluation}
+        return from_dict(
+            EvaluationConfig, merged, f"{self.source}: tasks[{task.name}].evaluation (with overrides)"
         )
-        merged.validate(where)
-        return merged
+
+    @property
+    def results_dir(self) -> Path:
+        return Path(self.paths.results) / self.experiment
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.uri or f"sqlite:///{(self.results_dir / 'mlflow.db').resolve()}"
 
 
-def _check(ok: bool, where: str, key: str, value: Any, expected: str) -> None:
-    if not ok:
-        raise ConfigError(f"{where}.{key} = {value!r} is invalid: expected {expected}")
+# ----------------------------------------------------------------------------- per-job settings
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Exactly what a stage's training job needs (and what makes it rerun when it changes)."""
+
+    model: ModelConfig = _help("Base models.", default_factory=ModelConfig)
+    method: MethodConfig = _help("Method knobs.", default_factory=MethodConfig)
+    training: TrainingConfig = _help(
+        "This task's training settings, overrides applied.", default_factory=TrainingConfig
+    )
+    data: DataConfig = _help("Validation settings.", default_factory=DataConfig)
+    task: TaskConfig = _help("The task, paths resolved.", default_factory=TaskConfig)
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """Exactly what one evaluation job needs."""
+
+    model: ModelConfig = _help("Base models.", default_factory=ModelConfig)
+    method: MethodConfig = _help(
+        "Method knobs (selection uses lam and transfer_num).", default_factory=MethodConfig
+    )
+    evaluation: EvaluationConfig = _help(
+        "This task's evaluation settings, overrides applied.", default_factory=EvaluationConfig
+    )
+    data: DataConfig = _help("Validation settings.", default_factory=DataConfig)
+    task: TaskConfig = _help("The task, paths resolved.", default_factory=TaskConfig)
+
+
+def train_job(cfg: ExperimentConfig, name: str) -> TrainJob:
+    """Training reads the train file and images only: the eval file and the scorer are left out, so
+    changing them does not retrain."""
+    task = dataclasses.replace(_bare(cfg.task(name)), eval_file="", scorer=Scorer.EXACT_MATCH)
+    return TrainJob(cfg.model, cfg.method, cfg.training_for(name), cfg.data, task)
+
+
+def eval_job(cfg: ExperimentConfig, name: str) -> EvalJob:
+    """Evaluation reads the eval file and images only; scoring is a later step with its own settings."""
+    task = dataclasses.replace(_bare(cfg.task(name)), train_file="", scorer=Scorer.EXACT_MATCH)
+    return EvalJob(cfg.model, cfg.method, cfg.evaluation_for(name), cfg.data, task)
+
+
+def _bare(task: TaskConfig) -> TaskConfig:
+    """The task without its override dicts (they are already applied in the job's settings)."""
+    return dataclasses.replace(task, training={}, evaluation={})
+
+
+def job_to_json(job: TrainJob | EvalJob) -> str:
+    """Canonical JSON (sorted keys): equal settings give equal strings, so Snakemake params compare well."""
+    return json.dumps(to_jsonable(job), sort_keys=True, separators=(",", ":"))
+
+
+def job_from_json(cls: type[T], text: str, where: str = "--settings") -> T:
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{where}: not valid JSON ({err})") from err
+    return from_dict(cls, raw, where)
+
+
+# ----------------------------------------------------------------------------- parsing and validation
+
+
+def _bounds_error(meta: dict[str, Any], value: Any) -> str | None:
+    checks = (
+        ("minimum", lambda v, b: v >= b, ">="),
+        ("maximum", lambda v, b: v <= b, "<="),
+        ("exclusive_minimum", lambda v, b: v > b, ">"),
+        ("exclusive_maximum", lambda v, b: v < b, "<"),
+    )
+    if all(ok(value, meta[key]) for key, ok, _ in checks if key in meta):
+        return None
+    return " and ".join(f"{op} {meta[key]}" for key, _, op in checks if key in meta)
 
 
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     """Convert a YAML value to the annotated type, or raise a ConfigError naming `where`."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(tp)
-        if value is None and type(None) in options:
+        options = [o for o in typing.get_args(tp) if o is not type(None)]
+        if value is None and len(options) < len(typing.get_args(tp)):
             return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(option, value, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0])
+        return _coerce(options[0], value, where)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
@@ -264,27 +411,18 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{where} = {value!r}: expected a mapping")
         return dict(value)
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where} = {value!r}: expected true or false")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where} = {value!r}: expected an integer")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where} = {value!r}: expected a number")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where} = {value!r}: expected a string")
-        return value
+    expected = {bool: ("true or false", bool), int: ("an integer", int), float: ("a number", int | float),
+                str: ("a string", str)}  # fmt: skip
+    if tp in expected:
+        text, accepted = expected[tp]
+        if not isinstance(value, accepted) or (tp is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{where} = {value!r}: expected {text}")
+        return float(value) if tp is float else value
     raise TypeError(f"unsupported config type {tp!r} at {where}")
 
 
 def from_dict(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError."""
+    """Build dataclass `cls` from a mapping; unknown keys, wrong types and bad values raise ConfigError."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: expected a mapping of keys, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -292,16 +430,31 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; allowed keys are {sorted(fields)}")
-    values = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    values = {}
+    for name, value in data.items():
+        key = f"{where} {name}" if where.endswith(":") else f"{where}.{name}"  # "file: a.b[0].c"
+        meta = fields[name].metadata
+        values[name] = _coerce(hints[name], value, key)
+        if isinstance(values[name], int | float) and not isinstance(values[name], bool):
+            wanted = _bounds_error(meta, values[name])
+            if wanted:
+                raise ConfigError(f"{key} = {value!r} is invalid: expected a number {wanted}")
+        if "pattern" in meta and not re.match(meta["pattern"], values[name]):
+            raise ConfigError(
+                f"{key} = {value!r} is not a safe name: use letters, digits, '-' and '_' only (it is used in paths)"
+            )
+        if "overrides" in meta:
+            from_dict(meta["overrides"], values[name], key)  # names the bad override key now
+            values[name] = {k: to_jsonable(v) for k, v in values[name].items()}
     return cls(**values)
 
 
-def _resolve(base: Path, value: str) -> str:
+def _under(base: Path, value: str) -> str:
     return str((base / value).resolve()) if value else value
 
 
 def load_experiment(path: str | Path) -> ExperimentConfig:
-    """Read config.yaml, validate it, and resolve its paths against the file's folder."""
+    """Read config.yaml, validate it, and resolve its paths (see PathsConfig)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(
@@ -311,45 +464,51 @@ def load_experiment(path: str | Path) -> ExperimentConfig:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    raw.pop("paths", None)  # pipeline-level folders; read by the workflow, not by the package
-    cfg = experiment_from_dict(raw, str(path))
-    base = path.resolve().parent
+    return resolve_paths(experiment_from_dict(raw, str(path)), path.resolve().parent)
+
+
+def resolve_paths(cfg: ExperimentConfig, config_dir: Path) -> ExperimentConfig:
+    """paths.* relative to the config's folder; model folders under paths.models; task files under paths.data."""
+    paths = PathsConfig(
+        *(_under(config_dir, getattr(cfg.paths, f.name)) for f in dataclasses.fields(PathsConfig))
+    )
+    models, data = Path(paths.models), Path(paths.data)
     model = dataclasses.replace(
-        cfg.model, llava=_resolve(base, cfg.model.llava), clip=_resolve(base, cfg.model.clip)
+        cfg.model,
+        llava=_under(models, cfg.model.llava),
+        clip=_under(models, cfg.model.clip),
+        original_llava=_under(models, cfg.model.original_llava),
     )
     tasks = tuple(
         dataclasses.replace(
             t,
-            train_file=_resolve(base, t.train_file),
-            eval_file=_resolve(base, t.eval_file),
-            image_root=_resolve(base, t.image_root),
+            train_file=_under(data, t.train_file),
+            eval_file=_under(data, t.eval_file),
+            image_root=_under(data, t.image_root),
         )
         for t in cfg.tasks
     )
-    return dataclasses.replace(cfg, model=model, tasks=tasks)
+    return dataclasses.replace(cfg, paths=paths, model=model, tasks=tasks)
 
 
 def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
-    cfg = from_dict(ExperimentConfig, {**raw, "source": source}, source)
-    cfg.method.validate(f"{source}: method")
-    cfg.training.validate(f"{source}: training")
-    cfg.evaluation.validate(f"{source}: evaluation")
+    cfg = from_dict(ExperimentConfig, {**raw, "source": source}, f"{source}:")
     seen: set[str] = set()
     for i, task in enumerate(cfg.tasks):
-        where = f"{source}: tasks[{i}]"
-        if not re.match(TASK_NAME_PATTERN, task.name):
-            raise ConfigError(
-                f"{where}.name = {task.name!r} is not a safe task name: use letters, digits, '-' and '_' only"
-            )
-        if task.scorer not in SCORER_NAMES:
-            raise ConfigError(
-                f"{where}.scorer = {task.scorer!r} does not exist: choose one of {list(SCORER_NAMES)}"
-            )
         if task.name in seen:
-            raise ConfigError(f"{where}.name = {task.name!r} appears twice: task names must be unique")
+            raise ConfigError(
+                f"{source}: tasks[{i}].name = {task.name!r} appears twice: task names must be unique"
+            )
         seen.add(task.name)
-        cfg.training_for(task.name)
-        cfg.evaluation_for(task.name)
+        for key in ("train_file", "eval_file", "image_root"):
+            if not getattr(task, key):
+                raise ConfigError(
+                    f"{source}: tasks[{i}].{key} is missing: give the task's {key.replace('_', ' ')}"
+                )
+    if cfg.model.source == ModelSource.ORIGINAL and not cfg.model.original_llava:
+        raise ConfigError(
+            f"{source}: model.source is 'original' but model.original_llava is empty: give its folder"
+        )
     return cfg
 
 
@@ -370,3 +529,64 @@ def config_hash(obj: Any) -> str:
     """Stable short hash of a config value (key order never matters)."""
     text = json.dumps(to_jsonable(obj), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- JSON Schema
+
+
+_SCHEMA_BOUNDS = {"minimum": "minimum", "maximum": "maximum", "exclusive_minimum": "exclusiveMinimum",
+                  "exclusive_maximum": "exclusiveMaximum", "pattern": "pattern"}  # fmt: skip
+
+
+def _type_schema(tp: Any, with_defaults: bool) -> dict[str, Any]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [o for o in typing.get_args(tp) if o is not type(None)]
+        schema = _type_schema(options[0], with_defaults)
+        schema["type"] = [schema["type"], "null"]
+        if "enum" in schema:
+            schema["enum"] = [*schema["enum"], None]
+        return schema
+    if dataclasses.is_dataclass(tp):
+        return _object_schema(tp, with_defaults)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return {"type": "string", "enum": [m.value for m in tp]}
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return {"type": "array", "items": _type_schema(args[0], with_defaults)}
+        return {"type": "array", "items": _type_schema(args[0], with_defaults), "minItems": len(args),
+                "maxItems": len(args)}  # fmt: skip
+    simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    if tp in simple:
+        return {"type": simple[tp]}
+    return {"type": "object"}
+
+
+def _object_schema(cls: type, with_defaults: bool) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    properties = {}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        if (
+            "overrides" in f.metadata
+        ):  # override dicts: the overridden keys, no defaults (they would override)
+            schema = _object_schema(f.metadata["overrides"], with_defaults=False)
+        else:
+            schema = _type_schema(hints[f.name], with_defaults)
+        schema["description"] = f.metadata["help"]
+        schema.update({_SCHEMA_BOUNDS[k]: v for k, v in f.metadata.items() if k in _SCHEMA_BOUNDS})
+        if with_defaults:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            schema["default"] = to_jsonable(default)
+        properties[f.name] = schema
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of config.yaml, derived from ExperimentConfig."""
+    schema = _object_schema(ExperimentConfig, with_defaults=True)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
+            "description": "modalprompt experiment configuration (generated by modalprompt.config.json_schema)",
+            **schema}  # fmt: skip

@@ -3,3 +3,11 @@
 
 class DataError(ValueError):
     """A data file or record is unusable; the message names the file, the record and the field."""
+
+
+class BaseModelError(ValueError):
+    """A base-model folder is missing, incomplete or in the wrong layout."""
+
+
+class CheckpointError(ValueError):
+    """A stage checkpoint is missing, truncated, or does not belong with this base model or config."""

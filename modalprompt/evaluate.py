@@ -70,7 +70,6 @@ def evaluate_stage(
         encoder,
         ImagePreprocessor(backbone.image_processor),
         evaluation.max_samples,
-        scorer=task.scorer,
         skip_bad=data.skip_bad_records,
         check_images=data.check_images,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -151,9 +152,9 @@ def tiny_configs(
     return llava, clip
 
 
-def build_tiny_base(out: Path, seed: int = 0, hidden: int = 64) -> tuple[Path, Path]:
-    """Write `out/llava` (llava-hf layout) and `out/clip`; LLaVA's vision tower is CLIP's vision model."""
-    out = Path(out)
+def build_tiny_base(llava_dir: Path, clip_dir: Path, seed: int = 0, hidden: int = 64) -> tuple[Path, Path]:
+    """Write a llava-hf folder and a CLIP folder; LLaVA's vision tower is CLIP's vision model. Each folder
+    is written under a temporary name and renamed, so a killed job leaves no half-written model."""
     tokenizer, clip_tokenizer = build_llm_tokenizer(), build_clip_tokenizer()
     llava_cfg, clip_cfg = tiny_configs(
         len(tokenizer), len(clip_tokenizer), tokenizer.convert_tokens_to_ids("<image>"), hidden=hidden
@@ -166,11 +167,15 @@ def build_tiny_base(out: Path, seed: int = 0, hidden: int = 64) -> tuple[Path, P
     processor = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
-    for folder, model, tok in ((out / "llava", llava, tokenizer), (out / "clip", clip, clip_tokenizer)):
-        model.save_pretrained(folder)
-        tok.save_pretrained(folder)
-        processor.save_pretrained(folder)
-    return out / "llava", out / "clip"
+    for folder, model, tok in ((Path(llava_dir), llava, tokenizer), (Path(clip_dir), clip, clip_tokenizer)):
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return Path(llava_dir), Path(clip_dir)
 
 
 def _draw(kind: str, value: str, rng: random.Random, size: int = 48) -> Image.Image:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import resource
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -17,12 +18,21 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import transformers
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from modalprompt.backbone import Backbone
 from modalprompt.checkpoint import StageMeta, load_stages, save_stage
-from modalprompt.config import DataConfig, MethodConfig, Schedule, TaskConfig, TrainingConfig, config_hash
+from modalprompt.config import (
+    DataConfig,
+    MethodConfig,
+    Schedule,
+    TaskConfig,
+    TrainingConfig,
+    config_hash,
+    to_jsonable,
+)
 from modalprompt.data import Batch, Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
 from modalprompt.model import ModalPromptModel
 from modalprompt.validation import Problem, Report
@@ -79,6 +89,19 @@ def lr_multiplier(schedule: Schedule, warmup_steps: int, total_steps: int) -> Ca
 def _report_skipped(report: Report, rank: int) -> None:
     if report.problems and rank == 0:
         print(f"modalprompt: skipping bad records as configured\n{report.summary()}", file=sys.stderr)
+
+
+def git_commit() -> str:
+    """The commit of the package's source checkout (with '-dirty' for local edits), or 'unknown'."""
+    source = Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True, timeout=10).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return head + ("-dirty" if dirty else "")
 
 
 def _rank_world() -> tuple[int, int]:
@@ -199,11 +222,11 @@ def train_stage(
     bar = tqdm(total=total_steps, desc=f"stage {stage} {task.name}", disable=not progress or rank != 0)
     start = time.perf_counter()
     samples = done_micro = 0
-    data = batches()
+    stream = batches()
     try:
         for step in range(1, total_steps + 1):
             step_start = time.perf_counter()
-            group = [next(data).to(backbone.device) for _ in range(min(accum, total_micro - done_micro))]
+            group = [next(stream).to(backbone.device) for _ in range(min(accum, total_micro - done_micro))]
             done_micro += len(group)
             # Normalise by the counts of the whole optimizer step on all ranks: the gradients then equal
             # those of one batch of accum * world * batch_size samples.
@@ -268,7 +291,11 @@ def train_stage(
         extra={
             "steps": len(history),
             "samples": samples,
+            "seconds": seconds,
             "final_loss": history[-1].loss if history else None,
+            "settings": to_jsonable({"method": method, "training": training, "data": data, "task": task}),
+            "git_commit": git_commit(),
+            "transformers_version": transformers.__version__,
         },
     )
     if rank == 0:

@@ -15,7 +15,8 @@ from modalprompt.tiny import build_tiny_base, write_toy_tasks
 
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> tuple[Path, Path]:
-    return build_tiny_base(tmp_path_factory.mktemp("base"), seed=0)
+    base = tmp_path_factory.mktemp("base")
+    return build_tiny_base(base / "llava", base / "clip", seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -96,7 +96,7 @@ def test_fingerprint_is_stable_and_separates_models(tiny_base, tmp_path):
     from modalprompt.tiny import build_tiny_base
 
     assert fingerprint_folder(tiny_base[0]) == fingerprint_folder(tiny_base[0])
-    other, _ = build_tiny_base(tmp_path, seed=1)
+    other, _ = build_tiny_base(tmp_path / "llava", tmp_path / "clip", seed=1)
     assert fingerprint_folder(other) != fingerprint_folder(tiny_base[0])
 
 

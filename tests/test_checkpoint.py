@@ -42,7 +42,7 @@ def test_load_restores_tensors_frozen(stage1, backbone, method):
 
 
 def test_refuses_another_base_model(stage1, method, tiny_base, tmp_path):
-    other_llava, _ = build_tiny_base(tmp_path / "other", seed=5)
+    other_llava, _ = build_tiny_base(tmp_path / "other" / "llava", tmp_path / "other" / "clip", seed=5)
     other = load_backbone(ModelConfig(llava=str(other_llava), clip=str(tiny_base[1]), device="cpu"))
     with pytest.raises(CheckpointError, match=r"trained on base model .* but the loaded base model is"):
         load_stages(ModalPromptModel(other, method), [stage1])

@@ -1,26 +1,34 @@
-"""Config: the shipped config.yaml loads; bad values get messages naming the key and the fix."""
+"""Config: the shipped config.yaml and the schema agree with the package; bad values are named."""
 
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
 from modalprompt.config import (
     ConfigError,
+    EvalJob,
     ExperimentConfig,
     MethodConfig,
     TextFeature,
+    TrainJob,
     config_hash,
+    eval_job,
     experiment_from_dict,
+    job_from_json,
+    job_to_json,
+    json_schema,
     load_experiment,
+    train_job,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def _raw(**changes):
     raw = yaml.safe_load((ROOT / "config.yaml").read_text())
-    raw.pop("paths", None)
     for dotted, value in changes.items():
         node = raw
         *parents, last = dotted.split(".")
@@ -30,12 +38,54 @@ def _raw(**changes):
     return raw
 
 
-def test_shipped_config_loads_and_resolves_paths():
+def test_committed_schema_is_generated_from_the_config_classes():
+    """The workflow validates against the YAML file, the package against its dataclasses: they must agree."""
+    assert yaml.safe_load(SCHEMA.read_text()) == json_schema(), (
+        "run `modalprompt schema > " + str(SCHEMA) + "`"
+    )
+
+
+def test_every_schema_key_has_type_description_and_default():
+    def walk(node, path, defaults=True):
+        for key, prop in node.get("properties", {}).items():
+            where = f"{path}.{key}"
+            assert "type" in prop and prop.get("description"), where
+            assert ("default" in prop) == defaults, where
+            is_override = key in ("training", "evaluation") and path.endswith("items")
+            walk(prop, where, defaults and not is_override)
+            if "items" in prop:
+                walk(prop["items"], where + ".items", defaults)
+
+    walk(json_schema(), "config")
+
+
+def test_shipped_config_is_valid_for_both():
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    jsonschema.validate(raw, json_schema())
     cfg = load_experiment(ROOT / "config.yaml")
     assert [t.name for t in cfg.tasks] == ["colors", "shapes", "count"]
-    assert Path(cfg.model.llava).is_absolute() and cfg.model.llava.startswith(str(ROOT))
+    assert cfg.model.llava == str(ROOT / "models" / "tiny" / "llava")  # under paths.models
+    assert cfg.tasks[0].train_file == str(ROOT / "data" / "toy" / "colors" / "train.json")  # under paths.data
+    assert cfg.results_dir == ROOT / "results" / "tiny-demo"
+    assert cfg.tracking_uri == f"sqlite:///{ROOT / 'results' / 'tiny-demo' / 'mlflow.db'}"
     assert cfg.training_for("count").epochs == 60 and cfg.training_for("colors").epochs == cfg.training.epochs
     assert cfg.stage_of("shapes") == 2
+
+
+def test_schema_and_classes_reject_the_same_bad_configs():
+    for changes in (
+        {"method.lam": 2},
+        {"tasks.0.name": "a b"},
+        {"model.dtype": "fp8"},
+        {"extra": 1},
+        {"tasks.0.training": {"epoch": 1}},
+        {"resources.train.gpus": -1},
+    ):
+        raw = _raw(**changes)
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(raw, json_schema())
+        with pytest.raises(ConfigError):
+            experiment_from_dict(raw, "config.yaml")
 
 
 def test_defaults_reproduce_the_reference():
@@ -53,18 +103,33 @@ def test_defaults_reproduce_the_reference():
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"method.prefix_lenght": 3}, r"method: unknown key\(s\) \['prefix_lenght'\]"),
-        ({"method.transfer_num": "3"}, r"method.transfer_num = '3': expected an integer"),
-        ({"method.lam": 1.5}, r"method.lam = 1.5 is invalid: expected a number in \[0, 1\]"),
+        ({"method.prefix_lenght": 3}, r"config.yaml: method: unknown key\(s\) \['prefix_lenght'\]"),
+        ({"method.transfer_num": "3"}, r"config.yaml: method.transfer_num = '3': expected an integer"),
+        (
+            {"method.transfer_num": 100},
+            r"method.transfer_num = 100 is invalid: expected a number >= 1 and <= 64",
+        ),
+        ({"method.lam": 1.5}, r"method.lam = 1.5 is invalid: expected a number >= 0.0 and <= 1.0"),
         (
             {"method.text_feature": "cls"},
             r"text_feature = 'cls' is not allowed: choose one of \['pooled', 'projected'\]",
         ),
         ({"training.schedule": "linear"}, r"choose one of \['constant', 'cosine'\]"),
-        ({"tasks.0.name": "bad name;rm"}, r"tasks\[0\].name = 'bad name;rm' is not a safe task name"),
+        ({"tasks.0.name": "bad name;rm"}, r"tasks\[0\].name = 'bad name;rm' is not a safe name"),
+        ({"tasks.0.name": "../up"}, r"tasks\[0\].name = '../up' is not a safe name"),
         ({"tasks.1.name": "colors"}, r"tasks\[1\].name = 'colors' appears twice"),
-        ({"tasks.0.training": {"lr": -1}}, r"tasks\[colors\].training.lr = -1.0 is invalid"),
-        ({"tasks.0.training": {"epoch": 2}}, r"tasks\[colors\].training: unknown key\(s\) \['epoch'\]"),
+        (
+            {"tasks.0.scorer": "bleu"},
+            r"tasks\[0\].scorer = 'bleu' is not allowed: choose one of \['option_letter'",
+        ),
+        (
+            {"tasks.0.training": {"lr": -1}},
+            r"tasks\[0\].training.lr = -1 is invalid: expected a number > 0.0",
+        ),
+        ({"tasks.0.training": {"epoch": 2}}, r"tasks\[0\].training: unknown key\(s\) \['epoch'\]"),
+        ({"tasks.0.train_file": ""}, r"tasks\[0\].train_file is missing"),
+        ({"model.source": "original"}, r"model.original_llava is empty"),
+        ({"experiment": "my run"}, r"experiment = 'my run' is not a safe name"),
     ],
 )
 def test_bad_values_are_named(changes, message):
@@ -75,6 +140,18 @@ def test_bad_values_are_named(changes, message):
 def test_missing_config_file_says_what_to_do(tmp_path):
     with pytest.raises(ConfigError, match="does not exist: pass --config"):
         load_experiment(tmp_path / "nope.yaml")
+
+
+def test_job_settings_round_trip_and_are_canonical():
+    cfg = load_experiment(ROOT / "config.yaml")
+    job = train_job(cfg, "count")
+    assert job.training.epochs == 60 and job.task.training == {}  # overrides applied, not repeated
+    assert job_from_json(TrainJob, job_to_json(job)) == job
+    evaluation = eval_job(cfg, "colors")
+    assert job_from_json(EvalJob, job_to_json(evaluation)) == evaluation
+    assert job_to_json(job) == job_to_json(train_job(cfg, "count"))
+    with pytest.raises(ConfigError, match="--settings: not valid JSON"):
+        job_from_json(TrainJob, "{")
 
 
 def test_hash_ignores_key_order():

@@ -107,7 +107,7 @@ def test_projected_text_feature_uses_clip_text_projection(backbone, tiny_base, t
 
 
 def test_different_clip_weights_get_their_own_vision_pass(tmp_path, tiny_base, toy_tasks, method):
-    _, other_clip = build_tiny_base(tmp_path, seed=1)
+    _, other_clip = build_tiny_base(tmp_path / "llava", tmp_path / "clip", seed=1)
     backbone = load_backbone(ModelConfig(llava=str(tiny_base[0]), clip=str(other_clip), device="cpu"))
     assert backbone.clip_vision is not None
     batch = _batch(backbone, toy_tasks["colors"])

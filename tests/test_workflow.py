@@ -1,0 +1,286 @@
+"""The real Snakemake on a tiny config: a full local run, MLflow read back, and stale-only reruns.
+
+The job-set tests change config.yaml after a full run and read the exact jobs a dry run plans.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "workflow" / "Snakefile"
+pytestmark = pytest.mark.slow
+
+
+def _env() -> dict[str, str]:
+    # jobs run `modalprompt` from PATH: the environment this test runs in
+    return {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def snakemake(project: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--directory", str(project),
+               "--configfile", str(project / "config.yaml"), *args]  # fmt: skip
+    done = subprocess.run(command, cwd=project, env=_env(), capture_output=True, text=True, timeout=1200)
+    if check and done.returncode != 0:
+        raise AssertionError(
+            f"snakemake {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+        )
+    return done
+
+
+def planned_jobs(project: Path) -> set[tuple]:
+    """(rule, stage, task) of every job a dry run plans; stage/task None where the rule has no such wildcard."""
+    out = snakemake(project, "-n", "--cores", "2").stdout
+    jobs = set()
+    for block in re.split(r"\n(?=\[|(?:local)?rule )", out):
+        match = re.search(r"^(?:local)?rule (\w+):", block, re.MULTILINE)
+        if not match:
+            continue
+        wildcards = dict(re.findall(r"(\w+)=([\w-]+)", (re.search(r"wildcards: (.*)", block) or [""])[0]))
+        stage = int(wildcards["stage"]) if "stage" in wildcards else None
+        jobs.add((match.group(1), stage, wildcards.get("task")))
+    return jobs
+
+
+def write_config(project: Path, raw: dict) -> None:
+    (project / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def base_config(project: Path) -> dict:
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    raw["training"].update(epochs=2, batch_size=8)
+    raw["tasks"][2]["training"] = {"epochs": 3}
+    raw["evaluation"].update(max_new_tokens=3)
+    raw["resources"] = {kind: {"gpus": 0, "cpus": 1, "mem_mb": 1000, "runtime": 10}
+                        for kind in ("train", "evaluate", "prepare")}  # fmt: skip
+    return raw
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A project folder after one full `snakemake` run (the embedded default, made smaller)."""
+    folder = tmp_path_factory.mktemp("project with space")
+    raw = base_config(folder)
+    write_config(folder, raw)
+    done = snakemake(folder, "--cores", "2")
+    folder.joinpath("first-run.log").write_text(done.stdout + done.stderr)
+    return folder
+
+
+RESULTS = Path("results/tiny-demo")
+TASKS = ["colors", "shapes", "count"]
+
+
+def cells(zero_shot=True, tasks=TASKS):
+    from modalprompt.layout import evaluation_cells
+
+    return set(evaluation_cells(tasks, zero_shot))
+
+
+def test_full_run_produces_matrix_metrics_and_heatmap(project):
+    method = project / RESULTS / "modalprompt"
+    matrix = (method / "matrix.csv").read_text().splitlines()
+    assert matrix[0] == "stage,colors,shapes,count" and [r.split(",")[0] for r in matrix[1:]] == [
+        "0",
+        "1",
+        "2",
+        "3",
+    ]
+    metrics = json.loads((method / "metrics.json").read_text())
+    assert set(metrics) >= {"avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt"}
+    assert metrics["fwt"] is not None  # row 0 and the (s, s+1) cells were evaluated
+    assert (method / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for s, task in cells():
+        score = json.loads((method / f"stage-{s}" / "eval" / f"{task}.score.json").read_text())
+        assert (score["stage"], score["task"]) == (s, task)
+    log = (project / "first-run.log").read_text()
+    assert "Accuracy matrix" in log and "mlflow ui --backend-store-uri" in log and "--host 127.0.0.1" in log
+    assert (project / RESULTS / "logs" / "modalprompt" / "train-stage-1.log").is_file()
+    assert (project / RESULTS / "benchmarks" / "modalprompt" / "train-stage-1.tsv").is_file()
+
+
+def test_mlflow_holds_one_run_per_stage_and_a_summary(project):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{project / RESULTS / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("tiny-demo")
+    runs = client.search_runs([experiment.experiment_id])
+    kinds = sorted((r.data.tags["kind"], r.data.tags.get("stage", "")) for r in runs)
+    assert kinds == [("summary", ""), ("train", "1"), ("train", "2"), ("train", "3")]
+    stage2 = next(r for r in runs if r.data.tags.get("stage") == "2")
+    assert stage2.data.tags["task"] == "shapes" and stage2.data.tags["method"] == "modalprompt"
+    assert stage2.data.params["training.epochs"] == "2.0" and stage2.data.params["method.transfer_num"] == "3"
+    assert {"git_commit", "torch_version", "transformers_version", "checkpoint", "training.seed"} <= set(
+        stage2.data.params
+    )
+    loss = client.get_metric_history(stage2.info.run_id, "loss")
+    assert len(loss) > 1 and [m.step for m in loss] == sorted(m.step for m in loss)
+    assert "samples_per_s" in stage2.data.metrics and "peak_memory_mb" in stage2.data.metrics
+    summary = next(r for r in runs if r.data.tags["kind"] == "summary")
+    metrics = json.loads((project / RESULTS / "modalprompt" / "metrics.json").read_text())
+    assert summary.data.metrics["avg"] == pytest.approx(metrics["avg"])
+    colors = client.get_metric_history(summary.info.run_id, "acc/colors")
+    assert sorted(m.step for m in colors) == [0, 1, 2, 3]
+    artifacts = {a.path for a in client.list_artifacts(summary.info.run_id)}
+    assert artifacts == {"matrix.csv", "selection.csv", "metrics.json", "heatmap.png"}
+
+
+def test_tracking_again_replaces_nothing(project):
+    from mlflow.tracking import MlflowClient
+
+    results = project / RESULTS
+    uri = f"sqlite:///{results / 'mlflow.db'}"
+    done = subprocess.run([sys.executable, "-m", "modalprompt", "track", "--uri", uri, "--experiment", "tiny-demo",
+                           "--results", str(results), "--method", "modalprompt", "--tasks", *TASKS],
+                          capture_output=True, text=True, env=_env(), check=True)  # fmt: skip
+    assert json.loads(done.stdout)["logged"] == []
+    experiment = MlflowClient(uri).get_experiment_by_name("tiny-demo")
+    assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 4
+
+
+def test_nothing_changed_nothing_runs(project):
+    assert planned_jobs(project) == set()
+
+
+def _with_change(project, change):
+    raw = base_config(project)
+    change(raw)
+    write_config(project, raw)
+    try:
+        return planned_jobs(project)
+    finally:
+        write_config(project, base_config(project))
+
+
+REPORT = {("matrix", None, None), ("track", None, None), ("all", None, None)}
+
+
+def _evals(selected):
+    return {(rule, s, t) for s, t in selected for rule in ("evaluate", "score")}
+
+
+def test_changing_one_tasks_training_reruns_it_and_later_stages_only(project):
+    def change(raw):
+        raw["tasks"][1]["training"] = {"lr": 0.02}
+
+    expected = {("train", 2, None), ("train", 3, None)} | _evals({c for c in cells() if c[0] >= 2}) | REPORT
+    assert _with_change(project, change) == expected
+
+
+def test_changing_an_evaluation_setting_reruns_evaluations_only(project):
+    def change(raw):
+        raw["evaluation"]["max_new_tokens"] = 4
+
+    assert _with_change(project, change) == _evals(cells()) | REPORT
+
+
+def test_changing_one_tasks_evaluation_override_reruns_its_evaluations(project):
+    def change(raw):
+        raw["tasks"][0]["evaluation"] = {"max_new_tokens": 4}
+
+    assert _with_change(project, change) == _evals({c for c in cells() if c[1] == "colors"}) | REPORT
+
+
+def test_changing_a_scorer_reruns_only_its_scoring(project):
+    def change(raw):
+        raw["tasks"][2]["scorer"] = "contains"
+
+    expected = {("score", s, t) for s, t in cells() if t == "count"} | REPORT
+    assert _with_change(project, change) == expected
+
+
+def test_appending_a_task_runs_only_the_new_stage(project):
+    def change(raw):
+        raw["tasks"].append({**raw["tasks"][0], "name": "colors2"})
+
+    new_cells = cells(tasks=[*TASKS, "colors2"]) - cells()
+    assert {s for s, _ in new_cells} == {0, 3, 4}  # row 0, the forward cell (3, colors2), stage 4
+    assert _with_change(project, change) == {("train", 4, None)} | _evals(new_cells) | REPORT
+
+
+def test_reordering_tasks_reruns_from_the_first_changed_position(project):
+    def change(raw):
+        raw["tasks"][1], raw["tasks"][2] = raw["tasks"][2], raw["tasks"][1]
+
+    order = ["colors", "count", "shapes"]
+    changed = {c for c in cells(tasks=order) if c[0] >= 2} | {(1, "count")}  # (1, count): new forward cell
+    assert (
+        _with_change(project, change) == {("train", 2, None), ("train", 3, None)} | _evals(changed) | REPORT
+    )
+
+
+def test_slurm_profile_builds_the_same_dag(project, tmp_path):
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    write_config(fresh, base_config(fresh))
+    local = snakemake(fresh, "-n", "--cores", "2").stdout
+    slurm = snakemake(fresh, "-n", "--profile", str(ROOT / "profiles" / "slurm")).stdout
+
+    def stats(text):
+        return sorted(re.findall(r"^(\w+)\s+(\d+)$", text.split("Job stats:")[1], re.MULTILINE))
+
+    assert stats(local) == stats(slurm)
+    assert ("train", "3") in stats(slurm) and ("tiny_base", "1") in stats(slurm)
+
+
+def test_original_layout_adds_a_conversion_step(tmp_path):
+    (tmp_path / "models" / "orig").mkdir(parents=True)
+    (tmp_path / "models" / "orig" / "config.json").write_text("{}")
+    raw = base_config(tmp_path)
+    raw["model"].update(source="original", original_llava="orig", llava="converted", clip="tiny/clip")
+    write_config(tmp_path, raw)
+    done = snakemake(tmp_path, "-n", "--cores", "1", check=False)
+    assert "rule convert_llava:" in done.stdout, done.stderr[-2000:]
+
+
+def test_missing_files_are_named_before_anything_runs(tmp_path):
+    raw = base_config(tmp_path)
+    raw["model"]["source"] = "hf"
+    raw["pipeline"]["toy_data"] = False
+    write_config(tmp_path, raw)
+    done = snakemake(tmp_path, "-n", check=False)
+    assert done.returncode != 0
+    out = done.stdout + done.stderr
+    assert "model.llava:" in out and "tasks[0].train_file:" in out and "does not exist" in out
+
+
+def test_schema_violations_stop_the_dag(tmp_path):
+    raw = base_config(tmp_path)
+    raw["method"]["lam"] = 3
+    write_config(tmp_path, raw)
+    done = snakemake(tmp_path, "-n", check=False)
+    assert done.returncode != 0 and "On instance['method']['lam']" in done.stdout + done.stderr
+
+
+def test_lint_is_clean():
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--lint"], cwd=ROOT,
+                          env=_env(), capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0 and "Lints for" not in done.stdout + done.stderr, done.stdout[-3000:]
+
+
+def test_package_and_env_pins_agree():
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((ROOT / "envs" / "modalprompt.yaml").read_text())
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert sorted(pip) == sorted(pyproject)
+
+
+def test_rules_quote_every_value_they_put_in_a_shell():
+    for path in (ROOT / "workflow" / "rules").glob("*.smk"):
+        for field in re.findall(r"\{((?:params|input|output|log|wildcards)[^}]*)\}", path.read_text()):
+            assert field.endswith(":q"), f"{path.name}: {{{field}}} reaches the shell unquoted"

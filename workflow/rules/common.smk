@@ -1,0 +1,95 @@
+# Settings and paths shared by the rules. The logic lives in the package (modalprompt.config, .layout).
+import shlex
+from pathlib import Path
+
+from modalprompt import layout
+from modalprompt.config import (
+    ModelSource,
+    eval_job,
+    experiment_from_dict,
+    job_to_json,
+    resolve_paths,
+    train_job,
+)
+
+CONFIG_FILE = Path(workflow.configfiles[-1]).resolve()
+EXP = resolve_paths(experiment_from_dict(dict(config), str(CONFIG_FILE)), CONFIG_FILE.parent)
+RESULTS = EXP.results_dir
+METHOD = layout.METHOD
+TASKS = [task.name for task in EXP.tasks]
+STAGES = list(range(1, len(TASKS) + 1))
+TRACKING_FILE = str(RESULTS / "tracking.json")
+# Jobs run `modalprompt` from the environment Snakemake runs in (PATH); envs/ pins that environment.
+CONDA_ENV = "../../envs/modalprompt.yaml"
+BASE_FILES = [f"{EXP.model.llava}/config.json", f"{EXP.model.clip}/config.json"]
+
+
+wildcard_constraints:
+    method="|".join([METHOD]),
+    task="|".join(TASKS) or "no-tasks",
+    stage=r"\d+",
+
+
+def _check_inputs_exist():
+    """Clear messages at DAG build time for files no rule makes."""
+    missing = []
+    if EXP.model.source == ModelSource.HF:
+        missing += [(f"model.{key}", f) for key, f in zip(("llava", "clip"), BASE_FILES) if not Path(f).is_file()]
+    if EXP.model.source == ModelSource.ORIGINAL and not Path(EXP.model.original_llava, "config.json").is_file():
+        missing.append(("model.original_llava", f"{EXP.model.original_llava}/config.json"))
+    if not EXP.pipeline.toy_data:
+        for i, task in enumerate(EXP.tasks):
+            missing += [(f"tasks[{i}].{key}", getattr(task, key)) for key in ("train_file", "eval_file")
+                        if not Path(getattr(task, key)).is_file()]
+    if missing:
+        lines = "\n".join(f"  {key}: {path} does not exist" for key, path in missing)
+        raise WorkflowError(f"{CONFIG_FILE}: files missing before the pipeline can start:\n{lines}")
+
+
+_check_inputs_exist()
+
+
+def task_of(stage):
+    return EXP.tasks[int(stage) - 1]
+
+
+def checkpoint_dirs(method, last_stage):
+    """Checkpoint folders of stages 1..last_stage, in order."""
+    return [str(layout.checkpoint_dir(RESULTS, method, s)) for s in range(1, int(last_stage) + 1)]
+
+
+def folders_of(files):
+    """The folders of the given files, first-seen order (stage order for checkpoint files)."""
+    return list(dict.fromkeys(str(Path(f).parent) for f in files))
+
+
+def checkpoint_files(method, last_stage):
+    """What training stage s + 1 and evaluations after stage s depend on: the chain of stage files."""
+    return [f"{d}/{name}" for d in checkpoint_dirs(method, last_stage) for name in ("stage.json", "task.safetensors")]
+
+
+def score_files(method):
+    """Every (stage s, task j <= s) score; with pipeline.zero_shot also row 0 and the (s, s + 1) cells."""
+    cells = layout.evaluation_cells(TASKS, EXP.pipeline.zero_shot)
+    return [str(layout.score_file(RESULTS, method, s, task)) for s, task in cells]
+
+
+def summary_files(method):
+    return [str(layout.method_dir(RESULTS, method) / name) for name in layout.SUMMARY_FILES]
+
+
+def slurm_resources(kind):
+    """Per-job resources from config.yaml (`resources.<kind>`), named as the Slurm plugin reads them."""
+    res = getattr(EXP.resources, kind)
+    out = {"mem_mb": res.mem_mb, "runtime": res.runtime, "cpus_per_task": res.cpus}
+    if res.gpus:
+        out["gpu"] = res.gpus
+    return out
+
+
+def print_summary(method):
+    folder = layout.method_dir(RESULTS, method)
+    print(f"\nAccuracy matrix (%), {folder / 'matrix.csv'}:\n{(folder / 'matrix.csv').read_text()}")
+    print(f"Metrics: {(folder / 'metrics.json').read_text()}")
+    print(f"Browse the runs in MLflow:\n  mlflow ui --backend-store-uri {shlex.quote(EXP.tracking_uri)} "
+          "--host 127.0.0.1 --port 5000")

@@ -1,0 +1,45 @@
+# Evaluation of stage s's checkpoint (stages 1..s) on task j <= s; stage 0 is the base model without
+# prompts. Scoring is its own (cheap, local) step, so a scorer change reruns only the scoring.
+
+
+rule evaluate:
+    input:
+        base=BASE_FILES,
+        eval_file=lambda w: EXP.task(w.task).eval_file,
+        checkpoints=lambda w: checkpoint_files(w.method, w.stage),
+    output:
+        str(RESULTS / "{method}" / "stage-{stage}" / "eval" / "{task}.jsonl"),
+    params:
+        settings=lambda w: job_to_json(eval_job(EXP, w.task)),
+        checkpoints=lambda w, input: folders_of(input.checkpoints),
+    conda:
+        CONDA_ENV
+    log:
+        str(RESULTS / "logs" / "{method}" / "evaluate-stage-{stage}-{task}.log"),
+    benchmark:
+        str(RESULTS / "benchmarks" / "{method}" / "evaluate-stage-{stage}-{task}.tsv")
+    threads: EXP.resources.evaluate.cpus
+    resources:
+        **slurm_resources("evaluate"),
+    shell:
+        "modalprompt evaluate --settings {params.settings:q} --checkpoints {params.checkpoints:q}"
+        " --out {output:q} --threads {threads} --quiet > {log:q} 2>&1"
+
+
+rule score:
+    input:
+        predictions=rules.evaluate.output[0],
+        eval_file=lambda w: EXP.task(w.task).eval_file,
+    output:
+        str(RESULTS / "{method}" / "stage-{stage}" / "eval" / "{task}.score.json"),
+    params:
+        scorer=lambda w: str(EXP.task(w.task).scorer),
+        max_samples=lambda w: EXP.evaluation_for(w.task).max_samples or 0,
+    conda:
+        CONDA_ENV
+    log:
+        str(RESULTS / "logs" / "{method}" / "score-stage-{stage}-{task}.log"),
+    shell:
+        "modalprompt score --scorer {params.scorer:q} --predictions {input.predictions:q}"
+        " --eval-file {input.eval_file:q} --task {wildcards.task:q} --stage {wildcards.stage:q}"
+        " --max-samples {params.max_samples:q} --out {output:q} > {log:q} 2>&1"

@@ -1,0 +1,48 @@
+# The accuracy matrix and its metrics, then MLflow. MLflow only records: nothing reads it to decide
+# what runs; rerunning `track` replaces the runs whose files changed.
+
+
+localrules:
+    score,
+    matrix,
+    track,
+
+
+rule matrix:
+    input:
+        scores=lambda w: score_files(w.method),
+    output:
+        [str(RESULTS / "{method}" / name) for name in layout.SUMMARY_FILES],
+    params:
+        tasks=TASKS,
+        out=lambda w, output: Path(output[0]).parent,
+        title=lambda w: f"{EXP.experiment}: {w.method}",
+    conda:
+        CONDA_ENV
+    log:
+        str(RESULTS / "logs" / "{method}" / "matrix.log"),
+    shell:
+        "modalprompt matrix --tasks {params.tasks:q} --scores {input.scores:q} --out-dir {params.out:q}"
+        " --title {params.title:q} > {log:q} 2>&1"
+
+
+rule track:
+    input:
+        summary=summary_files(METHOD),
+        stages=[f for s in STAGES for f in checkpoint_files(METHOD, s)[-2:]],
+        histories=[str(layout.history_file(RESULTS, METHOD, s)) for s in STAGES],
+    output:
+        TRACKING_FILE,
+    params:
+        uri=EXP.tracking_uri,
+        experiment=EXP.tracking.experiment or EXP.experiment,
+        results=lambda w, output: Path(output[0]).parent,
+        method=METHOD,
+        tasks=TASKS,
+    conda:
+        CONDA_ENV
+    log:
+        str(RESULTS / "logs" / "track.log"),
+    shell:
+        "modalprompt track --uri {params.uri:q} --experiment {params.experiment:q} --results {params.results:q}"
+        " --method {params.method:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"

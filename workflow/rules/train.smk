@@ -1,0 +1,32 @@
+# Stage s trains task s's prompt and key network on top of the checkpoints of stages 1..s-1.
+# params.settings holds exactly the resolved settings of this stage: a change reruns this stage, and
+# the later stages and evaluations rerun because their input checkpoints change.
+
+
+rule train:
+    input:
+        base=BASE_FILES,
+        train_file=lambda w: task_of(w.stage).train_file,
+        previous=lambda w: checkpoint_files(w.method, int(w.stage) - 1),
+    output:
+        meta=str(RESULTS / "{method}" / "stage-{stage}" / "checkpoint" / "stage.json"),
+        tensors=str(RESULTS / "{method}" / "stage-{stage}" / "checkpoint" / "task.safetensors"),
+        history=str(RESULTS / "{method}" / "stage-{stage}" / "history.jsonl"),
+    params:
+        settings=lambda w: job_to_json(train_job(EXP, task_of(w.stage).name)),
+        previous=lambda w, input: folders_of(input.previous),
+        out=lambda w, output: Path(output.meta).parent,
+    conda:
+        CONDA_ENV
+    log:
+        str(RESULTS / "logs" / "{method}" / "train-stage-{stage}.log"),
+    benchmark:
+        str(RESULTS / "benchmarks" / "{method}" / "train-stage-{stage}.tsv")
+    wildcard_constraints:
+        stage=r"[1-9]\d*",
+    threads: EXP.resources.train.cpus
+    resources:
+        **slurm_resources("train"),
+    shell:
+        "modalprompt train --settings {params.settings:q} --previous {params.previous:q}"
+        " --out {params.out:q} --history {output.history:q} --threads {threads} --quiet > {log:q} 2>&1"

@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+# The pipeline's jobs run `modalprompt` from PATH: the project's environment.
+export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-slow test-all lint format bench clean
+.PHONY: setup demo test test-slow test-all lint format bench schema ui clean
 
 setup: $(VENV)/.installed
 
@@ -12,14 +14,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-demo: setup  ## tiny local models + toy tasks, then all stages and their evaluations on CPU
-	$(BIN)/modalprompt make-tiny --models models/tiny --data data/toy
-	$(BIN)/modalprompt run --config config.yaml --results results/tiny-demo
+demo: setup  ## the whole Snakemake DAG on the embedded default (this machine, profiles/default)
+	$(BIN)/snakemake
 
 test: setup  ## fast unit tests (the default tier)
 	$(BIN)/python -m pytest
 
-test-slow: setup  ## end-to-end tier: the CLI in subprocesses
+test-slow: setup  ## end-to-end tier: the CLI in subprocesses, the real Snakemake, MLflow, 2 gloo ranks
 	$(BIN)/python -m pytest -m slow
 
 test-all: test test-slow
@@ -27,13 +28,17 @@ test-all: test test-slow
 lint: setup
 	$(BIN)/ruff check modalprompt tests benchmarks
 	$(BIN)/ruff format --check modalprompt tests benchmarks
+	$(BIN)/snakemake --lint
 
 format: setup
 	$(BIN)/ruff check --fix modalprompt tests benchmarks
 	$(BIN)/ruff format modalprompt tests benchmarks
 
+schema: setup  ## regenerate workflow/schemas/config.schema.yaml from modalprompt/config.py
+	$(BIN)/modalprompt schema > workflow/schemas/config.schema.yaml
+
 bench: setup
 	$(BIN)/python benchmarks/core.py --out benchmarks/results/core.json
 
 clean:
-	rm -rf results models/tiny data/toy .pytest_cache
+	rm -rf results models/tiny data/toy .snakemake .pytest_cache

@@ -46,7 +46,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 class Tracker:
-    def __init__(self, uri: str, experiment: str):
+    def __init__(self, uri: str, experiment: str, artifact_location: str | None = None):
         import mlflow
         from mlflow.tracking import MlflowClient
 
@@ -55,7 +55,10 @@ class Tracker:
         found = self.client.get_experiment_by_name(experiment)
         if found is not None and found.lifecycle_stage == "deleted":
             self.client.restore_experiment(found.experiment_id)
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        if found is None:
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+        else:
+            self.experiment_id = found.experiment_id
 
     def runs_with_key(self, key: str) -> list[Any]:
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'")
@@ -97,7 +100,10 @@ _SUMMARY_METRICS = ("avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt")
 
 def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: list[str]) -> dict[str, Any]:
     """Make MLflow match the files of `method` under `results`; returns the run ids and what was (re)logged."""
-    tracker = Tracker(uri, experiment)
+    # A local store keeps its artifacts beside it, not in ./mlruns of whatever folder the job ran in.
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    artifacts = (Path(results) / "mlartifacts").resolve().as_uri() if local else None
+    tracker = Tracker(uri, experiment, artifacts)
     summary: dict[str, Any] = {
         "experiment": experiment,
         "uri": uri,

@@ -134,6 +134,8 @@ def test_mlflow_holds_one_run_per_stage_and_a_summary(project):
     assert summary.data.metrics["avg"] == pytest.approx(metrics["avg"])
     colors = client.get_metric_history(summary.info.run_id, "acc/colors")
     assert sorted(m.step for m in colors) == [0, 1, 2, 3]
+    assert not (project / "mlruns").exists()
+    assert (project / RESULTS / "mlartifacts").is_dir()  # artifacts stay beside the store
     artifacts = {a.path for a in client.list_artifacts(summary.info.run_id)}
     assert artifacts == {"matrix.csv", "selection.csv", "metrics.json", "heatmap.png"}
 

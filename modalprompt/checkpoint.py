@@ -121,12 +121,14 @@ def check_chain(folders: list[Path], metas: list[StageMeta]) -> None:
             )
 
 
-def load_stages(model: ModalPromptModel, folders: list[Path]) -> list[StageMeta]:
-    """Add the tasks of stages 1..s (in order) to the model's prompt store, frozen."""
+def load_stages(model: ModalPromptModel, folders: list[Path], only_last: bool = False) -> list[StageMeta]:
+    """Add the tasks of stages 1..s (in order) to the model's prompt store, frozen. With `only_last`, the
+    chain is checked but only stage s's tensors are added (the shared prompt of seq_prompt)."""
     folders = [Path(f) for f in folders]
     metas = [read_meta(f) for f in folders]
     check_chain(folders, metas)
-    for folder, meta in zip(folders, metas, strict=True):
+    pairs = list(zip(folders, metas, strict=True))
+    for folder, meta in pairs[-1:] if only_last else pairs:
         check_compatible(folder, meta, model.backbone.fingerprint, model.method.structure())
         tensors = read_stage_tensors(folder, meta)
         task = model.prompts.add_task(meta.task)

@@ -45,7 +45,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     job = _job(args, TrainJob, train_job)
     result = train_stage(load_backbone(job.model), job.method, job.training, job.task, args.previous, args.out,
-                         data=job.data, progress=not args.quiet)  # fmt: skip
+                         data=job.data, strategy=job.strategy, progress=not args.quiet)  # fmt: skip
     if args.history:
         atomic_write_text(args.history, "".join(json.dumps(asdict(m)) + "\n" for m in result.history))
     print(
@@ -69,7 +69,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     job = _job(args, EvalJob, eval_job)
     result = evaluate_stage(load_backbone(job.model), job.method, job.evaluation, job.task, args.checkpoints,
-                            args.out, data=job.data, progress=not args.quiet)  # fmt: skip
+                            args.out, data=job.data, strategy=job.strategy, progress=not args.quiet)  # fmt: skip
     print(
         json.dumps(
             {
@@ -113,6 +113,8 @@ def _cmd_matrix(args: argparse.Namespace) -> None:
         column = tasks.index(record["task"])
         accuracy.setdefault(record["stage"], [None] * len(tasks))[column] = record["accuracy"]
         selection.setdefault(record["stage"], [None] * len(tasks))[column] = record["selection_accuracy"]
+    for stage in range(1, (args.repeat_base or 0) + 1):  # a method without training: row 0 at every stage
+        accuracy[stage], selection[stage] = list(accuracy[0]), [None] * len(tasks)
     out = Path(args.out_dir)
     metrics = compute_metrics(tasks, accuracy)
     atomic_write_text(out / "matrix.csv", format_matrix(tasks, accuracy))
@@ -128,7 +130,10 @@ def _cmd_matrix(args: argparse.Namespace) -> None:
 def _cmd_track(args: argparse.Namespace) -> None:
     from modalprompt.tracking import sync_method
 
-    summary = sync_method(args.uri, args.experiment, Path(args.results), args.method, list(args.tasks))
+    summary = {
+        m: sync_method(args.uri, args.experiment, Path(args.results), m, list(args.tasks))
+        for m in args.methods
+    }
     if args.out:
         atomic_write_text(args.out, json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))
@@ -197,6 +202,35 @@ def _cmd_make_toy_data(args: argparse.Namespace) -> None:
     from modalprompt.tiny import write_toy_tasks
 
     print(json.dumps({k: str(v) for k, v in write_toy_tasks(args.out, seed=args.seed).items()}))
+
+
+def _cmd_make_minicoin(args: argparse.Namespace) -> None:
+    from modalprompt import minicoin
+
+    folders = {
+        t: str(minicoin.write_task(args.out, t, args.train_size, args.test_size, args.seed))
+        for t in args.tasks
+    }
+    if args.generic_size:
+        folders["generic"] = str(
+            minicoin.generic_corpus(Path(args.out) / "generic", args.generic_size, args.seed)
+        )
+    print(json.dumps(folders))
+
+
+def _cmd_pretrain_base(args: argparse.Namespace) -> None:
+    from modalprompt.config import PretrainConfig, from_dict
+    from modalprompt.pretrain import pretrain_base
+
+    settings = (
+        from_dict(PretrainConfig, json.loads(args.settings), "--settings")
+        if args.settings
+        else PretrainConfig()
+    )
+    report = pretrain_base(
+        args.corpus, args.llava, args.clip, settings, log=lambda line: print(line, flush=True)
+    )
+    print(json.dumps(report))
 
 
 def _cmd_schema(args: argparse.Namespace) -> None:
@@ -297,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--title", help="heatmap title")
+    p.add_argument("--repeat-base", type=int, default=0, help="fill stages 1..N with row 0 (zero_shot)")
     p.set_defaults(func=_cmd_matrix)
 
     p = sub.add_parser("metrics", help="continual-learning metrics of an accuracy matrix CSV, as JSON")
@@ -308,7 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--uri", required=True, help="MLflow tracking URI")
     p.add_argument("--experiment", required=True, help="MLflow experiment name")
     p.add_argument("--results", type=Path, required=True, help="the experiment's results folder")
-    p.add_argument("--method", required=True)
+    p.add_argument("--methods", nargs="+", required=True, help="methods whose results to record")
     p.add_argument("--tasks", nargs="+", required=True, help="task names in training order")
     p.add_argument("--out", type=Path, help="write the run ids as JSON here")
     p.set_defaults(func=_cmd_track)
@@ -345,6 +380,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", type=Path, help="folder for colors/, shapes/, count/")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_toy_data)
+
+    p = sub.add_parser("make-minicoin", help="write mini-CoIN tasks (and the generic pretraining corpus)")
+    p.add_argument("out", type=Path, help="folder for one sub-folder per task")
+    p.add_argument("--tasks", nargs="+", default=[], help="task names from modalprompt.minicoin.TASKS")
+    p.add_argument("--train-size", type=int, default=200)
+    p.add_argument("--test-size", type=int, default=50)
+    p.add_argument(
+        "--generic-size", type=int, default=0, help="also write <out>/generic with this many records"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_make_minicoin)
+
+    p = sub.add_parser(
+        "pretrain-base", help="pretrain the small CPU base (CLIP, then LLaVA) on a generic corpus"
+    )
+    p.add_argument("--corpus", type=Path, required=True, help="folder with the generic train.json and images")
+    p.add_argument("--llava", type=Path, required=True, help="llava-hf folder to write")
+    p.add_argument("--clip", type=Path, required=True, help="CLIP folder to write")
+    p.add_argument("--settings", help="model.pretrain settings as JSON")
+    p.set_defaults(func=_cmd_pretrain_base)
 
     p = sub.add_parser("schema", help="print the JSON Schema of config.yaml (YAML)")
     p.set_defaults(func=_cmd_schema)

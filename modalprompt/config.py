@@ -58,6 +58,28 @@ class ModelSource(enum.StrEnum):
     HF = "hf"  # model.llava is a llava-hf folder, used as it is
     ORIGINAL = "original"  # model.original_llava is converted once into model.llava by the pipeline
     TINY = "tiny"  # the pipeline builds tiny random models into model.llava / model.clip (the demo)
+    PRETRAIN = "pretrain"  # the pipeline pretrains a small base on mini-CoIN's generic corpus (CPU benchmark)
+
+
+class Generator(enum.StrEnum):
+    NONE = "none"  # the task files are given
+    TOY = "toy"  # three toy tasks under <paths.data>/toy (the quick demo)
+    MINICOIN = "minicoin"  # mini-CoIN's tasks under <paths.data>/minicoin (modalprompt.minicoin)
+
+
+class Strategy(enum.StrEnum):
+    MODALPROMPT = "modalprompt"  # the method: a prompt per task, selected by CLIP image and text features
+    SEQ_PROMPT = "seq_prompt"  # baseline: one shared prompt tuned task after task (forgets)
+    ORACLE = "oracle"  # ModalPrompt's prompts, but each sample's own task is always selected (upper bound)
+    ZERO_SHOT = "zero_shot"  # the base model without prompts
+
+
+TRAINED_BY = {  # whose stage checkpoints a method evaluates (None: no prompts)
+    Strategy.MODALPROMPT: Strategy.MODALPROMPT,
+    Strategy.SEQ_PROMPT: Strategy.SEQ_PROMPT,
+    Strategy.ORACLE: Strategy.MODALPROMPT,
+    Strategy.ZERO_SHOT: None,
+}
 
 
 class Scorer(enum.StrEnum):  # modalprompt.scoring.SCORERS
@@ -85,6 +107,29 @@ def _help(text: str, **kwargs: Any) -> Any:
 
 
 @dataclass(frozen=True)
+class BenchmarkConfig:
+    seed: int = _help("Seed of the generated tasks (pipeline.generate_data: minicoin).", default=0)
+    train_size: int = _help("Training records per generated task.", default=200, minimum=1)
+    test_size: int = _help("Test records per generated task.", default=50, minimum=1)
+    generic_size: int = _help(
+        "Records of the generic corpus the base is pretrained on (source: pretrain).", default=3000, minimum=1
+    )
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    hidden: int = _help("LLM hidden size.", default=128, minimum=8)
+    layers: int = _help("LLM layers.", default=4, minimum=1)
+    vision_hidden: int = _help("Vision tower hidden size.", default=64, minimum=8)
+    feature: int = _help("CLIP feature size (also the CLIP text hidden size).", default=64, minimum=8)
+    clip_steps: int = _help("Contrastive CLIP steps.", default=200, minimum=1)
+    caption_steps: int = _help("LLaVA steps on the generic corpus.", default=1200, minimum=1)
+    batch_size: int = _help("Pretraining batch size.", default=32, minimum=1)
+    lr: float = _help("Pretraining learning rate.", default=3e-3, exclusive_minimum=0.0)
+    seed: int = _help("Pretraining seed.", default=0)
+
+
+@dataclass(frozen=True)
 class PathsConfig:
     models: str = _help(
         "Folder that relative model paths are under (relative to the config file).", default="models"
@@ -108,6 +153,9 @@ class ModelConfig:
     )
     attention: Attention = _help("Attention kernel of the LLM.", default=Attention.AUTO)
     device: str = _help("'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.", default="auto")
+    pretrain: PretrainConfig = _help(
+        "The small base the pipeline pretrains (source: pretrain).", default_factory=PretrainConfig
+    )
 
 
 @dataclass(frozen=True)
@@ -242,8 +290,13 @@ class PipelineConfig:
         "Also evaluate the base model without prompts (row 0) and each stage on the next task (for fwt).",
         default=True,
     )
-    toy_data: bool = _help(
-        "Write the toy tasks under <paths.data>/toy as a pipeline step (the demo).", default=False
+    methods: tuple[Strategy, ...] = _help(
+        "Methods to run side by side: modalprompt, seq_prompt, oracle, zero_shot.",
+        default=(Strategy.MODALPROMPT,),
+    )
+    generate_data: Generator = _help(
+        "Write the task files as a pipeline step: none (given), toy (the demo) or minicoin.",
+        default=Generator.NONE,
     )
 
 
@@ -263,6 +316,9 @@ class ExperimentConfig:
     )
     data: DataConfig = _help("Validation of the task files.", default_factory=DataConfig)
     tasks: tuple[TaskConfig, ...] = _help("The task sequence, in training order.", default=())
+    benchmark: BenchmarkConfig = _help(
+        "The generated benchmark (pipeline.generate_data).", default_factory=BenchmarkConfig
+    )
     pipeline: PipelineConfig = _help(
         "What the pipeline runs besides the stages.", default_factory=PipelineConfig
     )
@@ -313,6 +369,7 @@ class ExperimentConfig:
 class TrainJob:
     """Exactly what a stage's training job needs (and what makes it rerun when it changes)."""
 
+    strategy: Strategy = _help("modalprompt or seq_prompt.", default=Strategy.MODALPROMPT)
     model: ModelConfig = _help("Base models.", default_factory=ModelConfig)
     method: MethodConfig = _help("Method knobs.", default_factory=MethodConfig)
     training: TrainingConfig = _help(
@@ -326,6 +383,9 @@ class TrainJob:
 class EvalJob:
     """Exactly what one evaluation job needs."""
 
+    strategy: Strategy = _help(
+        "How prompts are chosen: modalprompt, seq_prompt, oracle, zero_shot.", default=Strategy.MODALPROMPT
+    )
     model: ModelConfig = _help("Base models.", default_factory=ModelConfig)
     method: MethodConfig = _help(
         "Method knobs (selection uses lam and transfer_num).", default_factory=MethodConfig
@@ -337,17 +397,17 @@ class EvalJob:
     task: TaskConfig = _help("The task, paths resolved.", default_factory=TaskConfig)
 
 
-def train_job(cfg: ExperimentConfig, name: str) -> TrainJob:
+def train_job(cfg: ExperimentConfig, name: str, strategy: Strategy = Strategy.MODALPROMPT) -> TrainJob:
     """Training reads the train file and images only: the eval file and the scorer are left out, so
     changing them does not retrain."""
     task = dataclasses.replace(_bare(cfg.task(name)), eval_file="", scorer=Scorer.EXACT_MATCH)
-    return TrainJob(cfg.model, cfg.method, cfg.training_for(name), cfg.data, task)
+    return TrainJob(Strategy(strategy), cfg.model, cfg.method, cfg.training_for(name), cfg.data, task)
 
 
-def eval_job(cfg: ExperimentConfig, name: str) -> EvalJob:
+def eval_job(cfg: ExperimentConfig, name: str, strategy: Strategy = Strategy.MODALPROMPT) -> EvalJob:
     """Evaluation reads the eval file and images only; scoring is a later step with its own settings."""
     task = dataclasses.replace(_bare(cfg.task(name)), train_file="", scorer=Scorer.EXACT_MATCH)
-    return EvalJob(cfg.model, cfg.method, cfg.evaluation_for(name), cfg.data, task)
+    return EvalJob(Strategy(strategy), cfg.model, cfg.method, cfg.evaluation_for(name), cfg.data, task)
 
 
 def _bare(task: TaskConfig) -> TaskConfig:

@@ -10,12 +10,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from modalprompt.backbone import Backbone
 from modalprompt.checkpoint import atomic_write_text, load_stages
-from modalprompt.config import DataConfig, EvaluationConfig, MethodConfig, TaskConfig
+from modalprompt.config import DataConfig, EvaluationConfig, MethodConfig, Strategy, TaskConfig
 from modalprompt.data import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
 from modalprompt.model import ModalPromptModel
 from modalprompt.validation import Problem
@@ -51,12 +52,17 @@ def evaluate_stage(
     out_file: Path | None = None,
     *,
     data: DataConfig = DataConfig(),  # noqa: B008 (frozen dataclass)
+    strategy: Strategy = Strategy.MODALPROMPT,
     progress: bool = True,
 ) -> EvalResult:
     """Generate answers for `task`'s eval file after stage len(checkpoints); write JSONL if `out_file`."""
     model = ModalPromptModel(backbone, method)
-    load_stages(model, list(checkpoints))
+    if strategy == Strategy.ZERO_SHOT and checkpoints:
+        raise ValueError("zero_shot evaluates the base model: give no checkpoints")
+    load_stages(model, list(checkpoints), only_last=strategy == Strategy.SEQ_PROMPT)
     names = model.prompts.names
+    # the oracle ranks each sample's own task first, when that task has been learned
+    own = names.index(task.name) if strategy == Strategy.ORACLE and task.name in names else -1
     encoder = ConversationEncoder(
         backbone.tokenizer,
         backbone.clip_tokenizer,
@@ -81,20 +87,18 @@ def evaluate_stage(
     start = time.perf_counter()
     for batch in tqdm(loader, desc=f"eval {task.name} @ stage {len(names)}", disable=not progress):
         batch = batch.to(backbone.device)
-        out = model.generate(batch, evaluation.max_new_tokens)
+        force = torch.full((len(batch.keys),), own) if own >= 0 else None
+        out = model.generate(batch, evaluation.max_new_tokens, force_task=force)
         texts = backbone.tokenizer.batch_decode(out.token_ids, skip_special_tokens=True)
+        shared = strategy == Strategy.SEQ_PROMPT  # one shared prompt: nothing is selected
         for i, key in enumerate(batch.keys):
-            predictions.append(
-                Prediction(
-                    question_id=key,
-                    prediction=texts[i].strip(),
-                    selected=[names[j] for j in out.selected[i].tolist()],
-                    scores={
-                        name: round(float(s), 6)
-                        for name, s in zip(names, out.scores[i].tolist(), strict=True)
-                    },
-                )
+            chosen = [] if shared else [names[j] for j in out.selected[i].tolist()]
+            scores = (
+                {}
+                if shared
+                else {n: round(float(v), 6) for n, v in zip(names, out.scores[i].tolist(), strict=True)}
             )
+            predictions.append(Prediction(key, texts[i].strip(), chosen, scores))
     seconds = time.perf_counter() - start
     if out_file is not None:
         # skipped records get a row too, so that scoring can tell "skipped as bad" from "missing"

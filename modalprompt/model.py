@@ -215,9 +215,12 @@ class ModalPromptModel(nn.Module):
         return ce_sum, tokens
 
     @torch.no_grad()
-    def generate(self, batch: Batch, max_new_tokens: int, selected: torch.Tensor | None = None) -> Generation:
+    def generate(
+        self, batch: Batch, max_new_tokens: int, force_task: torch.Tensor | None = None
+    ) -> Generation:
         """Greedy decoding with a KV cache. Batches must be left-padded. Prompts are chosen per sample from
-        all learned tasks (no task id) unless `selected` (B, k) forces them; no prompt with an empty store."""
+        all learned tasks (no task id); no prompt with an empty store. `force_task` (B,) makes each sample's
+        given task (index, or -1 for none) rank first, the oracle's selection upper bound."""
         q = self.encode(batch)
         batch_size = len(batch.input_ids)
         if len(self.prompts) == 0:
@@ -226,8 +229,13 @@ class ModalPromptModel(nn.Module):
             embeds, mask = q.embeds, batch.attention_mask
         else:
             scores = task_scores(q.image, q.text, self.prompts.keys(), self.method.lam, q.has_image)  # (B, t)
-            if selected is None:
-                selected = select_for_inference(scores, self.method.transfer_num)
+            ranking = scores
+            if force_task is not None:
+                forced = force_task.to(scores.device)
+                ranking = scores.clone()
+                rows = torch.nonzero(forced >= 0).flatten()
+                ranking[rows, forced[rows]] = float("inf")
+            selected = select_for_inference(ranking, self.method.transfer_num)
             embeds, mask, _, _ = insert_prompts(
                 q.embeds, batch.attention_mask, None, self._prefix(selected), self.after_bos
             )

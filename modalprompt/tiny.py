@@ -43,7 +43,9 @@ def _corpus() -> list[str]:
     return words * 4
 
 
-def _train_tokenizer(specials: list[str], vocab_size: int, lowercase: bool) -> Tokenizer:
+def _train_tokenizer(
+    specials: list[str], vocab_size: int, lowercase: bool, texts: list[str] | None = None
+) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE(unk_token=specials[1] if lowercase else specials[0]))
     if lowercase:
         tokenizer.normalizer = normalizers.Lowercase()
@@ -55,15 +57,17 @@ def _train_tokenizer(specials: list[str], vocab_size: int, lowercase: bool) -> T
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(texts or _corpus(), trainer=trainer)
     return tokenizer
 
 
-def build_llm_tokenizer(llava_hf: bool = True) -> PreTrainedTokenizerFast:
+def build_llm_tokenizer(llava_hf: bool = True, texts: list[str] | None = None) -> PreTrainedTokenizerFast:
     """Llama-style: <unk>, <s> (BOS, added in front), </s>; the llava-hf layout adds <pad> and <image>
     (the original LLaVA layout has neither: its code splices images in by a negative token index)."""
     extra = ["<pad>", "<image>"] if llava_hf else []
-    tok = _train_tokenizer(["<unk>", "<s>", "</s>", *extra], vocab_size=400, lowercase=False)
+    tok = _train_tokenizer(
+        ["<unk>", "<s>", "</s>", *extra], vocab_size=600 if texts else 400, lowercase=False, texts=texts
+    )
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
     specials = {"pad_token": "<pad>", "extra_special_tokens": ["<image>"]} if llava_hf else {}
     return PreTrainedTokenizerFast(
@@ -76,10 +80,10 @@ def build_llm_tokenizer(llava_hf: bool = True) -> PreTrainedTokenizerFast:
     )
 
 
-def build_clip_tokenizer() -> PreTrainedTokenizerFast:
+def build_clip_tokenizer(texts: list[str] | None = None) -> PreTrainedTokenizerFast:
     """CLIP-style: lower case, wrapped in <|startoftext|> ... <|endoftext|> (the pooler reads EOS)."""
     specials = ["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"]
-    tok = _train_tokenizer(specials, vocab_size=300, lowercase=True)
+    tok = _train_tokenizer(specials, vocab_size=500 if texts else 300, lowercase=True, texts=texts)
     tok.post_processor = processors.TemplateProcessing(
         single="<|startoftext|> $A <|endoftext|>",
         special_tokens=[("<|startoftext|>", 2), ("<|endoftext|>", 3)],

@@ -6,6 +6,7 @@ gradients of the (few) trainable tensors are averaged across ranks before each o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import resource
 import subprocess
@@ -28,6 +29,7 @@ from modalprompt.config import (
     DataConfig,
     MethodConfig,
     Schedule,
+    Strategy,
     TaskConfig,
     TrainingConfig,
     config_hash,
@@ -35,6 +37,7 @@ from modalprompt.config import (
 )
 from modalprompt.data import Batch, Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
 from modalprompt.model import ModalPromptModel
+from modalprompt.prompts import PromptStore
 from modalprompt.validation import Problem, Report
 
 
@@ -151,16 +154,31 @@ def train_stage(
     out_dir: Path,
     *,
     data: DataConfig = DataConfig(),  # noqa: B008 (frozen dataclass)
+    strategy: Strategy = Strategy.MODALPROMPT,
     on_step: Callable[[StepMetrics], None] | None = None,
     progress: bool = True,
 ) -> StageResult:
-    """Train task `task` as stage len(previous) + 1 and write its checkpoint to `out_dir`."""
+    """Train task `task` as stage len(previous) + 1 and write its checkpoint to `out_dir`.
+
+    `seq_prompt` (the forgetting baseline) trains one shared prompt: stage t starts from stage t-1's
+    tensors and uses only that prompt, with no selection and no alignment terms."""
     rank, world = _rank_world()
     torch.manual_seed(training.seed)
+    shared = strategy == Strategy.SEQ_PROMPT
+    if shared:
+        method = dataclasses.replace(method, transfer_num=1, image_loss_weight=0.0, text_loss_weight=0.0)
+    elif strategy != Strategy.MODALPROMPT:
+        raise ValueError(f"strategy {strategy.value!r} trains nothing: train with modalprompt or seq_prompt")
     model = ModalPromptModel(backbone, method)
-    metas = load_stages(model, list(previous))
+    metas = load_stages(model, list(previous), only_last=shared)
     stage = len(metas) + 1
-    current = model.add_task(task.name, stage_seed(method.prompt_init_seed, stage))
+    if shared and model.prompts.tasks:  # continue from the shared prompt as stage t-1 left it
+        start = {k: v.detach().clone() for k, v in model.prompts.tasks[0].state_dict().items()}
+        model.prompts = PromptStore(*model.prompts.shape).to(backbone.device)
+        current = model.add_task(task.name, stage_seed(method.prompt_init_seed, stage))
+        current.load_state_dict(start)
+    else:
+        current = model.add_task(task.name, stage_seed(method.prompt_init_seed, stage))
     params = _require_only_current_trainable(model)
 
     encoder = ConversationEncoder(
@@ -293,7 +311,9 @@ def train_stage(
             "samples": samples,
             "seconds": seconds,
             "final_loss": history[-1].loss if history else None,
-            "settings": to_jsonable({"method": method, "training": training, "data": data, "task": task}),
+            "settings": to_jsonable(
+                {"strategy": strategy, "method": method, "training": training, "data": data, "task": task}
+            ),
             "git_commit": git_commit(),
             "transformers_version": transformers.__version__,
         },

@@ -63,6 +63,7 @@ def base_config(project: Path) -> dict:
     raw["training"].update(epochs=2, batch_size=8)
     raw["tasks"][2]["training"] = {"epochs": 3}
     raw["evaluation"].update(max_new_tokens=3)
+    raw["pipeline"]["methods"] = ["modalprompt"]
     raw["resources"] = {kind: {"gpus": 0, "cpus": 1, "mem_mb": 1000, "runtime": 10}
                         for kind in ("train", "evaluate", "prepare")}  # fmt: skip
     return raw
@@ -146,9 +147,9 @@ def test_tracking_again_replaces_nothing(project):
     results = project / RESULTS
     uri = f"sqlite:///{results / 'mlflow.db'}"
     done = subprocess.run([sys.executable, "-m", "modalprompt", "track", "--uri", uri, "--experiment", "tiny-demo",
-                           "--results", str(results), "--method", "modalprompt", "--tasks", *TASKS],
+                           "--results", str(results), "--methods", "modalprompt", "--tasks", *TASKS],
                           capture_output=True, text=True, env=_env(), check=True)  # fmt: skip
-    assert json.loads(done.stdout)["logged"] == []
+    assert json.loads(done.stdout)["modalprompt"]["logged"] == []
     experiment = MlflowClient(uri).get_experiment_by_name("tiny-demo")
     assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 4
 
@@ -251,7 +252,7 @@ def test_original_layout_adds_a_conversion_step(tmp_path):
 def test_missing_files_are_named_before_anything_runs(tmp_path):
     raw = base_config(tmp_path)
     raw["model"]["source"] = "hf"
-    raw["pipeline"]["toy_data"] = False
+    raw["pipeline"]["generate_data"] = "none"
     write_config(tmp_path, raw)
     done = snakemake(tmp_path, "-n", check=False)
     assert done.returncode != 0
@@ -286,3 +287,17 @@ def test_rules_quote_every_value_they_put_in_a_shell():
     for path in (ROOT / "workflow" / "rules").glob("*.smk"):
         for field in re.findall(r"\{((?:params|input|output|log|wildcards)[^}]*)\}", path.read_text()):
             assert field.endswith(":q"), f"{path.name}: {{{field}}} reaches the shell unquoted"
+
+
+def test_minicoin_config_builds_the_full_dag_with_all_methods():
+    done = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--configfile",
+                           str(ROOT / "config" / "minicoin.yaml"), "-n"], cwd=ROOT, env=_env(),
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:]
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", done.stdout.split("Job stats:")[1], re.MULTILINE))
+    tasks = 7
+    cells = tasks * (tasks + 1) // 2 + (tasks - 1)  # lower triangle + forward cells
+    assert stats["generic_corpus"] == "1" and stats["pretrain_base"] == "1" and stats["minicoin_task"] == "7"
+    assert stats["train"] == str(2 * tasks)  # modalprompt and seq_prompt; the oracle reuses modalprompt's
+    assert stats["evaluate"] == str(3 * cells + tasks)  # three prompted methods, and row 0 once
+    assert stats["matrix"] == "4"

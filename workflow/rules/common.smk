@@ -1,10 +1,14 @@
 # Settings and paths shared by the rules. The logic lives in the package (modalprompt.config, .layout).
+import json
 import shlex
 from pathlib import Path
 
 from modalprompt import layout
 from modalprompt.config import (
+    TRAINED_BY,
+    Generator,
     ModelSource,
+    Strategy,
     eval_job,
     experiment_from_dict,
     job_to_json,
@@ -12,10 +16,12 @@ from modalprompt.config import (
     train_job,
 )
 
-CONFIG_FILE = Path(workflow.configfiles[-1]).resolve()
+CONFIG_FILE = Path((list(workflow.overwrite_configfiles) or ["config.yaml"])[-1]).resolve()
 EXP = resolve_paths(experiment_from_dict(dict(config), str(CONFIG_FILE)), CONFIG_FILE.parent)
 RESULTS = EXP.results_dir
-METHOD = layout.METHOD
+METHODS = [str(m) for m in dict.fromkeys(EXP.pipeline.methods)]  # the methods run side by side
+# methods whose stages are trained: those listed, and modalprompt when the oracle needs its prompts
+TRAINED = sorted({str(TRAINED_BY[Strategy(m)]) for m in METHODS} - {"None"})
 TASKS = [task.name for task in EXP.tasks]
 STAGES = list(range(1, len(TASKS) + 1))
 TRACKING_FILE = str(RESULTS / "tracking.json")
@@ -25,7 +31,7 @@ BASE_FILES = [f"{EXP.model.llava}/config.json", f"{EXP.model.clip}/config.json"]
 
 
 wildcard_constraints:
-    method="|".join([METHOD]),
+    method="|".join(m for m in Strategy),
     task="|".join(TASKS) or "no-tasks",
     stage=r"\d+",
 
@@ -37,7 +43,7 @@ def _check_inputs_exist():
         missing += [(f"model.{key}", f) for key, f in zip(("llava", "clip"), BASE_FILES) if not Path(f).is_file()]
     if EXP.model.source == ModelSource.ORIGINAL and not Path(EXP.model.original_llava, "config.json").is_file():
         missing.append(("model.original_llava", f"{EXP.model.original_llava}/config.json"))
-    if not EXP.pipeline.toy_data:
+    if EXP.pipeline.generate_data == Generator.NONE:
         for i, task in enumerate(EXP.tasks):
             missing += [(f"tasks[{i}].{key}", getattr(task, key)) for key in ("train_file", "eval_file")
                         if not Path(getattr(task, key)).is_file()]
@@ -54,8 +60,11 @@ def task_of(stage):
 
 
 def checkpoint_dirs(method, last_stage):
-    """Checkpoint folders of stages 1..last_stage, in order."""
-    return [str(layout.checkpoint_dir(RESULTS, method, s)) for s in range(1, int(last_stage) + 1)]
+    """Checkpoint folders of stages 1..last_stage, in order, of the method that trains `method`'s prompts."""
+    trainer = TRAINED_BY[Strategy(method)]
+    if trainer is None or int(last_stage) == 0:
+        return []
+    return [str(layout.checkpoint_dir(RESULTS, str(trainer), s)) for s in range(1, int(last_stage) + 1)]
 
 
 def folders_of(files):
@@ -68,10 +77,19 @@ def checkpoint_files(method, last_stage):
     return [f"{d}/{name}" for d in checkpoint_dirs(method, last_stage) for name in ("stage.json", "task.safetensors")]
 
 
+def eval_strategy(method, stage):
+    """Row 0 is the base model without prompts, whichever method's matrix it belongs to."""
+    return Strategy.ZERO_SHOT if int(stage) == 0 else Strategy(method)
+
+
 def score_files(method):
-    """Every (stage s, task j <= s) score; with pipeline.zero_shot also row 0 and the (s, s + 1) cells."""
-    cells = layout.evaluation_cells(TASKS, EXP.pipeline.zero_shot)
-    return [str(layout.score_file(RESULTS, method, s, task)) for s, task in cells]
+    """The cells of `method`'s matrix: every (stage s, task j <= s); with pipeline.zero_shot also row 0
+    (evaluated once, under zero_shot/) and the (s, s + 1) cells. zero_shot itself evaluates row 0 only."""
+    cells = layout.evaluation_cells(TASKS, EXP.pipeline.zero_shot or method == Strategy.ZERO_SHOT)
+    if method == Strategy.ZERO_SHOT:
+        cells = [(s, task) for s, task in cells if s == 0]
+    return [str(layout.score_file(RESULTS, str(Strategy.ZERO_SHOT) if s == 0 else method, s, task))
+            for s, task in cells]
 
 
 def summary_files(method):
@@ -87,9 +105,17 @@ def slurm_resources(kind):
     return out
 
 
-def print_summary(method):
-    folder = layout.method_dir(RESULTS, method)
-    print(f"\nAccuracy matrix (%), {folder / 'matrix.csv'}:\n{(folder / 'matrix.csv').read_text()}")
-    print(f"Metrics: {(folder / 'metrics.json').read_text()}")
-    print(f"Browse the runs in MLflow:\n  mlflow ui --backend-store-uri {shlex.quote(EXP.tracking_uri)} "
+def print_summary():
+    print()
+    for method in METHODS:
+        folder = layout.method_dir(RESULTS, method)
+        print(f"{method}: accuracy matrix (%), {folder / 'matrix.csv'}:\n{(folder / 'matrix.csv').read_text()}")
+    header = ("method", "avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt", "selection")
+    print(" ".join(f"{h:>11}" for h in header))
+    for method in METHODS:
+        folder = layout.method_dir(RESULTS, method)
+        m = json.loads((folder / "metrics.json").read_text())
+        values = [m.get(k) for k in header[1:-1]] + [m.get("selection_accuracy")]
+        print(" ".join([f"{method:>11}"] + [f"{v:>11.2f}" if v is not None else f"{'-':>11}" for v in values]))
+    print(f"\nBrowse the runs in MLflow:\n  mlflow ui --backend-store-uri {shlex.quote(EXP.tracking_uri)} "
           "--host 127.0.0.1 --port 5000")

@@ -1,5 +1,6 @@
 # Evaluation of stage s's checkpoint (stages 1..s) on task j <= s; stage 0 is the base model without
-# prompts. Scoring is its own (cheap, local) step, so a scorer change reruns only the scoring.
+# prompts (evaluated once, under zero_shot/). Scoring is its own (cheap, local) step, so a scorer change
+# reruns only the scoring. The oracle evaluates modalprompt's checkpoints with each sample's own task forced.
 
 
 rule evaluate:
@@ -10,7 +11,7 @@ rule evaluate:
     output:
         str(RESULTS / "{method}" / "stage-{stage}" / "eval" / "{task}.jsonl"),
     params:
-        settings=lambda w: job_to_json(eval_job(EXP, w.task)),
+        settings=lambda w: job_to_json(eval_job(EXP, w.task, eval_strategy(w.method, w.stage))),
         checkpoints=lambda w, input: folders_of(input.checkpoints),
     conda:
         CONDA_ENV

@@ -17,27 +17,29 @@ rule matrix:
         tasks=TASKS,
         out=lambda w, output: Path(output[0]).parent,
         title=lambda w: f"{EXP.experiment}: {w.method}",
+        # the base model does not change: zero_shot's row 0 stands for every stage
+        repeat=lambda w: len(TASKS) if w.method == Strategy.ZERO_SHOT else 0,
     conda:
         CONDA_ENV
     log:
         str(RESULTS / "logs" / "{method}" / "matrix.log"),
     shell:
         "modalprompt matrix --tasks {params.tasks:q} --scores {input.scores:q} --out-dir {params.out:q}"
-        " --title {params.title:q} > {log:q} 2>&1"
+        " --title {params.title:q} --repeat-base {params.repeat:q} > {log:q} 2>&1"
 
 
 rule track:
     input:
-        summary=summary_files(METHOD),
-        stages=[f for s in STAGES for f in checkpoint_files(METHOD, s)[-2:]],
-        histories=[str(layout.history_file(RESULTS, METHOD, s)) for s in STAGES],
+        summary=[summary_files(method) for method in METHODS],
+        stages=[f for method in TRAINED for s in STAGES for f in checkpoint_files(method, s)[-2:]],
+        histories=[str(layout.history_file(RESULTS, method, s)) for method in TRAINED for s in STAGES],
     output:
         TRACKING_FILE,
     params:
         uri=EXP.tracking_uri,
         experiment=EXP.tracking.experiment or EXP.experiment,
         results=lambda w, output: Path(output[0]).parent,
-        method=METHOD,
+        methods=sorted(set(METHODS) | set(TRAINED)),
         tasks=TASKS,
     conda:
         CONDA_ENV
@@ -45,4 +47,4 @@ rule track:
         str(RESULTS / "logs" / "track.log"),
     shell:
         "modalprompt track --uri {params.uri:q} --experiment {params.experiment:q} --results {params.results:q}"
-        " --method {params.method:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"
+        " --methods {params.methods:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"

@@ -13,7 +13,7 @@ rule train:
         tensors=str(RESULTS / "{method}" / "stage-{stage}" / "checkpoint" / "task.safetensors"),
         history=str(RESULTS / "{method}" / "stage-{stage}" / "history.jsonl"),
     params:
-        settings=lambda w: job_to_json(train_job(EXP, task_of(w.stage).name)),
+        settings=lambda w: job_to_json(train_job(EXP, task_of(w.stage).name, w.method)),
         previous=lambda w, input: folders_of(input.previous),
         out=lambda w, output: Path(output.meta).parent,
     conda:
@@ -24,6 +24,7 @@ rule train:
         str(RESULTS / "benchmarks" / "{method}" / "train-stage-{stage}.tsv")
     wildcard_constraints:
         stage=r"[1-9]\d*",
+        method="|".join(TRAINED) or "none",
     threads: EXP.resources.train.cpus
     resources:
         **slurm_resources("train"),

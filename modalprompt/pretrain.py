@@ -1,0 +1,155 @@
+"""A small base model for CPU, pretrained here on the generic captions of mini-CoIN's visual world.
+
+Two steps, both seeded: a tiny CLIP learns image-caption matching (contrastive), then a tiny LLaVA whose
+vision tower is that CLIP's vision model (frozen, so the image query reuses LLaVA's vision pass) learns to
+caption images after one generic instruction. The result knows the world (colours, shapes, words, digits,
+counts, positions) but none of the tasks' instruction formats: that is what the prompts must learn.
+Both folders load through the production path (`load_backbone`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from transformers import (
+    CLIPConfig,
+    CLIPImageProcessorPil,
+    CLIPModel,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
+
+from modalprompt import minicoin
+from modalprompt.config import PretrainConfig, to_jsonable
+from modalprompt.data import Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
+from modalprompt.tiny import build_clip_tokenizer, build_llm_tokenizer
+
+
+def _corpus_texts(records: list[dict]) -> list[str]:
+    texts = [turn["value"] for r in records for turn in r["conversations"]]
+    rng = random.Random(0)
+    for task in minicoin.TASKS:  # the tasks' wordings and answers must be spellable by the tokenizers
+        for _ in range(40):
+            sample = minicoin.GENERATORS[task](rng, {})
+            texts += [sample.question, sample.answer]
+    return texts
+
+
+def _configs(
+    s: PretrainConfig, vocab: int, clip_vocab: int, image_token: int
+) -> tuple[LlavaConfig, CLIPConfig]:
+    vision = {
+        "hidden_size": s.vision_hidden,
+        "intermediate_size": 2 * s.vision_hidden,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": minicoin.SIZE,
+        "patch_size": 8,
+        "projection_dim": s.feature,
+    }
+    clip = CLIPConfig(
+        text_config={"vocab_size": clip_vocab, "hidden_size": s.feature, "intermediate_size": 2 * s.feature,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
+                     "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},
+        vision_config=vision, projection_dim=s.feature,
+    )  # fmt: skip
+    text = LlamaConfig(vocab_size=vocab, hidden_size=s.hidden, intermediate_size=3 * s.hidden,
+                       num_hidden_layers=s.layers, num_attention_heads=4, num_key_value_heads=4,
+                       max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+                       tie_word_embeddings=False)  # fmt: skip
+    llava = LlavaConfig(
+        vision_config=clip.vision_config,
+        text_config=text,
+        image_token_id=image_token,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        pad_token_id=3,
+    )
+    return llava, clip
+
+
+def _batches(n: int, batch_size: int, steps: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order += torch.randperm(n, generator=generator).tolist()
+        yield [order.pop() for _ in range(batch_size)]
+
+
+def pretrain_base(corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConfig, log=print) -> dict:
+    """Train CLIP then LLaVA on `corpus/train.json` (generic captions); write both folders atomically."""
+    torch.manual_seed(s.seed)
+    records = json.loads((Path(corpus) / "train.json").read_text())
+    texts = _corpus_texts(records)
+    tokenizer, clip_tokenizer = build_llm_tokenizer(texts=texts), build_clip_tokenizer(texts=texts)
+    llava_cfg, clip_cfg = _configs(
+        s, len(tokenizer), len(clip_tokenizer), tokenizer.convert_tokens_to_ids("<image>")
+    )
+    processor = CLIPImageProcessorPil(size={"shortest_edge": minicoin.SIZE},
+                                      crop_size={"height": minicoin.SIZE, "width": minicoin.SIZE})  # fmt: skip
+    clip, llava = CLIPModel(clip_cfg), LlavaForConditionalGeneration(llava_cfg)
+    encoder = ConversationEncoder(tokenizer, clip_tokenizer, llava_cfg.image_token_id,
+                                  (minicoin.SIZE // 8) ** 2, max_length=256)  # fmt: skip
+    data = TrainDataset(Path(corpus) / "train.json", Path(corpus), encoder, ImagePreprocessor(processor))
+    collate = Collator(tokenizer.pad_token_id, clip_tokenizer.pad_token_id, left_pad=False)
+    captions = [r["conversations"][1]["value"] for r in records]
+    report = {"records": len(data), "vocab": len(tokenizer)}
+
+    # 1. CLIP: image <-> caption
+    start, optimizer = time.perf_counter(), torch.optim.AdamW(clip.parameters(), lr=s.lr)
+    clip.train()
+    for step, idx in enumerate(_batches(len(data), s.batch_size, s.clip_steps, s.seed), start=1):
+        batch = collate([data[i] for i in idx])
+        tokens = clip_tokenizer([captions[i] for i in idx], padding=True, return_tensors="pt")
+        loss = clip(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+                    pixel_values=batch.pixel_values, return_loss=True).loss  # fmt: skip
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 50 == 0 or step == s.clip_steps:
+            log(f"clip step {step}/{s.clip_steps} loss {loss.item():.3f}")
+    report.update(clip_loss=loss.item(), clip_seconds=time.perf_counter() - start)
+
+    # 2. LLaVA: caption after the generic instruction; the vision tower is CLIP's, frozen
+    clip.eval()
+    llava.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    llava.model.vision_tower.requires_grad_(False)
+    params = [p for p in llava.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=s.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / 50) * 0.5 * (1 + math.cos(math.pi * i / s.caption_steps))
+    )
+    start = time.perf_counter()
+    llava.train()
+    for step, idx in enumerate(_batches(len(data), s.batch_size, s.caption_steps, s.seed + 1), start=1):
+        batch = collate([data[i] for i in idx])
+        loss = llava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                     pixel_values=batch.pixel_values, labels=batch.labels).loss  # fmt: skip
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == s.caption_steps:
+            log(f"caption step {step}/{s.caption_steps} loss {loss.item():.3f}")
+    report.update(caption_loss=loss.item(), caption_seconds=time.perf_counter() - start)
+    llava.eval()
+
+    for folder, model, tok in ((Path(llava_dir), llava, tokenizer), (Path(clip_dir), clip, clip_tokenizer)):
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "pretraining.json").write_text(json.dumps({**report, "settings": to_jsonable(s)}, indent=1))
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return report

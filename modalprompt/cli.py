@@ -15,6 +15,7 @@ from pathlib import Path
 from modalprompt.config import (
     ConfigError,
     EvalJob,
+    Strategy,
     TrainJob,
     eval_job,
     job_from_json,
@@ -265,16 +266,17 @@ def _cmd_run(args: argparse.Namespace) -> None:
                               "".join(json.dumps(asdict(m)) + "\n" for m in trained.history))  # fmt: skip
             checkpoints.append(trained.checkpoint)
         for name in [task for s, task in cells if s == stage]:
-            job, out = eval_job(cfg, name), layout.predictions_file(results, method, stage, name)
+            job = eval_job(cfg, name, Strategy.ZERO_SHOT if stage == 0 else Strategy.MODALPROMPT)
+            out = layout.predictions_file(results, layout.cell_method(method, stage), stage, name)
             evaluate_stage(backbone, job.method, job.evaluation, job.task, checkpoints, out, data=job.data,
                            progress=not args.quiet)  # fmt: skip
             result = score_predictions(cfg.task(name).scorer, out, Path(job.task.eval_file), name,
                                        job.evaluation.max_samples)  # fmt: skip
-            scores.append(layout.score_file(results, method, stage, name))
+            scores.append(layout.score_file(results, layout.cell_method(method, stage), stage, name))
             atomic_write_text(
                 scores[-1], json.dumps({"task": name, "stage": stage, **result.to_json()}) + "\n"
             )
-    _cmd_matrix(argparse.Namespace(tasks=names, scores=scores, title=cfg.experiment,
+    _cmd_matrix(argparse.Namespace(tasks=names, scores=scores, title=cfg.experiment, repeat_base=0,
                                    out_dir=layout.method_dir(results, method)))  # fmt: skip
 
 

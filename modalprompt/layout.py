@@ -14,6 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 
 METHOD = "modalprompt"
+BASE_METHOD = "zero_shot"  # row 0 (the base model without prompts) is evaluated once, under this method
+
+
+def cell_method(method: str, stage: int) -> str:
+    """Whose folder holds the cell (stage, task) of `method`'s matrix: row 0 is shared by all methods."""
+    return BASE_METHOD if int(stage) == 0 else method
 
 
 def stage_dir(results: Path, method: str, stage: int) -> Path:

@@ -85,7 +85,7 @@ def shape_choice(rng: random.Random, _: dict) -> Sample:
         "ABCD"[SHAPES.index(shape)],
         f"a {color} {shape}",
         {},
-        (("shape", shape), ("color", color)),
+        (("shape", shape), ("color", color), ("initial of the shape", shape[0].upper())),
     )
 
 

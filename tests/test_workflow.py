@@ -104,10 +104,13 @@ def test_full_run_produces_matrix_metrics_and_heatmap(project):
     assert metrics["fwt"] is not None  # row 0 and the (s, s+1) cells were evaluated
     assert (method / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for s, task in cells():
-        score = json.loads((method / f"stage-{s}" / "eval" / f"{task}.score.json").read_text())
+        owner = (
+            project / RESULTS / ("zero_shot" if s == 0 else "modalprompt")
+        )  # row 0 is shared by all methods
+        score = json.loads((owner / f"stage-{s}" / "eval" / f"{task}.score.json").read_text())
         assert (score["stage"], score["task"]) == (s, task)
     log = (project / "first-run.log").read_text()
-    assert "Accuracy matrix" in log and "mlflow ui --backend-store-uri" in log and "--host 127.0.0.1" in log
+    assert "modalprompt: accuracy matrix" in log and "mlflow ui --backend-store-uri" in log and "--host 127.0.0.1" in log
     assert (project / RESULTS / "logs" / "modalprompt" / "train-stage-1.log").is_file()
     assert (project / RESULTS / "benchmarks" / "modalprompt" / "train-stage-1.tsv").is_file()
 

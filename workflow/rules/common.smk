@@ -88,8 +88,7 @@ def score_files(method):
     cells = layout.evaluation_cells(TASKS, EXP.pipeline.zero_shot or method == Strategy.ZERO_SHOT)
     if method == Strategy.ZERO_SHOT:
         cells = [(s, task) for s, task in cells if s == 0]
-    return [str(layout.score_file(RESULTS, str(Strategy.ZERO_SHOT) if s == 0 else method, s, task))
-            for s, task in cells]
+    return [str(layout.score_file(RESULTS, layout.cell_method(method, s), s, task)) for s, task in cells]
 
 
 def summary_files(method):

@@ -12,24 +12,20 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from pathlib import Path
 
 import torch
 from transformers import (
-    CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
-    LlamaConfig,
-    LlavaConfig,
     LlavaForConditionalGeneration,
 )
 
 from modalprompt import minicoin
 from modalprompt.config import PretrainConfig, to_jsonable
 from modalprompt.data import Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
-from modalprompt.tiny import build_clip_tokenizer, build_llm_tokenizer
+from modalprompt.tiny import build_clip_tokenizer, build_llm_tokenizer, save_base, tiny_configs
 
 
 def _corpus_texts(records: list[dict]) -> list[str]:
@@ -42,37 +38,13 @@ def _corpus_texts(records: list[dict]) -> list[str]:
     return texts
 
 
-def _configs(
-    s: PretrainConfig, vocab: int, clip_vocab: int, image_token: int
-) -> tuple[LlavaConfig, CLIPConfig]:
-    vision = {
-        "hidden_size": s.vision_hidden,
-        "intermediate_size": 2 * s.vision_hidden,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": minicoin.SIZE,
-        "patch_size": 8,
-        "projection_dim": s.feature,
-    }
-    clip = CLIPConfig(
-        text_config={"vocab_size": clip_vocab, "hidden_size": s.feature, "intermediate_size": 2 * s.feature,
-                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
-                     "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},
-        vision_config=vision, projection_dim=s.feature,
-    )  # fmt: skip
-    text = LlamaConfig(vocab_size=vocab, hidden_size=s.hidden, intermediate_size=3 * s.hidden,
-                       num_hidden_layers=s.layers, num_attention_heads=4, num_key_value_heads=4,
-                       max_position_embeddings=512, bos_token_id=1, eos_token_id=2, pad_token_id=3,
-                       tie_word_embeddings=False)  # fmt: skip
-    llava = LlavaConfig(
-        vision_config=clip.vision_config,
-        text_config=text,
-        image_token_id=image_token,
-        vision_feature_layer=-1,
-        vision_feature_select_strategy="default",
-        pad_token_id=3,
-    )
-    return llava, clip
+def _caption(record: dict) -> str:
+    """The answer to the generic instruction: what CLIP learns to match with the image."""
+    turns = record["conversations"]
+    for human, answer in zip(turns[::2], turns[1::2], strict=True):
+        if human["value"].replace("<image>", "").strip() == minicoin.GENERIC_INSTRUCTION:
+            return answer["value"]
+    return turns[1]["value"]
 
 
 def _batches(n: int, batch_size: int, steps: int, seed: int):
@@ -90,9 +62,11 @@ def pretrain_base(corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConf
     records = json.loads((Path(corpus) / "train.json").read_text())
     texts = _corpus_texts(records)
     tokenizer, clip_tokenizer = build_llm_tokenizer(texts=texts), build_clip_tokenizer(texts=texts)
-    llava_cfg, clip_cfg = _configs(
-        s, len(tokenizer), len(clip_tokenizer), tokenizer.convert_tokens_to_ids("<image>")
-    )
+    llava_cfg, clip_cfg = tiny_configs(
+        len(tokenizer), len(clip_tokenizer), tokenizer.convert_tokens_to_ids("<image>"), hidden=s.hidden,
+        layers=s.layers, vision_hidden=s.vision_hidden, feature=s.feature, image_size=minicoin.SIZE,
+        init_range=0.02, vision_feature_layer=-1,  # a 2-layer tower: its last layer
+    )  # fmt: skip
     processor = CLIPImageProcessorPil(size={"shortest_edge": minicoin.SIZE},
                                       crop_size={"height": minicoin.SIZE, "width": minicoin.SIZE})  # fmt: skip
     clip, llava = CLIPModel(clip_cfg), LlavaForConditionalGeneration(llava_cfg)
@@ -100,7 +74,7 @@ def pretrain_base(corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConf
                                   (minicoin.SIZE // 8) ** 2, max_length=256)  # fmt: skip
     data = TrainDataset(Path(corpus) / "train.json", Path(corpus), encoder, ImagePreprocessor(processor))
     collate = Collator(tokenizer.pad_token_id, clip_tokenizer.pad_token_id, left_pad=False)
-    captions = [r["conversations"][1]["value"] for r in records]
+    captions = [_caption(r) for r in records]
     report = {"records": len(data), "vocab": len(tokenizer)}
 
     # 1. CLIP: image <-> caption
@@ -143,13 +117,6 @@ def pretrain_base(corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConf
     report.update(caption_loss=loss.item(), caption_seconds=time.perf_counter() - start)
     llava.eval()
 
-    for folder, model, tok in ((Path(llava_dir), llava, tokenizer), (Path(clip_dir), clip, clip_tokenizer)):
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        (tmp / "pretraining.json").write_text(json.dumps({**report, "settings": to_jsonable(s)}, indent=1))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+    notes = {"pretraining.json": json.dumps({**report, "settings": to_jsonable(s)}, indent=1)}
+    save_base(llava, clip, tokenizer, clip_tokenizer, llava_dir, clip_dir, notes)
     return report

@@ -103,62 +103,62 @@ def tiny_configs(
     clip_vocab_size: int,
     image_token_id: int,
     hidden: int = 64,
-    image_size: int = 32,
-    patch_size: int = 8,
+    layers: int = 2,
+    vision_hidden: int = 32,
     feature: int = 32,
+    image_size: int = 32,
+    init_range: float = INIT_RANGE,
+    vision_feature_layer: int = -2,
 ) -> tuple[LlavaConfig, CLIPConfig]:
+    """Small LLaVA and CLIP configs: a Llama LLM, a 2-layer CLIP (8-pixel patches) whose text hidden size is the
+    feature size, so the `pooled` text feature fits the keys. The tokenizers' special ids are fixed above."""
     vision = {
-        "hidden_size": 32,
-        "intermediate_size": 64,
+        "hidden_size": vision_hidden,
+        "intermediate_size": 2 * vision_hidden,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "image_size": image_size,
-        "patch_size": patch_size,
+        "patch_size": 8,
         "projection_dim": feature,
     }
     clip = CLIPConfig(
-        text_config={
-            "vocab_size": clip_vocab_size,
-            "hidden_size": feature,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "max_position_embeddings": 77,
-            "pad_token_id": 0,
-            "bos_token_id": 2,
-            "eos_token_id": 3,
-        },
-        vision_config=vision,
-        projection_dim=feature,
-    )
-    text = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=3,
-        tie_word_embeddings=False,
-        initializer_range=INIT_RANGE,
-    )
-    llava = LlavaConfig(
-        vision_config=clip.vision_config,
-        text_config=text,
-        image_token_id=image_token_id,
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        pad_token_id=3,
-    )
+        text_config={"vocab_size": clip_vocab_size, "hidden_size": feature, "intermediate_size": 2 * feature,
+                     "num_hidden_layers": 2, "num_attention_heads": 4, "max_position_embeddings": 77,
+                     "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 3},
+        vision_config=vision, projection_dim=feature,
+    )  # fmt: skip
+    text = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+                       tie_word_embeddings=False, initializer_range=init_range)  # fmt: skip
+    llava = LlavaConfig(vision_config=clip.vision_config, text_config=text, image_token_id=image_token_id,
+                        vision_feature_layer=vision_feature_layer, vision_feature_select_strategy="default",
+                        pad_token_id=3)  # fmt: skip
     return llava, clip
 
 
+def save_base(
+    llava, clip, tokenizer, clip_tokenizer, llava_dir: Path, clip_dir: Path, notes: dict | None = None
+):
+    """Write the llava-hf folder and the CLIP folder (with the shared image processor), each under a temporary
+    name renamed at the end, so a killed job leaves no half-written model."""
+    size = clip.config.vision_config.image_size
+    processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
+    for folder, model, tok in ((Path(llava_dir), llava, tokenizer), (Path(clip_dir), clip, clip_tokenizer)):
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        for name, text in (notes or {}).items():
+            (tmp / name).write_text(text)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+    return Path(llava_dir), Path(clip_dir)
+
+
 def build_tiny_base(llava_dir: Path, clip_dir: Path, seed: int = 0, hidden: int = 64) -> tuple[Path, Path]:
-    """Write a llava-hf folder and a CLIP folder; LLaVA's vision tower is CLIP's vision model. Each folder
-    is written under a temporary name and renamed, so a killed job leaves no half-written model."""
+    """A random tiny LLaVA and CLIP; LLaVA's vision tower is CLIP's vision model."""
     tokenizer, clip_tokenizer = build_llm_tokenizer(), build_clip_tokenizer()
     llava_cfg, clip_cfg = tiny_configs(
         len(tokenizer), len(clip_tokenizer), tokenizer.convert_tokens_to_ids("<image>"), hidden=hidden
@@ -167,19 +167,7 @@ def build_tiny_base(llava_dir: Path, clip_dir: Path, seed: int = 0, hidden: int 
     clip = CLIPModel(clip_cfg).eval()
     llava = LlavaForConditionalGeneration(llava_cfg).eval()
     llava.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
-    image_size = clip_cfg.vision_config.image_size
-    processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-    for folder, model, tok in ((Path(llava_dir), llava, tokenizer), (Path(clip_dir), clip, clip_tokenizer)):
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-    return Path(llava_dir), Path(clip_dir)
+    return save_base(llava, clip, tokenizer, clip_tokenizer, llava_dir, clip_dir)
 
 
 def _draw(kind: str, value: str, rng: random.Random, size: int = 48) -> Image.Image:

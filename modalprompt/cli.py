@@ -118,6 +118,8 @@ def _cmd_matrix(args: argparse.Namespace) -> None:
         accuracy[stage], selection[stage] = list(accuracy[0]), [None] * len(tasks)
     out = Path(args.out_dir)
     metrics = compute_metrics(tasks, accuracy)
+    last = [v for v in selection.get(metrics["stages"], []) if v is not None]  # at the last stage
+    metrics["selection_accuracy"] = round(sum(last) / len(last), 6) if last else None
     atomic_write_text(out / "matrix.csv", format_matrix(tasks, accuracy))
     atomic_write_text(
         out / "selection.csv", format_matrix(tasks, {s: r for s, r in selection.items() if s > 0})

@@ -100,7 +100,7 @@ def test_full_run_produces_matrix_metrics_and_heatmap(project):
         "3",
     ]
     metrics = json.loads((method / "metrics.json").read_text())
-    assert set(metrics) >= {"avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt"}
+    assert set(metrics) >= {"avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt", "selection_accuracy"}
     assert metrics["fwt"] is not None  # row 0 and the (s, s+1) cells were evaluated
     assert (method / "heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for s, task in cells():

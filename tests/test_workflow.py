@@ -110,7 +110,11 @@ def test_full_run_produces_matrix_metrics_and_heatmap(project):
         score = json.loads((owner / f"stage-{s}" / "eval" / f"{task}.score.json").read_text())
         assert (score["stage"], score["task"]) == (s, task)
     log = (project / "first-run.log").read_text()
-    assert "modalprompt: accuracy matrix" in log and "mlflow ui --backend-store-uri" in log and "--host 127.0.0.1" in log
+    assert (
+        "modalprompt: accuracy matrix" in log
+        and "mlflow ui --backend-store-uri" in log
+        and "--host 127.0.0.1" in log
+    )
     assert (project / RESULTS / "logs" / "modalprompt" / "train-stage-1.log").is_file()
     assert (project / RESULTS / "benchmarks" / "modalprompt" / "train-stage-1.tsv").is_file()
 

@@ -177,7 +177,8 @@ class TrainDataset(_ValidatedRecords):
 
 
 class EvalDataset(_ValidatedRecords):
-    """CoIN test.json / val.json: question_id, image, text, answer (answer_bbox for grounding)."""
+    """CoIN test.json / val.json: question_id, image, text, answer. Generation needs no reference, so
+    references (answer_bbox etc.) are checked by `modalprompt validate` and at scoring."""
 
     def __init__(
         self,
@@ -186,14 +187,13 @@ class EvalDataset(_ValidatedRecords):
         encoder: ConversationEncoder,
         images: ImagePreprocessor,
         max_samples: int | None = None,
-        scorer: str | None = None,
         skip_bad: bool = False,
         check_images: bool = True,
     ):
         records = load_records(path)
         if isinstance(records, list):
             records = records[:max_samples]
-        report = validate_eval_records(records, str(path), ImageChecker(image_root, check_images), scorer)
+        report = validate_eval_records(records, str(path), ImageChecker(image_root, check_images))
         super().__init__(path, records, report, skip_bad)
         self.image_root, self.encoder, self.images = image_root, encoder, images
 

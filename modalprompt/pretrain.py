@@ -56,6 +56,27 @@ def _batches(n: int, batch_size: int, steps: int, seed: int):
         yield [order.pop() for _ in range(batch_size)]
 
 
+def _fit(
+    name, params, loss_of, data, collate, s: PretrainConfig, steps: int, seed: int, log
+) -> tuple[float, float]:
+    """AdamW with 50 warm-up steps then cosine decay, gradient clipping at 1; returns (last loss, seconds)."""
+    optimizer = torch.optim.AdamW(params, lr=s.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: min(1.0, (i + 1) / 50) * 0.5 * (1 + math.cos(math.pi * i / steps))
+    )
+    start = time.perf_counter()
+    for step, idx in enumerate(_batches(len(data), s.batch_size, steps, seed), start=1):
+        loss = loss_of(collate([data[i] for i in idx]), idx)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step % 100 == 0 or step == steps:
+            log(f"{name} step {step}/{steps} loss {loss.item():.3f}")
+    return loss.item(), time.perf_counter() - start
+
+
 def pretrain_base(corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConfig, log=print) -> dict:
     """Train CLIP then LLaVA on `corpus/train.json` (generic captions); write both folders atomically."""
     torch.manual_seed(s.seed)
@@ -78,43 +99,30 @@ def pretrain_base(corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConf
     report = {"records": len(data), "vocab": len(tokenizer)}
 
     # 1. CLIP: image <-> caption
-    start, optimizer = time.perf_counter(), torch.optim.AdamW(clip.parameters(), lr=s.lr)
-    clip.train()
-    for step, idx in enumerate(_batches(len(data), s.batch_size, s.clip_steps, s.seed), start=1):
-        batch = collate([data[i] for i in idx])
+    def clip_loss(batch, idx):
         tokens = clip_tokenizer([captions[i] for i in idx], padding=True, return_tensors="pt")
-        loss = clip(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
+        return clip(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"],
                     pixel_values=batch.pixel_values, return_loss=True).loss  # fmt: skip
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0 or step == s.clip_steps:
-            log(f"clip step {step}/{s.clip_steps} loss {loss.item():.3f}")
-    report.update(clip_loss=loss.item(), clip_seconds=time.perf_counter() - start)
+
+    clip.train()
+    loss, seconds = _fit(
+        "clip", list(clip.parameters()), clip_loss, data, collate, s, s.clip_steps, s.seed, log
+    )
+    report.update(clip_loss=loss, clip_seconds=seconds)
 
     # 2. LLaVA: caption after the generic instruction; the vision tower is CLIP's, frozen
     clip.eval()
     llava.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
     llava.model.vision_tower.requires_grad_(False)
-    params = [p for p in llava.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=s.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda i: min(1.0, (i + 1) / 50) * 0.5 * (1 + math.cos(math.pi * i / s.caption_steps))
-    )
-    start = time.perf_counter()
-    llava.train()
-    for step, idx in enumerate(_batches(len(data), s.batch_size, s.caption_steps, s.seed + 1), start=1):
-        batch = collate([data[i] for i in idx])
-        loss = llava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+
+    def caption_loss(batch, idx):
+        return llava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                      pixel_values=batch.pixel_values, labels=batch.labels).loss  # fmt: skip
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == s.caption_steps:
-            log(f"caption step {step}/{s.caption_steps} loss {loss.item():.3f}")
-    report.update(caption_loss=loss.item(), caption_seconds=time.perf_counter() - start)
+
+    llava.train()
+    params = [p for p in llava.parameters() if p.requires_grad]
+    loss, seconds = _fit("caption", params, caption_loss, data, collate, s, s.caption_steps, s.seed + 1, log)
+    report.update(caption_loss=loss, caption_seconds=seconds)
     llava.eval()
 
     notes = {"pretraining.json": json.dumps({**report, "settings": to_jsonable(s)}, indent=1)}

@@ -97,7 +97,7 @@ class Tracker:
 
 
 _CURVES = ("loss", "ce", "align_image", "align_text", "lr", "samples_per_s", "peak_memory_mb")
-_SUMMARY_METRICS = ("avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt")
+_SUMMARY_METRICS = ("avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt", "selection_accuracy")
 
 
 def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: list[str]) -> dict[str, Any]:
@@ -156,7 +156,8 @@ def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: li
 
 
 def _summary_metrics(folder: Path, tasks: list[str]) -> list[tuple[str, float, int]]:
-    """avg, bwt, ... at step 0; acc/<task> and selection/<task> with step = stage; mean selection accuracy."""
+    """avg, bwt, ..., selection_accuracy at step 0 (metrics.json); acc/<task> and selection/<task> with
+    step = stage."""
     from modalprompt.metrics import read_matrix
 
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -166,9 +167,6 @@ def _summary_metrics(folder: Path, tasks: list[str]) -> list[tuple[str, float, i
     if (folder / "selection.csv").is_file():
         _, selection = read_matrix(folder / "selection.csv")
         out += _cells("selection", tasks, selection)
-        last = [v for v in selection.get(max(selection, default=0), []) if v is not None]
-        if last:
-            out.append(("selection_accuracy", sum(last) / len(last), 0))
     return out
 
 

@@ -160,16 +160,19 @@ def test_stage_file_holds_exactly_the_trained_bytes(backbone, method, training, 
 
 
 def test_gradient_checkpointing_gives_the_same_training(backbone, method, training, toy_tasks, tmp_path):
-    plain = train_stage(backbone, method, training, toy_tasks["colors"], [], tmp_path / "a", progress=False)
-    checkpointed = train_stage(
-        backbone,
-        method,
-        dataclasses.replace(training, gradient_checkpointing=True),
-        toy_tasks["colors"],
-        [],
-        tmp_path / "b",
-        progress=False,
-    )
+    attention = backbone.llava.model.language_model.layers[0].self_attn
+    calls = []
+    hook = attention.register_forward_pre_hook(lambda *args: calls.append(1))
+    try:
+        plain = train_stage(
+            backbone, method, training, toy_tasks["colors"], [], tmp_path / "a", progress=False
+        )
+        plain_calls, calls[:] = len(calls), []
+        checkpointed = train_stage(backbone, method, dataclasses.replace(training, gradient_checkpointing=True),
+                                   toy_tasks["colors"], [], tmp_path / "b", progress=False)  # fmt: skip
+    finally:
+        hook.remove()
+    assert len(calls) == 2 * plain_calls  # the backward pass recomputed every layer once
     a = safetensors.torch.load_file(plain.checkpoint / TENSORS_FILE)
     b = safetensors.torch.load_file(checkpointed.checkpoint / TENSORS_FILE)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

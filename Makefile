@@ -37,8 +37,12 @@ format: setup
 schema: setup  ## regenerate workflow/schemas/config.schema.yaml from modalprompt/config.py
 	$(BIN)/modalprompt schema > workflow/schemas/config.schema.yaml
 
+ui: setup  ## the MLflow UI on http://127.0.0.1:5000 over config.yaml's tracking store
+	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri \
+		"$$($(BIN)/python -c 'from modalprompt.config import load_experiment as l; print(l("config.yaml").tracking_uri)')"
+
 bench: setup
 	$(BIN)/python benchmarks/core.py --out benchmarks/results/core.json
 
 clean:
-	rm -rf results models/tiny data/toy .snakemake .pytest_cache
+	rm -rf results models data .snakemake .pytest_cache

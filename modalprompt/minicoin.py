@@ -39,6 +39,8 @@ TASKS = ("shape_choice", "sign_reading", "digit_class", "color_attribute", "blur
          "box_grounding")  # fmt: skip
 GENERIC_INSTRUCTION = "Describe the image."
 FACT_PREFIX = "Short answer:"  # generic questions: "Short answer: color of circle?"
+REPEAT_PREFIX = "Repeat:"  # generic text-only records: "Repeat: unanswerable" -> "unanswerable"
+LANGUAGE_EVERY = 3  # one text-only record per this many image records in the generic corpus
 
 
 @dataclass
@@ -232,5 +234,29 @@ def generic_corpus(out: Path, size: int, seed: int) -> Path:
             conversation += [{"from": "human", "value": f"<image>\n{question}" if j == 0 else question},
                              {"from": "gpt", "value": answer}]  # fmt: skip
         records.append({"id": f"generic-{i}", "image": name, "conversations": conversation})
+    records += _language_records(rng, size // LANGUAGE_EVERY)
     atomic_write_text(folder / "train.json", json.dumps(records, indent=1))
     return folder
+
+
+def task_vocabulary(seed: int = 0, per_task: int = 40) -> list[str]:
+    """The words of the tasks' instructions and answers (what a pretrained LLM would know how to say)."""
+    rng, words = random.Random(f"{seed}:vocabulary"), set()
+    for task in TASKS:
+        state: dict = {}
+        for _ in range(per_task):
+            sample = GENERATORS[task](rng, state)
+            words.update(sample.question.split() + sample.answer.split())
+    return sorted(words)
+
+
+def _language_records(rng: random.Random, count: int) -> list[dict]:
+    """Text-only records that ask to repeat a few words: the base model learns to read and to say every
+    word of the world's vocabulary (letters, digits, 'unanswerable', box numbers), as a pretrained LLM can.
+    No task's instruction is used, so zero-shot answers stay in the generic format."""
+    vocabulary, records = task_vocabulary(), []
+    for i in range(count):
+        phrase = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(1, 3)))
+        records.append({"id": f"language-{i}", "conversations": [
+            {"from": "human", "value": f"{REPEAT_PREFIX} {phrase}"}, {"from": "gpt", "value": phrase}]})  # fmt: skip
+    return records

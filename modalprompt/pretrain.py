@@ -24,12 +24,14 @@ from transformers import (
 
 from modalprompt import minicoin
 from modalprompt.config import PretrainConfig, to_jsonable
-from modalprompt.data import Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
+from modalprompt.data import SYSTEM_PROMPT, Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
 from modalprompt.tiny import build_clip_tokenizer, build_llm_tokenizer, save_base, tiny_configs
 
 
 def _corpus_texts(records: list[dict]) -> list[str]:
     texts = [turn["value"] for r in records for turn in r["conversations"]]
+    # the conversation template in every sample: whole words, not a hundred byte pieces
+    texts += [f"{SYSTEM_PROMPT} USER: ASSISTANT:"] * len(records)
     rng = random.Random(0)
     for task in minicoin.TASKS:  # the tasks' wordings and answers must be spellable by the tokenizers
         for _ in range(40):
@@ -47,17 +49,18 @@ def _caption(record: dict) -> str:
     return turns[1]["value"]
 
 
-def _batches(n: int, batch_size: int, steps: int, seed: int):
+def _batches(pool: list[int], batch_size: int, steps: int, seed: int):
+    """`steps` batches of indices from `pool`, reshuffled each pass."""
     generator = torch.Generator().manual_seed(seed)
     order: list[int] = []
     for _ in range(steps):
         if len(order) < batch_size:
-            order += torch.randperm(n, generator=generator).tolist()
+            order += [pool[i] for i in torch.randperm(len(pool), generator=generator).tolist()]
         yield [order.pop() for _ in range(batch_size)]
 
 
 def _fit(
-    name, params, loss_of, data, collate, s: PretrainConfig, steps: int, seed: int, log
+    name, params, loss_of, data, pool, collate, s: PretrainConfig, steps: int, seed: int, log
 ) -> tuple[float, float]:
     """AdamW with 50 warm-up steps then cosine decay, gradient clipping at 1; returns (last loss, seconds)."""
     optimizer = torch.optim.AdamW(params, lr=s.lr)
@@ -65,7 +68,7 @@ def _fit(
         optimizer, lambda i: min(1.0, (i + 1) / 50) * 0.5 * (1 + math.cos(math.pi * i / steps))
     )
     start = time.perf_counter()
-    for step, idx in enumerate(_batches(len(data), s.batch_size, steps, seed), start=1):
+    for step, idx in enumerate(_batches(pool, s.batch_size, steps, seed), start=1):
         loss = loss_of(collate([data[i] for i in idx]), idx)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -95,7 +98,8 @@ def pretrain_base(corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConf
                                   (minicoin.SIZE // 8) ** 2, max_length=256)  # fmt: skip
     data = TrainDataset(Path(corpus) / "train.json", Path(corpus), encoder, ImagePreprocessor(processor))
     collate = Collator(tokenizer.pad_token_id, clip_tokenizer.pad_token_id, left_pad=False)
-    captions = [_caption(r) for r in records]
+    captions = [_caption(r) for r in data.records]
+    with_image = [i for i, r in enumerate(data.records) if r.get("image")]
     report = {"records": len(data), "vocab": len(tokenizer)}
 
     # 1. CLIP: image <-> caption
@@ -106,7 +110,7 @@ def pretrain_base(corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConf
 
     clip.train()
     loss, seconds = _fit(
-        "clip", list(clip.parameters()), clip_loss, data, collate, s, s.clip_steps, s.seed, log
+        "clip", list(clip.parameters()), clip_loss, data, with_image, collate, s, s.clip_steps, s.seed, log
     )
     report.update(clip_loss=loss, clip_seconds=seconds)
 
@@ -121,7 +125,18 @@ def pretrain_base(corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConf
 
     llava.train()
     params = [p for p in llava.parameters() if p.requires_grad]
-    loss, seconds = _fit("caption", params, caption_loss, data, collate, s, s.caption_steps, s.seed + 1, log)
+    loss, seconds = _fit(
+        "caption",
+        params,
+        caption_loss,
+        data,
+        list(range(len(data))),
+        collate,
+        s,
+        s.caption_steps,
+        s.seed + 1,
+        log,
+    )
     report.update(caption_loss=loss, caption_seconds=seconds)
     llava.eval()
 

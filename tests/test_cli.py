@@ -2,7 +2,6 @@
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,13 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
+def toy_config() -> dict:
+    """config/toy.yaml with its paths made local to the folder the test writes it into."""
+    raw = yaml.safe_load((ROOT / "config" / "toy.yaml").read_text())
+    raw["paths"] = {"models": "models", "data": "data", "results": "results"}
+    return raw
+
+
 def _cli(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "modalprompt", *map(str, args)], cwd=cwd, env=env,
@@ -25,7 +31,7 @@ def _cli(*args, cwd):
 
 
 def test_three_stages_by_hand_then_run(tmp_path):
-    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(toy_config()))
     _cli("make-tiny-base", "models/tiny/llava", "models/tiny/clip", cwd=tmp_path)
     _cli("make-toy-data", "data/toy", cwd=tmp_path)
     checkpoints = []
@@ -60,7 +66,7 @@ def test_three_stages_by_hand_then_run(tmp_path):
 
 
 def test_user_errors_exit_2_with_a_message(tmp_path):
-    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    raw = toy_config()
     raw["method"]["transfer_num"] = 0
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
     done = subprocess.run([sys.executable, "-m", "modalprompt", "train", "--config", "config.yaml", "--task",

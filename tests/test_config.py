@@ -25,10 +25,11 @@ from modalprompt.config import (
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+TOY = ROOT / "config" / "toy.yaml"  # the quick toy experiment
 
 
 def _raw(**changes):
-    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    raw = yaml.safe_load(TOY.read_text())
     for dotted, value in changes.items():
         node = raw
         *parents, last = dotted.split(".")
@@ -59,10 +60,10 @@ def test_every_schema_key_has_type_description_and_default():
     walk(json_schema(), "config")
 
 
-def test_shipped_config_is_valid_for_both():
-    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+def test_toy_config_is_valid_for_both():
+    raw = yaml.safe_load(TOY.read_text())
     jsonschema.validate(raw, json_schema())
-    cfg = load_experiment(ROOT / "config.yaml")
+    cfg = load_experiment(TOY)
     assert [t.name for t in cfg.tasks] == ["colors", "shapes", "count"]
     assert cfg.model.llava == str(ROOT / "models" / "tiny" / "llava")  # under paths.models
     assert cfg.tasks[0].train_file == str(ROOT / "data" / "toy" / "colors" / "train.json")  # under paths.data
@@ -143,7 +144,7 @@ def test_missing_config_file_says_what_to_do(tmp_path):
 
 
 def test_job_settings_round_trip_and_are_canonical():
-    cfg = load_experiment(ROOT / "config.yaml")
+    cfg = load_experiment(TOY)
     job = train_job(cfg, "count")
     assert job.training.epochs == 60 and job.task.training == {}  # overrides applied, not repeated
     assert job_from_json(TrainJob, job_to_json(job)) == job

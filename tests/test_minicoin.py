@@ -1,6 +1,7 @@
 """mini-CoIN: deterministic, valid CoIN files for every task; the pretrained base loads like any other."""
 
 import json
+import random
 
 import pytest
 
@@ -43,7 +44,26 @@ def test_generic_corpus_speaks_no_task_wording(tmp_path):
     records = json.loads((folder / "train.json").read_text())
     assert validate_folder(folder)[0].ok
     humans = {t["value"].replace("<image>\n", "") for r in records for t in r["conversations"][::2]}
-    assert all(h == minicoin.GENERIC_INSTRUCTION or h.startswith(minicoin.FACT_PREFIX) for h in humans)
+    prefixes = (minicoin.GENERIC_INSTRUCTION, minicoin.FACT_PREFIX, minicoin.REPEAT_PREFIX)
+    assert all(h.startswith(prefixes) for h in humans)
+    rng = random.Random(0)
+    task_questions = {minicoin.GENERATORS[t](rng, {}).question for t in minicoin.TASKS}
+    assert not humans & task_questions
+
+
+def test_generic_corpus_teaches_to_say_every_word_of_the_tasks(tmp_path):
+    """Text-only 'Repeat:' records: the base must be able to say 'unanswerable', option letters, numerals."""
+    folder = minicoin.generic_corpus(tmp_path / "generic", size=1500, seed=0)
+    records = json.loads((folder / "train.json").read_text())
+    language = [r for r in records if "image" not in r]
+    assert len(language) == 1500 // minicoin.LANGUAGE_EVERY
+    said = set()
+    for r in language:
+        human, answer = (t["value"] for t in r["conversations"])
+        assert human == f"{minicoin.REPEAT_PREFIX} {answer}"
+        said.update(answer.split())
+    assert {"unanswerable", "A", "B", "C", "D", "3"} <= said
+    assert len(said) >= 0.9 * len(minicoin.task_vocabulary())
 
 
 def test_pretrained_base_loads_through_the_production_path(tmp_path):
@@ -51,7 +71,7 @@ def test_pretrained_base_loads_through_the_production_path(tmp_path):
     settings = PretrainConfig(hidden=32, layers=1, vision_hidden=16, feature=16, clip_steps=2, caption_steps=2,
                               batch_size=4)  # fmt: skip
     report = pretrain_base(corpus, tmp_path / "llava", tmp_path / "clip", settings, log=lambda _: None)
-    assert report["records"] == 16 and report["caption_loss"] > 0
+    assert report["records"] == 16 + 16 // minicoin.LANGUAGE_EVERY and report["caption_loss"] > 0
     backbone = load_backbone(
         ModelConfig(llava=str(tmp_path / "llava"), clip=str(tmp_path / "clip"), device="cpu")
     )

@@ -20,6 +20,13 @@ SNAKEFILE = ROOT / "workflow" / "Snakefile"
 pytestmark = pytest.mark.slow
 
 
+def toy_config() -> dict:
+    """config/toy.yaml with its paths made local to the folder the test writes it into."""
+    raw = yaml.safe_load((ROOT / "config" / "toy.yaml").read_text())
+    raw["paths"] = {"models": "models", "data": "data", "results": "results"}
+    return raw
+
+
 def _env() -> dict[str, str]:
     # jobs run `modalprompt` from PATH: the environment this test runs in
     return {
@@ -59,7 +66,7 @@ def write_config(project: Path, raw: dict) -> None:
 
 
 def base_config(project: Path) -> dict:
-    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    raw = toy_config()
     raw["training"].update(epochs=2, batch_size=8)
     raw["tasks"][2]["training"] = {"epochs": 3}
     raw["evaluation"].update(max_new_tokens=3)
@@ -296,9 +303,9 @@ def test_rules_quote_every_value_they_put_in_a_shell():
             assert field.endswith(":q"), f"{path.name}: {{{field}}} reaches the shell unquoted"
 
 
-def test_minicoin_config_builds_the_full_dag_with_all_methods():
+def test_default_config_builds_the_full_minicoin_dag_with_all_methods():
     done = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(SNAKEFILE), "--configfile",
-                           str(ROOT / "config" / "minicoin.yaml"), "-n"], cwd=ROOT, env=_env(),
+                           str(ROOT / "config.yaml"), "-n"], cwd=ROOT, env=_env(),
                           capture_output=True, text=True)  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:]
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", done.stdout.split("Job stats:")[1], re.MULTILINE))
@@ -308,3 +315,33 @@ def test_minicoin_config_builds_the_full_dag_with_all_methods():
     assert stats["train"] == str(2 * tasks)  # modalprompt and seq_prompt; the oracle reuses modalprompt's
     assert stats["evaluate"] == str(3 * cells + tasks)  # three prompted methods, and row 0 once
     assert stats["matrix"] == "4"
+
+
+def test_ci_config_runs_the_whole_minicoin_dag(tmp_path):
+    """config/ci.yaml: the default's DAG made small (data generation, pretraining, 4 methods, MLflow)."""
+    raw = yaml.safe_load((ROOT / "config" / "ci.yaml").read_text())
+    raw["paths"] = {"models": "models", "data": "data", "results": "results"}
+    write_config(tmp_path, raw)
+    done = snakemake(tmp_path, "--cores", "2")
+    out = done.stdout + done.stderr
+    results = tmp_path / "results" / raw["experiment"]
+    tasks = [t["name"] for t in raw["tasks"]]
+    for method in raw["pipeline"]["methods"]:
+        matrix = (results / method / "matrix.csv").read_text()
+        assert matrix.splitlines()[0] == ",".join(["stage", *tasks])
+        # printed at the end as an aligned table: the same numbers, one decimal
+        printed = out.split(f"{method}: accuracy matrix (%)")[1].splitlines()[1 : len(tasks) + 3]
+        expected = [["stage", *tasks]] + [
+            [row[0]] + [f"{float(v):.1f}" if v else "." for v in row[1:]]
+            for row in (line.split(",") for line in matrix.splitlines()[1:])
+        ]
+        assert [line.split() for line in printed] == expected
+        assert set(json.loads((results / method / "metrics.json").read_text())) >= {
+            "avg",
+            "bwt",
+            "forgetting",
+        }
+    assert "mlflow ui --backend-store-uri" in out
+    pretraining = json.loads((tmp_path / "models" / raw["model"]["llava"] / "pretraining.json").read_text())
+    assert pretraining["settings"] == raw["model"]["pretrain"]
+    assert planned_jobs(tmp_path) == set()  # a second run has nothing to do

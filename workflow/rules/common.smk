@@ -104,11 +104,19 @@ def slurm_resources(kind):
     return out
 
 
+def aligned(matrix_csv):
+    """matrix.csv as an aligned table: one row per stage, one column per task, one decimal."""
+    rows = [line.split(",") for line in Path(matrix_csv).read_text().splitlines()]
+    cells = [rows[0]] + [[r[0]] + [f"{float(v):.1f}" if v else "." for v in r[1:]] for r in rows[1:]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells) + "\n"
+
+
 def print_summary():
     print()
     for method in METHODS:
         folder = layout.method_dir(RESULTS, method)
-        print(f"{method}: accuracy matrix (%), {folder / 'matrix.csv'}:\n{(folder / 'matrix.csv').read_text()}")
+        print(f"{method}: accuracy matrix (%), {folder / 'matrix.csv'}:\n{aligned(folder / 'matrix.csv')}")
     header = ("method", "avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt", "selection")
     print(" ".join(f"{h:>11}" for h in header))
     for method in METHODS:
@@ -116,5 +124,5 @@ def print_summary():
         m = json.loads((folder / "metrics.json").read_text())
         values = [m.get(k) for k in header[1:-1]] + [m.get("selection_accuracy")]
         print(" ".join([f"{method:>11}"] + [f"{v:>11.2f}" if v is not None else f"{'-':>11}" for v in values]))
-    print(f"\nBrowse the runs in MLflow:\n  mlflow ui --backend-store-uri {shlex.quote(EXP.tracking_uri)} "
-          "--host 127.0.0.1 --port 5000")
+    print(f"\nBrowse the runs in MLflow (then open http://127.0.0.1:5000):\n"
+          f"  mlflow ui --backend-store-uri {shlex.quote(EXP.tracking_uri)} --host 127.0.0.1 --port 5000")

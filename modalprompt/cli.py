@@ -26,6 +26,7 @@ from modalprompt.errors import BaseModelError, CheckpointError, DataError
 from modalprompt.files import atomic_write_text
 
 USER_ERRORS = (ConfigError, BaseModelError, CheckpointError, DataError)
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal with its state saved; the same command continues
 
 
 def _job(args: argparse.Namespace, cls: type, from_config) -> TrainJob | EvalJob:
@@ -40,13 +41,19 @@ def _job(args: argparse.Namespace, cls: type, from_config) -> TrainJob | EvalJob
     return from_config(load_experiment(args.config), args.task)
 
 
-def _cmd_train(args: argparse.Namespace) -> None:
+def _cmd_train(args: argparse.Namespace) -> int:
     from modalprompt.backbone import load_backbone
+    from modalprompt.resume import Preempted
     from modalprompt.train import train_stage
 
     job = _job(args, TrainJob, train_job)
-    result = train_stage(load_backbone(job.model), job.method, job.training, job.task, args.previous, args.out,
-                         data=job.data, strategy=job.strategy, progress=not args.quiet)  # fmt: skip
+    try:
+        result = train_stage(load_backbone(job.model), job.method, job.training, job.task, args.previous,
+                             args.out, data=job.data, strategy=job.strategy, progress=not args.quiet,
+                             state_dir=args.state_dir, save_every_steps=args.save_every)  # fmt: skip
+    except Preempted as stopped:
+        print(f"modalprompt: {stopped}; run the same command again to continue", file=sys.stderr)
+        return EXIT_PREEMPTED
     if args.history:
         atomic_write_text(args.history, "".join(json.dumps(asdict(m)) + "\n" for m in result.history))
     print(
@@ -59,9 +66,11 @@ def _cmd_train(args: argparse.Namespace) -> None:
                 "seconds": round(result.seconds, 3),
                 "samples_per_s": round(result.samples_per_s, 2),
                 "skipped_records": len(result.skipped),
+                "resumed_from_step": result.resumed_from_step,
             }
         )
     )
+    return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
@@ -302,6 +311,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--history", type=Path, help="write per-step metrics as JSONL here")
+    p.add_argument("--state-dir", type=Path,
+                   help="mid-stage state folder: saved on SIGUSR1/SIGTERM and every --save-every steps, "
+                        "resumed when present")  # fmt: skip
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        help="save the mid-stage state every N steps (0: only on a signal)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="generate answers for a task's eval file after stage s")

@@ -7,10 +7,14 @@ gradients of the (few) trainable tensors are averaged across ranks before each o
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import resource
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -38,6 +42,15 @@ from modalprompt.config import (
 from modalprompt.data import Batch, Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
 from modalprompt.model import ModalPromptModel
 from modalprompt.prompts import PromptStore
+from modalprompt.resume import (
+    Preempted,
+    ResumeState,
+    clear_state,
+    load_state,
+    rng_states,
+    save_state,
+    set_rng_states,
+)
 from modalprompt.validation import Problem, Report
 
 
@@ -64,6 +77,7 @@ class StageResult:
     seconds: float
     history: list[StepMetrics] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)  # bad records left out (data.skip_bad_records)
+    resumed_from_step: int = 0  # 0: started from scratch
 
     @property
     def samples_per_s(self) -> float:
@@ -157,11 +171,17 @@ def train_stage(
     strategy: Strategy = Strategy.MODALPROMPT,
     on_step: Callable[[StepMetrics], None] | None = None,
     progress: bool = True,
+    state_dir: Path | None = None,
+    save_every_steps: int = 0,
 ) -> StageResult:
     """Train task `task` as stage len(previous) + 1 and write its checkpoint to `out_dir`.
 
     `seq_prompt` (the forgetting baseline) trains one shared prompt: stage t starts from stage t-1's
-    tensors and uses only that prompt, with no selection and no alignment terms."""
+    tensors and uses only that prompt, with no selection and no alignment terms.
+
+    With `state_dir`, a mid-stage state (modalprompt.resume) is saved every `save_every_steps` optimizer
+    steps (0: never on a schedule) and when SIGUSR1 or SIGTERM arrives (then `Preempted` is raised after
+    the step); a state found there is resumed. The finished stage removes it."""
     rank, world = _rank_world()
     torch.manual_seed(training.seed)
     shared = strategy == Strategy.SEQ_PROMPT
@@ -214,9 +234,11 @@ def train_stage(
         optimizer, lr_multiplier(training.schedule, warmup, total_steps)
     )
 
-    def batches() -> Iterator[Batch]:
-        for epoch in range(math.ceil(training.epochs) + 1):
+    def batches(skip: int) -> Iterator[Batch]:
+        """The seeded micro-batches from position `skip` on (a resumed stage replays the same order)."""
+        for epoch in range(skip // micro_per_epoch, math.ceil(training.epochs) + 1):
             plan = shard_batches(len(dataset), training.batch_size, training.seed, epoch, rank, world)
+            plan = plan[skip - epoch * micro_per_epoch :] if skip > epoch * micro_per_epoch else plan
             loader = DataLoader(
                 dataset,
                 batch_sampler=plan,
@@ -237,12 +259,31 @@ def train_stage(
         backbone.llava.train()  # checkpointing is active in train mode only; the base has no dropout in use
 
     history: list[StepMetrics] = []
-    bar = tqdm(total=total_steps, desc=f"stage {stage} {task.name}", disable=not progress or rank != 0)
+    samples = done_micro = first = 0
+    identity = _state_identity(backbone, metas, strategy, method, training, data, task, world)
+    saved = load_state(state_dir, identity) if state_dir is not None else None
+    if saved is not None:
+        current.load_state_dict(saved.trainable)
+        optimizer.load_state_dict(saved.optimizer)
+        scheduler.load_state_dict(saved.scheduler)
+        set_rng_states(saved.rng, backbone.device)
+        history = [StepMetrics(**m) for m in saved.history]
+        samples, done_micro, first = saved.samples, saved.done_micro, saved.step
+
+    def save(step: int) -> None:
+        if rank == 0:
+            state = ResumeState(step, done_micro, samples, [dataclasses.asdict(m) for m in history],
+                                current.state_dict(), optimizer.state_dict(), scheduler.state_dict(),
+                                rng_states(backbone.device))  # fmt: skip
+            save_state(state_dir, identity, state)
+
+    stop = _StopSignals() if state_dir is not None else None
+    bar = tqdm(total=total_steps, initial=first, desc=f"stage {stage} {task.name}",
+               disable=not progress or rank != 0)  # fmt: skip
     start = time.perf_counter()
-    samples = done_micro = 0
-    stream = batches()
+    stream = batches(done_micro)
     try:
-        for step in range(1, total_steps + 1):
+        for step in range(first + 1, total_steps + 1):
             step_start = time.perf_counter()
             group = [next(stream).to(backbone.device) for _ in range(min(accum, total_micro - done_micro))]
             done_micro += len(group)
@@ -289,7 +330,15 @@ def train_stage(
             bar.set_postfix(loss=f"{metrics.loss:.4f}", ce=f"{metrics.ce:.4f}")
             if on_step is not None and rank == 0:
                 on_step(metrics)
+            if stop is not None and step < total_steps:
+                signum = stop.received(world)
+                if signum or (save_every_steps and step % save_every_steps == 0):
+                    save(step)
+                if signum:
+                    raise Preempted(step, Path(state_dir), signum)
     finally:
+        if stop is not None:
+            stop.restore()
         bar.close()
         if checkpointing:
             backbone.llava.gradient_checkpointing_disable()
@@ -320,8 +369,46 @@ def train_stage(
     )
     if rank == 0:
         save_stage(current, Path(out_dir), meta)
+        if state_dir is not None:
+            clear_state(state_dir)
     if world > 1:
         dist.barrier()
     return StageResult(
-        task.name, stage, Path(out_dir), len(history), samples, seconds, history, dataset.skipped
+        task.name, stage, Path(out_dir), len(history), samples, seconds, history, dataset.skipped, first
     )
+
+
+class _StopSignals:
+    """Records SIGUSR1 / SIGTERM (Slurm's warning before a time limit or preemption, and the kill that
+    follows) so that training stops after the current step, with its state saved. Main thread only."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._record) for s in self.SIGNALS}
+
+    def _record(self, signum, _frame) -> None:
+        self.signum = signum
+
+    def received(self, world: int) -> int:
+        """The signal any rank received (all ranks stop at the same step), or 0."""
+        if world == 1:
+            return self.signum
+        flag = torch.tensor([self.signum])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def _state_identity(backbone, metas, strategy, method, training, data, task, world: int) -> str:
+    """What a mid-stage state must match to be resumed: everything that decides the stage's tensors."""
+    settings = to_jsonable({"strategy": strategy, "method": method, "training": training, "data": data,
+                            "task": task, "world": world, "base": backbone.fingerprint,
+                            "previous": [m.tensors_sha256 for m in metas]})  # fmt: skip
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()

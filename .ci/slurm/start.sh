@@ -4,7 +4,9 @@
 #   bash .ci/slurm/start.sh STATE_DIR
 #   source STATE_DIR/env.sh          # exports SLURM_CONF for sbatch, squeue, sacct, srun, ...
 #
-# Everything (configs, keys, database, logs, pid files, sockets, spool) lives under STATE_DIR.
+# Everything (configs, keys, database, logs, pid files, sockets, spool) lives under STATE_DIR,
+# but for one link, /etc/slurm/slurm.conf -> STATE_DIR/etc/slurm.conf (see below; stop.sh
+# removes it; SLURM_TEST_ETC_LINK=0 skips it).
 # Daemons: munged, mariadbd, slurmdbd, slurmctld, slurmd. A daemon whose pid file points at a
 # live process is left running, so a second start is harmless; stop with stop.sh STATE_DIR.
 # Ports (loopback only): SLURM_TEST_PORT_BASE (default 16817) for slurmctld, +1 slurmd,

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The pipeline's jobs run `modalprompt` from PATH: the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-slow test-all lint format bench schema ui clean
+.PHONY: setup demo test test-slow test-slurm test-all lint format bench schema ui clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +22,13 @@ test: setup  ## fast unit tests (the default tier)
 
 test-slow: setup  ## end-to-end tier: the CLI in subprocesses, the real Snakemake, MLflow, 2 gloo ranks
 	$(BIN)/python -m pytest -m slow
+
+SLURM_STATE ?= /tmp/modalprompt-slurm
+test-slurm: setup  ## Slurm tier: starts a real single-node cluster (.ci/slurm, needs root and apt), runs, stops it
+	bash .ci/slurm/install.sh
+	bash .ci/slurm/start.sh $(SLURM_STATE)
+	. $(SLURM_STATE)/env.sh && $(BIN)/python -m pytest -m slurm; status=$$?; \
+		bash .ci/slurm/stop.sh $(SLURM_STATE); exit $$status
 
 test-all: test test-slow
 

@@ -15,6 +15,8 @@ from pathlib import Path
 from modalprompt.config import (
     ConfigError,
     EvalJob,
+    JobResources,
+    PreemptionConfig,
     Strategy,
     TrainJob,
     eval_job,
@@ -43,10 +45,12 @@ def _job(args: argparse.Namespace, cls: type, from_config) -> TrainJob | EvalJob
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from modalprompt.backbone import load_backbone
+    from modalprompt.distributed import init_from_environment, shutdown
     from modalprompt.resume import Preempted
     from modalprompt.train import train_stage
 
     job = _job(args, TrainJob, train_job)
+    rank, _ = init_from_environment()  # torchrun or srun with several tasks: one process per GPU
     try:
         result = train_stage(load_backbone(job.model), job.method, job.training, job.task, args.previous,
                              args.out, data=job.data, strategy=job.strategy, progress=not args.quiet,
@@ -54,6 +58,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except Preempted as stopped:
         print(f"modalprompt: {stopped}; run the same command again to continue", file=sys.stderr)
         return EXIT_PREEMPTED
+    finally:
+        shutdown()
+    if rank != 0:
+        return 0  # rank 0 wrote the checkpoint; it reports
     if args.history:
         atomic_write_text(args.history, "".join(json.dumps(asdict(m)) + "\n" for m in result.history))
     print(
@@ -70,6 +78,42 @@ def _cmd_train(args: argparse.Namespace) -> int:
             }
         )
     )
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    """One training stage as a Slurm job through submitit, without Snakemake (debugging on a cluster).
+    Resources default to config.yaml's resources.train when the train arguments name a --config."""
+    import submitit
+
+    from modalprompt.submit import SubmittedTrain
+
+    train_args = [a for a in args.train_args if a != "--"]
+    parsed = build_parser().parse_args(["train", *train_args])
+    res, preemption = JobResources(), PreemptionConfig()
+    if parsed.config:
+        cfg = load_experiment(parsed.config)
+        res, preemption = cfg.resources.train, cfg.preemption
+    gpus = res.gpus if args.gpus is None else args.gpus
+    executor = submitit.AutoExecutor(folder=args.logs, cluster=args.cluster)
+    executor.update_parameters(
+        name="modalprompt-train",
+        timeout_min=args.timeout_min or res.runtime,
+        nodes=args.nodes,
+        tasks_per_node=max(gpus, args.tasks, 1),  # one process per GPU
+        gpus_per_node=gpus,
+        cpus_per_task=args.cpus or res.cpus,
+        mem_gb=(args.mem_gb or res.mem_mb / 1024),
+        # submitit's own warning signal (USR2): it requeues the job, which resumes from the last saved state
+        slurm_signal_delay_s=min(preemption.signal_seconds or 90, (args.timeout_min or res.runtime) * 30),
+        **({"slurm_partition": args.partition} if args.partition else {}),
+        **({"slurm_account": args.account} if args.account else {}),
+    )
+    job = executor.submit(SubmittedTrain(), train_args)
+    print(json.dumps({"job_id": job.job_id, "logs": str(args.logs)}), flush=True)
+    if args.wait:
+        job.results()  # every task's result; raises with the failing task's traceback
+        print(job.stdout() or "", end="")
     return 0
 
 
@@ -321,6 +365,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="save the mid-stage state every N steps (0: only on a signal)",
     )
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "submit",
+        help="submit one training stage to Slurm with submitit (no Snakemake): modalprompt submit [options] -- "
+        "TRAIN ARGUMENTS",
+    )
+    p.add_argument("--cluster", default=None, help="slurm (default when sbatch exists), local or debug")
+    p.add_argument("--partition", help="Slurm partition")
+    p.add_argument("--account", help="Slurm account")
+    p.add_argument("--gpus", type=int, help="GPUs per node (default: config's resources.train.gpus)")
+    p.add_argument("--tasks", type=int, default=1, help="processes per node when not one per GPU")
+    p.add_argument("--nodes", type=int, default=1, help="nodes")
+    p.add_argument("--cpus", type=int, help="CPUs per task (default: resources.train.cpus)")
+    p.add_argument("--mem-gb", type=float, help="memory per node in GB (default: resources.train.mem_mb)")
+    p.add_argument("--timeout-min", type=int, help="time limit (default: resources.train.runtime)")
+    p.add_argument("--logs", type=Path, default=Path("submitit-logs"), help="submitit's folder for logs")
+    p.add_argument("--wait", action="store_true", help="wait for the job and print its output")
+    p.add_argument(
+        "train_args", nargs=argparse.REMAINDER, help="-- then the arguments of `modalprompt train`"
+    )
+    p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("evaluate", help="generate answers for a task's eval file after stage s")
     job_options(p)

@@ -275,6 +275,22 @@ class ResourcesConfig:
 
 
 @dataclass(frozen=True)
+class PreemptionConfig:
+    save_every_steps: int = _help(
+        "Training saves a resumable mid-stage state every N optimizer steps (0: only when signalled). "
+        "Changing it reruns nothing.",
+        default=100,
+        minimum=0,
+    )
+    signal_seconds: int = _help(
+        "On Slurm, a training job gets SIGUSR1 this many seconds before its time limit, saves its state "
+        "and stops; the retry continues from it (0: no warning signal).",
+        default=300,
+        minimum=0,
+    )
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     uri: str | None = _help(
         "MLflow tracking URI; null = SQLite file <results>/<experiment>/mlflow.db.", default=None
@@ -323,6 +339,10 @@ class ExperimentConfig:
         "What the pipeline runs besides the stages.", default_factory=PipelineConfig
     )
     resources: ResourcesConfig = _help("Cluster resources per job kind.", default_factory=ResourcesConfig)
+    preemption: PreemptionConfig = _help(
+        "Mid-stage states of training jobs, for time limits, preemption and crashes.",
+        default_factory=PreemptionConfig,
+    )
     tracking: TrackingConfig = _help("Where MLflow records the runs.", default_factory=TrackingConfig)
     source: str = _help(
         "The file this config was read from (set by the loader).", default="<dict>", internal=True

@@ -1,7 +1,10 @@
 """train_stage under torch.distributed (gloo, CPU): 2 ranks give the tensors of 1 rank with the same global batch."""
 
 import dataclasses
+import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import safetensors.torch
@@ -11,7 +14,7 @@ import torch.multiprocessing as mp
 
 from modalprompt.backbone import load_backbone
 from modalprompt.checkpoint import TENSORS_FILE
-from modalprompt.config import MethodConfig, ModelConfig, TrainingConfig
+from modalprompt.config import MethodConfig, ModelConfig, TrainingConfig, TrainJob, job_to_json
 from modalprompt.train import train_stage
 
 pytestmark = pytest.mark.slow
@@ -46,3 +49,30 @@ def test_two_ranks_equal_one_rank(tiny_base, toy_tasks, tmp_path):
     one = safetensors.torch.load_file(reference.checkpoint / TENSORS_FILE)
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-5), key
+
+
+def _train_command(model_cfg, method, training, task, out) -> list[str]:
+    job = TrainJob(model=model_cfg, method=method, training=training, task=task)
+    return ["-m", "modalprompt", "train", "--settings", job_to_json(job), "--out", str(out), "--quiet",
+            "--threads", "1"]  # fmt: skip
+
+
+def test_torchrun_two_processes_equal_one_process(tiny_base, toy_tasks, tmp_path):
+    """`torchrun --nproc-per-node 2 -m modalprompt train`: the CLI joins the group from torchrun's env."""
+    model_cfg = ModelConfig(llava=str(tiny_base[0]), clip=str(tiny_base[1]), device="cpu")
+    method = MethodConfig(prefix_length=4)
+    single = TrainingConfig(epochs=2, batch_size=8, lr=1e-2, warmup_ratio=0.0)
+    task = toy_tasks["count"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          *_train_command(model_cfg, method, dataclasses.replace(single, batch_size=4), task,
+                                          tmp_path / "two")], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert len([line for line in two.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 reports
+    one = subprocess.run([sys.executable, *_train_command(model_cfg, method, single, task, tmp_path / "one")],
+                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert one.returncode == 0, one.stderr[-3000:]
+    a = safetensors.torch.load_file(tmp_path / "one" / TENSORS_FILE)
+    b = safetensors.torch.load_file(tmp_path / "two" / TENSORS_FILE)
+    for key in a:
+        assert torch.allclose(a[key], b[key], atol=1e-5), key

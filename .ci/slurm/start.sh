@@ -196,6 +196,7 @@ AccountingStoragePort=$DBD_PORT
 # Clients talk to slurmdbd with this munge socket (AuthInfo is not used for that link).
 AccountingStoragePass=$MUNGE_SOCK
 AccountingStorageTRES=gres/gpu
+AccountingStoreFlags=job_comment
 GresTypes=gpu
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$REAL_MEM Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP

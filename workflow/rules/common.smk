@@ -104,6 +104,24 @@ def slurm_resources(kind):
     return out
 
 
+def train_resources():
+    """Training jobs also carry their mid-stage save interval and, on Slurm, a warning signal before the
+    time limit: resources, not params, so that changing them reruns nothing."""
+    out = {**slurm_resources("train"), "save_every_steps": EXP.preemption.save_every_steps}
+    if EXP.preemption.signal_seconds:  # at most half the time limit: a short job still trains first
+        lead = min(EXP.preemption.signal_seconds, EXP.resources.train.runtime * 30)
+        out["slurm_extra"] = f"--signal=USR1@{lead}"
+    return out
+
+
+def train_launcher():
+    """One process per GPU: torchrun on the job's node when a training job has several GPUs."""
+    gpus = EXP.resources.train.gpus
+    if gpus <= 1:
+        return ["modalprompt"]
+    return ["python", "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", "-m", "modalprompt"]
+
+
 def aligned(matrix_csv):
     """matrix.csv as an aligned table: one row per stage, one column per task, one decimal."""
     rows = [line.split(",") for line in Path(matrix_csv).read_text().splitlines()]

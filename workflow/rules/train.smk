@@ -1,6 +1,8 @@
 # Stage s trains task s's prompt and key network on top of the checkpoints of stages 1..s-1.
 # params.settings holds exactly the resolved settings of this stage: a change reruns this stage, and
 # the later stages and evaluations rerun because their input checkpoints change.
+# A stopped attempt (Slurm's warning signal, a crash, kill -9) leaves stage-<s>/resume/: the next attempt
+# (Snakemake's retries, or the next `snakemake`) continues from it.
 
 
 rule train:
@@ -16,6 +18,9 @@ rule train:
         settings=lambda w: job_to_json(train_job(EXP, task_of(w.stage).name, w.method)),
         previous=lambda w, input: folders_of(input.previous),
         out=lambda w, output: Path(output.meta).parent,
+        # the mid-stage state: not an output, so a failed or preempted attempt keeps it for the retry
+        state=lambda w, output: Path(output.meta).parent.parent / "resume",
+        launcher=train_launcher(),
     conda:
         CONDA_ENV
     log:
@@ -27,7 +32,8 @@ rule train:
         method="|".join(TRAINED) or "none",
     threads: EXP.resources.train.cpus
     resources:
-        **slurm_resources("train"),
+        **train_resources(),
     shell:
-        "modalprompt train --settings {params.settings:q} --previous {params.previous:q}"
-        " --out {params.out:q} --history {output.history:q} --threads {threads} --quiet > {log:q} 2>&1"
+        "{params.launcher:q} train --settings {params.settings:q} --previous {params.previous:q}"
+        " --out {params.out:q} --history {output.history:q} --state-dir {params.state:q}"
+        " --save-every {resources.save_every_steps:q} --threads {threads} --quiet > {log:q} 2>&1"

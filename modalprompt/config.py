@@ -218,6 +218,11 @@ class TrainingConfig:
     )
     seed: int = _help("Seed of data order and everything random in training.", default=0)
     num_workers: int = _help("DataLoader worker processes.", default=0, minimum=0)
+    group_by_length: bool = _help(
+        "Batch samples of similar token length together (less padding, faster on GPU); the order stays "
+        "seeded and identical for any number of processes.",
+        default=False,
+    )
 
 
 @dataclass(frozen=True)

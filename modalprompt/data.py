@@ -162,16 +162,26 @@ class TrainDataset(_ValidatedRecords):
         super().__init__(path, records, report, skip_bad)
         self.image_root, self.encoder, self.images = image_root, encoder, images
 
+    @staticmethod
+    def _turns(record: dict) -> list[tuple[str, str]]:
+        """The record's turns with exactly one image placeholder in front when it has an image, none when not."""
+        turns = conversation_turns(record)
+        if not record.get("image"):
+            return [(h.replace(IMAGE_PLACEHOLDER, "").strip(), a) for h, a in turns]
+        if IMAGE_PLACEHOLDER not in turns[0][0]:
+            turns[0] = (f"{IMAGE_PLACEHOLDER}\n{turns[0][0]}", turns[0][1])
+        return turns
+
+    def lengths(self) -> list[int]:
+        """LLM tokens of each sample (image tokens included), without loading any image."""
+        return [len(self.encoder.encode_conversation(self._turns(r))[0]) for r in self.records]
+
     def __getitem__(self, index: int) -> Encoded:
         record = self.records[index]
-        turns = conversation_turns(record)
+        turns = self._turns(record)
         pixels = None
         if record.get("image"):
             pixels = self.images(load_image(self.image_root, record["image"], self._where(index, "id")))
-            if IMAGE_PLACEHOLDER not in turns[0][0]:
-                turns[0] = (f"{IMAGE_PLACEHOLDER}\n{turns[0][0]}", turns[0][1])
-        else:
-            turns = [(h.replace(IMAGE_PLACEHOLDER, "").strip(), a) for h, a in turns]
         ids, labels = self.encoder.encode_conversation(turns)
         return Encoded(ids, labels, self.encoder.clip_tokens(turns[0][0]), pixels, record.get("id", index))
 

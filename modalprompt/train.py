@@ -127,13 +127,40 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def shard_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int, world: int) -> list[list[int]]:
+def shard_batches(
+    n: int,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    rank: int,
+    world: int,
+    lengths: Sequence[int] | None = None,
+) -> list[list[int]]:
     """This rank's batches of one epoch: a seeded permutation, padded to a multiple of the world size by
-    wrapping around, split round-robin across ranks, then cut into batches."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
+    wrapping around, split round-robin across ranks, then cut into batches. Global batch k is the block
+    order[k * world * batch_size : (k + 1) * world * batch_size], whatever the world size.
+
+    With `lengths`, samples of similar length share a global batch (less padding): the permutation is cut
+    into chunks of GROUP_CHUNK global batches, each chunk sorted by length, and the global batches are then
+    put in a seeded random order. Still one pass over every sample, the same for any world size."""
+    generator = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
     order += order[: (-len(order)) % world]
+    if lengths is not None:
+        block = world * batch_size
+        chunk = block * GROUP_CHUNK
+        order = [
+            i
+            for c in range(0, len(order), chunk)
+            for i in sorted(order[c : c + chunk], key=lambda i: -lengths[i])
+        ]
+        blocks = [order[b : b + block] for b in range(0, len(order), block)]
+        order = [i for k in torch.randperm(len(blocks), generator=generator).tolist() for i in blocks[k]]
     mine = order[rank::world]
     return [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+
+
+GROUP_CHUNK = 50  # global batches sorted together by length (training.group_by_length)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -218,6 +245,7 @@ def train_stage(
     )  # validated up front: bad records stop here, before the first step, unless skipped
     _report_skipped(dataset.report, rank)
     collate = Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=False)
+    lengths = dataset.lengths() if training.group_by_length else None
     micro_per_epoch = len(shard_batches(len(dataset), training.batch_size, training.seed, 0, rank, world))
     total_micro = math.ceil(training.epochs * micro_per_epoch)
     total_steps = math.ceil(total_micro / training.grad_accum_steps)
@@ -237,7 +265,9 @@ def train_stage(
     def batches(skip: int) -> Iterator[Batch]:
         """The seeded micro-batches from position `skip` on (a resumed stage replays the same order)."""
         for epoch in range(skip // micro_per_epoch, math.ceil(training.epochs) + 1):
-            plan = shard_batches(len(dataset), training.batch_size, training.seed, epoch, rank, world)
+            plan = shard_batches(
+                len(dataset), training.batch_size, training.seed, epoch, rank, world, lengths
+            )
             plan = plan[skip - epoch * micro_per_epoch :] if skip > epoch * micro_per_epoch else plan
             loader = DataLoader(
                 dataset,

@@ -192,3 +192,26 @@ def test_accumulation_equals_one_large_batch(backbone, method, training, toy_tas
     for other in (4, 2):
         for key, value in results[8].items():
             assert torch.allclose(value, results[other][key], atol=1e-5), (other, key)
+
+
+def test_length_grouped_batches_pad_less_and_stay_one_pass_for_any_world_size():
+    lengths = [(i * 37) % 200 + 10 for i in range(400)]
+    plain = shard_batches(400, 8, seed=0, epoch=0, rank=0, world=1)
+    grouped = shard_batches(400, 8, seed=0, epoch=0, rank=0, world=1, lengths=lengths)
+    assert sorted(i for b in grouped for i in b) == list(range(400))  # every sample once
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert padding(grouped) < padding(plain) / 5
+    two = [shard_batches(400, 4, seed=0, epoch=0, rank=r, world=2, lengths=lengths) for r in range(2)]
+    assert [sorted(a + b) for a, b in zip(*two, strict=True)] == [
+        sorted(b) for b in grouped
+    ]  # same global batches
+    assert shard_batches(400, 8, 0, 1, 0, 1, lengths) != grouped  # reshuffled per epoch
+
+
+def test_group_by_length_trains(backbone, method, training, toy_tasks, tmp_path):
+    grouped = dataclasses.replace(training, group_by_length=True)
+    result = train_stage(backbone, method, grouped, toy_tasks["count"], [], tmp_path / "g", progress=False)
+    assert result.steps == 4 and result.history[-1].loss < result.history[0].loss

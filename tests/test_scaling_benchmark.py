@@ -1,0 +1,29 @@
+"""benchmarks/scaling.py runs (small) and reports what the README quotes: a script, not a timed test."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def test_scaling_benchmark_reports_latency_per_t_and_dag_times(tmp_path):
+    out = tmp_path / "scaling.json"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "scaling.py"), "--tasks", "1", "4", "--repeats",
+                           "1", "--hidden", "64", "--dag-tasks", "3", "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {(r["tasks"], r["method"]): r for r in report["latency"]}
+    assert (
+        rows[(4, "modalprompt")]["prefix_tokens"] == 30
+        and rows[(4, "naive_all_prompts")]["prefix_tokens"] == 40
+    )
+    assert all(r["ms_per_sample"] > 0 and 0 < r["selection_share"] < 1 for r in rows.values())
+    assert report["dag_3_tasks_jobs"] > 3 * 4 and report["dag_3_tasks_seconds"] > 0

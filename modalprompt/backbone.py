@@ -14,6 +14,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import safetensors
 import torch
 from safetensors import safe_open
 from torch import nn
@@ -158,10 +159,20 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
     dtype = resolve_dtype(cfg.dtype, device)
     attention = resolve_attention(cfg.attention, device)
 
-    llava = LlavaForConditionalGeneration.from_pretrained(
-        llava_dir, dtype=dtype, attn_implementation=attention, local_files_only=True
-    )
-    clip = CLIPModel.from_pretrained(clip_dir, dtype=dtype, local_files_only=True)
+    if not _weight_files(clip_dir):
+        raise BaseModelError(
+            f"{clip_dir} has no *.safetensors weights: save the CLIP model with save_pretrained"
+        )
+    try:
+        llava = LlavaForConditionalGeneration.from_pretrained(
+            llava_dir, dtype=dtype, attn_implementation=attention, local_files_only=True
+        )
+        clip = CLIPModel.from_pretrained(clip_dir, dtype=dtype, local_files_only=True)
+    except (OSError, ValueError, RuntimeError, safetensors.SafetensorError) as err:
+        raise BaseModelError(
+            f"cannot load the base model from {llava_dir} and {clip_dir}: {type(err).__name__}: {err} "
+            "(weights missing, truncated or not matching config.json: copy or save the model again)"
+        ) from err
     shared_tower = _same_vision_weights(clip.vision_model, llava.model.vision_tower)
     backbone = Backbone(
         llava=llava,

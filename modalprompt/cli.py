@@ -184,12 +184,12 @@ def _cmd_matrix(args: argparse.Namespace) -> None:
 
 
 def _cmd_track(args: argparse.Namespace) -> None:
-    from modalprompt.tracking import sync_method
+    from modalprompt.tracking import sync_all
 
-    summary = {
-        m: sync_method(args.uri, args.experiment, Path(args.results), m, list(args.tasks))
-        for m in args.methods
-    }
+    summary = sync_all(args.uri, args.experiment, Path(args.results), list(args.methods), list(args.tasks))
+    if summary.get("pending"):
+        print(f"modalprompt: warning: MLflow at {args.uri} does not answer ({summary['error']}); the results are "
+              "complete on disk, and the next `snakemake` run tracks them", file=sys.stderr)  # fmt: skip
     if args.out:
         atomic_write_text(args.out, json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary))

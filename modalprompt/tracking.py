@@ -100,6 +100,38 @@ _CURVES = ("loss", "ce", "align_image", "align_text", "lr", "samples_per_s", "pe
 _SUMMARY_METRICS = ("avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt", "selection_accuracy")
 
 
+def unreachable(uri: str, timeout: float = 5.0) -> str | None:
+    """Why an http(s) tracking server does not answer (its /health endpoint), or None when it does or the
+    store is local (SQLite, files)."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as answer:
+            return None if answer.status == 200 else f"HTTP {answer.status}"
+    except (urllib.error.URLError, OSError) as err:
+        return str(getattr(err, "reason", err))
+
+
+def sync_all(
+    uri: str, experiment: str, results: Path, methods: list[str], tasks: list[str]
+) -> dict[str, Any]:
+    """Every method's runs; when the server is down or fails, {"pending": true, ...} instead of an error:
+    the results are complete on disk, and the next `snakemake` run tracks them (it reruns `track`)."""
+    reason = unreachable(uri)
+    if reason is None:
+        try:
+            return {m: sync_method(uri, experiment, results, m, tasks) for m in methods}
+        except Exception as err:  # any MLflow or network failure while the server is gone: pending
+            if uri.startswith(("http://", "https://")) and unreachable(uri):
+                reason = f"{type(err).__name__}: {err}"
+            else:
+                raise
+    return {"pending": True, "uri": uri, "error": reason}
+
+
 def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: list[str]) -> dict[str, Any]:
     """Make MLflow match the files of `method` under `results`; returns the run ids and what was (re)logged."""
     # A local store keeps its artifacts beside it, not in ./mlruns of whatever folder the job ran in.

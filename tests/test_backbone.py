@@ -1,6 +1,9 @@
 """Loading base models from local folders, and converting the original LLaVA-1.5 layout."""
 
 import json
+import re
+import shutil
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -116,3 +119,35 @@ def test_frozen_base_in_configured_dtype(tiny_base):
     assert backbone.llava.dtype == torch.bfloat16
     assert not any(p.requires_grad for p in backbone.llava.parameters())
     assert backbone.llava.config._attn_implementation == "sdpa"
+
+
+def _copy_base(tiny_base, tmp_path):
+    llava, clip = (shutil.copytree(folder, tmp_path / folder.name) for folder in tiny_base)
+    return Path(llava), Path(clip)
+
+
+def test_missing_or_truncated_weights_are_named(tiny_base, tmp_path):
+    llava, clip = _copy_base(tiny_base, tmp_path)
+    weights = next(llava.glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # a copy that stopped half way
+    with pytest.raises(
+        BaseModelError, match=rf"cannot load the base model from {llava}.*copy or save the model again"
+    ):
+        load_backbone(ModelConfig(llava=str(llava), clip=str(clip), device="cpu"))
+    weights.unlink()
+    with pytest.raises(BaseModelError, match=rf"{llava} has no \*.safetensors weights"):
+        load_backbone(ModelConfig(llava=str(llava), clip=str(clip), device="cpu"))
+    shutil.copytree(tiny_base[0], llava, dirs_exist_ok=True)
+    next(clip.glob("*.safetensors")).unlink()
+    with pytest.raises(BaseModelError, match=rf"{clip} has no \*.safetensors weights"):
+        load_backbone(ModelConfig(llava=str(llava), clip=str(clip), device="cpu"))
+
+
+def test_nothing_is_unpickled():
+    """Only safetensors and JSON are read: no pickle import, every torch.load with weights_only=True."""
+    for path in (Path(__file__).resolve().parents[1] / "modalprompt").glob("*.py"):
+        source = path.read_text()
+        assert "import pickle" not in source and "pickle.load" not in source, path.name
+        for call in re.findall(r"torch\.load\(([^)]*)\)", source):
+            assert "weights_only=True" in call, f"{path.name}: torch.load({call})"

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +168,68 @@ def test_tracking_again_replaces_nothing(project):
     assert json.loads(done.stdout)["modalprompt"]["logged"] == []
     experiment = MlflowClient(uri).get_experiment_by_name("tiny-demo")
     assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 4
+
+
+def _dead_http_uri() -> str:
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}"
+
+
+def test_mlflow_down_leaves_tracking_pending_and_the_next_run_catches_up(project):
+    results = project / RESULTS
+    done = subprocess.run([sys.executable, "-m", "modalprompt", "track", "--uri", _dead_http_uri(), "--experiment",
+                           "tiny-demo", "--results", str(results), "--methods", "modalprompt", "--tasks", *TASKS,
+                           "--out", str(results / "tracking.json")], capture_output=True, text=True, env=_env())  # fmt: skip
+    assert done.returncode == 0, done.stderr  # the pipeline does not fail
+    assert "does not answer" in done.stderr and "next `snakemake` run tracks them" in done.stderr
+    assert json.loads((results / "tracking.json").read_text())["pending"] is True
+    assert planned_jobs(project) == {("track", None, None), ("all", None, None)}  # only tracking catches up
+    snakemake(project, "--cores", "2")
+    assert "pending" not in json.loads((results / "tracking.json").read_text())
+    assert planned_jobs(project) == set()
+
+
+def test_two_trackers_at_once_lose_nothing(project, tmp_path):
+    """Two `track` processes writing to one MLflow experiment (SQLite store) at the same time."""
+    from mlflow.tracking import MlflowClient
+
+    results = tmp_path / "results"
+    shutil.copytree(project / RESULTS / "modalprompt", results / "modalprompt")
+    shutil.copytree(project / RESULTS / "modalprompt", results / "seq_prompt")  # a second method's files
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(uri).create_experiment("shared")  # both find it: the race is on the runs, not the experiment
+    procs = [subprocess.Popen([sys.executable, "-m", "modalprompt", "track", "--uri", uri, "--experiment", "shared",
+                               "--results", str(results), "--methods", method, "--tasks", *TASKS], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for method in ("modalprompt", "seq_prompt")]  # fmt: skip
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("shared").experiment_id])
+    keys = sorted(r.data.tags["modalprompt.key"] for r in runs)
+    expected = sorted(
+        f"{m}/{k}"
+        for m in ("modalprompt", "seq_prompt")
+        for k in ("stage-1", "stage-2", "stage-3", "summary")
+    )
+    assert keys == expected  # every run, once
+    assert all(
+        len(client.get_metric_history(r.info.run_id, "loss")) > 1
+        for r in runs
+        if r.data.tags["kind"] == "train"
+    )
+
+
+def test_a_tracking_server_that_does_not_answer_stops_the_dag_before_any_job(tmp_path):
+    raw = base_config(tmp_path)
+    raw["tracking"] = {"uri": _dead_http_uri(), "experiment": None}
+    write_config(tmp_path, raw)
+    done = snakemake(tmp_path, "-n", check=False)
+    assert done.returncode != 0
+    assert "tracking.uri" in done.stdout + done.stderr and "does not answer" in done.stdout + done.stderr
+    assert not (tmp_path / "results").exists()
 
 
 def test_nothing_changed_nothing_runs(project):

@@ -6,6 +6,7 @@ from pathlib import Path
 from modalprompt import layout
 from modalprompt.config import (
     TRAINED_BY,
+    ConfigError,
     Generator,
     ModelSource,
     Strategy,
@@ -15,6 +16,7 @@ from modalprompt.config import (
     resolve_paths,
     train_job,
 )
+from modalprompt.tracking import unreachable
 
 CONFIG_FILE = Path((list(workflow.overwrite_configfiles) or ["config.yaml"])[-1]).resolve()
 EXP = resolve_paths(experiment_from_dict(dict(config), str(CONFIG_FILE)), CONFIG_FILE.parent)
@@ -25,6 +27,24 @@ TRAINED = sorted({str(TRAINED_BY[Strategy(m)]) for m in METHODS} - {"None"})
 TASKS = [task.name for task in EXP.tasks]
 STAGES = list(range(1, len(TASKS) + 1))
 TRACKING_FILE = str(RESULTS / "tracking.json")
+
+
+def check_tracking():
+    """An http tracking server that does not answer stops the DAG before any job (config error). A
+    tracking.json left `pending` by a run during which the server was down is removed, so that this run's
+    `track` job catches up."""
+    reason = unreachable(EXP.tracking_uri)
+    if reason:
+        raise ConfigError(
+            f"{CONFIG_FILE}: tracking.uri = {EXP.tracking_uri!r} does not answer ({reason}): start the MLflow "
+            "server, or set tracking.uri: null to record into the SQLite store under the results folder"
+        )
+    done = Path(TRACKING_FILE)
+    if done.is_file() and json.loads(done.read_text() or "{}").get("pending"):
+        done.unlink()
+
+
+check_tracking()
 # Jobs run `modalprompt` from the environment Snakemake runs in (PATH); envs/ pins that environment.
 CONDA_ENV = "../../envs/modalprompt.yaml"
 BASE_FILES = [f"{EXP.model.llava}/config.json", f"{EXP.model.clip}/config.json"]

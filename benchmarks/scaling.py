@@ -52,11 +52,14 @@ def first_token(model: ModalPromptModel, batch) -> tuple[float, float]:
     q = model.encode(batch)
     _sync(device)
     select_start = time.perf_counter()
-    scores = task_scores(q.image, q.text, model.prompts.keys(), model.method.lam, q.has_image)
+    keys, prompts = model.frozen_keys_and_prompts()  # what generate() uses: computed once per stage
+    scores = task_scores(q.image, q.text, keys, model.method.lam, q.has_image)
     selected = select_for_inference(scores, model.method.transfer_num)
     _sync(device)
     select_seconds = time.perf_counter() - select_start
-    embeds, mask, _, _ = insert_prompts(q.embeds, batch.attention_mask, None, model._prefix(selected), True)
+    embeds, mask, _, _ = insert_prompts(
+        q.embeds, batch.attention_mask, None, model._prefix(selected, prompts), True
+    )
     model.llava(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=1)
     _sync(device)
     return time.perf_counter() - start, select_seconds

@@ -130,6 +130,7 @@ class ModalPromptModel(nn.Module):
             )
         self.prompts = PromptStore(method.prefix_length, hidden, method.key_hidden_size or hidden, feature)
         self.prompts.to(backbone.device)
+        self._frozen: tuple | None = None  # see frozen_keys_and_prompts
 
     @property
     def llava(self):
@@ -172,8 +173,19 @@ class ModalPromptModel(nn.Module):
             text = b.text_projection(text)
         return Queries(embeds=embeds, image=image_query, text=text.float(), has_image=batch.has_image)
 
-    def _prefix(self, selected: torch.Tensor) -> torch.Tensor:  # (B, k) -> (B, k * L, d)
-        return self.prompts.prompts()[selected].flatten(1, 2)
+    def _prefix(self, selected: torch.Tensor, prompts: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, k) task indices -> (B, k * L, d) prompt rows."""
+        return (self.prompts.prompts() if prompts is None else prompts)[selected].flatten(1, 2)
+
+    @torch.no_grad()
+    def frozen_keys_and_prompts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All keys (T, e) and prompts (T, L, d) for inference, computed once while the tensors stay as they
+        are (their version counters tell when anything wrote to them): selection then costs one (B, T)
+        similarity, not T key networks per batch."""
+        version = tuple((id(p), p._version) for p in self.prompts.parameters())
+        if self._frozen is None or self._frozen[0] != version:
+            self._frozen = (version, self.prompts.keys(), self.prompts.prompts())
+        return self._frozen[1], self._frozen[2]
 
     def forward(self, batch: Batch) -> ModalPromptOutput:
         """Training forward at stage t = number of tasks in the store (the last one is being trained)."""
@@ -228,7 +240,8 @@ class ModalPromptModel(nn.Module):
             selected = torch.zeros(batch_size, 0, dtype=torch.long, device=q.embeds.device)
             embeds, mask = q.embeds, batch.attention_mask
         else:
-            scores = task_scores(q.image, q.text, self.prompts.keys(), self.method.lam, q.has_image)  # (B, t)
+            keys, prompts = self.frozen_keys_and_prompts()
+            scores = task_scores(q.image, q.text, keys, self.method.lam, q.has_image)  # (B, t)
             ranking = scores
             if force_task is not None:
                 forced = force_task.to(scores.device)
@@ -237,7 +250,7 @@ class ModalPromptModel(nn.Module):
                 ranking[rows, forced[rows]] = float("inf")
             selected = select_for_inference(ranking, self.method.transfer_num)
             embeds, mask, _, _ = insert_prompts(
-                q.embeds, batch.attention_mask, None, self._prefix(selected), self.after_bos
+                q.embeds, batch.attention_mask, None, self._prefix(selected, prompts), self.after_bos
             )
         tokenizer = self.backbone.tokenizer
         out = self.llava.generate(

@@ -211,3 +211,27 @@ def test_text_only_samples_have_no_image_term(backbone, method, tmp_path):
     model.add_task("text", seed=0)
     out = model(batch)
     assert out.align_image.item() == 0.0 and torch.isfinite(out.loss)
+
+
+def test_clip_whose_features_do_not_fit_the_keys_is_named(backbone, method):
+    feature = backbone.visual_projection.out_features
+    other = dataclasses.replace(backbone, text_projection=torch.nn.Linear(feature + 16, feature))  # 80-d text
+    with pytest.raises(
+        ValueError, match=r"text_feature='pooled' gives \d+-d text features but the image query is"
+    ):
+        ModalPromptModel(other, method)
+
+
+def test_inference_keys_are_computed_once_and_follow_any_write(backbone, method):
+    model = ModalPromptModel(backbone, method)
+    model.add_task("a", 1)
+    model.add_task("b", 2)
+    keys, prompts = model.frozen_keys_and_prompts()
+    assert model.frozen_keys_and_prompts()[0] is keys  # cached while nothing changes
+    assert torch.equal(keys, model.prompts.keys()) and torch.equal(prompts, model.prompts.prompts())
+    with torch.no_grad():
+        model.prompts.tasks[0].prompt.add_(1.0)  # e.g. a checkpoint loaded into it
+    fresh, _ = model.frozen_keys_and_prompts()
+    assert fresh is not keys and torch.equal(fresh, model.prompts.keys())
+    model.add_task("c", 3)
+    assert len(model.frozen_keys_and_prompts()[0]) == 3

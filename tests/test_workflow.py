@@ -303,6 +303,31 @@ def test_reordering_tasks_reruns_from_the_first_changed_position(project):
     )
 
 
+def test_a_failing_evaluation_touches_no_finished_one(project):
+    """One task's eval file goes bad: its evaluations fail, naming the file; every other finished output
+    stays as it was; once fixed, only the failed jobs (and the report) run."""
+    eval_file = project / "data" / "toy" / "count" / "test.json"
+    good = eval_file.read_text()
+    results = project / RESULTS
+    others = {
+        p: (p.read_bytes(), p.stat().st_mtime_ns) for p in results.rglob("*.jsonl") if p.stem != "count"
+    }
+    others.update({p: (p.read_bytes(), p.stat().st_mtime_ns) for p in results.rglob("*.safetensors")})
+    try:
+        eval_file.write_text(good[: len(good) // 2])  # cut off mid-write
+        done = snakemake(project, "--cores", "2", "--keep-going", check=False)
+        assert done.returncode != 0
+        log = (results / "logs" / "modalprompt" / "evaluate-stage-3-count.log").read_text()
+        assert str(eval_file) in log and "Traceback" not in log
+        for path, (data, mtime) in others.items():
+            assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, path
+    finally:
+        eval_file.write_text(good)
+    assert planned_jobs(project) == _evals({c for c in cells() if c[1] == "count"}) | REPORT
+    snakemake(project, "--cores", "2")
+    assert planned_jobs(project) == set()
+
+
 def test_slurm_profile_builds_the_same_dag(project, tmp_path):
     fresh = tmp_path / "fresh"
     fresh.mkdir()

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The pipeline's jobs run `modalprompt` from PATH: the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-slow test-slurm test-all lint format bench schema ui clean
+.PHONY: setup demo test test-slow test-slurm test-browser test-all lint format bench schema ui clean
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ test-slurm: setup  ## Slurm tier: starts a real single-node cluster (.ci/slurm, 
 	. $(SLURM_STATE)/env.sh && $(BIN)/python -m pytest -m slurm; status=$$?; \
 		bash .ci/slurm/stop.sh $(SLURM_STATE); exit $$status
 
+test-browser: setup  ## browser tier: the MLflow UI in Debian's headless Chromium (installs it; screenshots in test-artifacts/)
+	bash .ci/browser/install.sh
+	$(BIN)/python -m pytest -m browser
+
 test-all: test test-slow
 
 lint: setup
@@ -45,11 +49,10 @@ schema: setup  ## regenerate workflow/schemas/config.schema.yaml from modalpromp
 	$(BIN)/modalprompt schema > workflow/schemas/config.schema.yaml
 
 ui: setup  ## the MLflow UI on http://127.0.0.1:5000 over config.yaml's tracking store
-	$(BIN)/mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri \
-		"$$($(BIN)/python -c 'from modalprompt.config import load_experiment as l; print(l("config.yaml").tracking_uri)')"
+	$(BIN)/modalprompt ui --config config.yaml
 
 bench: setup
 	$(BIN)/python benchmarks/core.py --out benchmarks/results/core.json
 
 clean:
-	rm -rf results models data .snakemake .pytest_cache
+	rm -rf results models data .snakemake .pytest_cache test-artifacts

@@ -25,7 +25,7 @@ from modalprompt.config import (
     train_job,
 )
 from modalprompt.errors import BaseModelError, CheckpointError, DataError
-from modalprompt.files import atomic_write_text
+from modalprompt.files import atomic_write_bytes, atomic_write_text
 
 USER_ERRORS = (ConfigError, BaseModelError, CheckpointError, DataError)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal with its state saved; the same command continues
@@ -181,6 +181,67 @@ def _cmd_matrix(args: argparse.Namespace) -> None:
     write_heatmap(out / "heatmap.png", tasks, accuracy, args.title or "accuracy (%)")
     print(format_matrix(tasks, accuracy), end="")
     print(json.dumps(metrics))
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    """The methods side by side: forgetting curves (each task across stages, a line per method) and their
+    metrics in one table."""
+    from modalprompt.metrics import read_matrix
+    from modalprompt.plots import forgetting_png
+
+    matrices, rows, tasks = {}, [], []
+    for method in args.methods:
+        folder = Path(args.results) / method
+        tasks, matrices[method] = read_matrix(folder / "matrix.csv")
+        metrics = json.loads((folder / "metrics.json").read_text())
+        rows.append([method, *("" if metrics.get(k) is None else f"{metrics[k]:.4f}" for k in COMPARED)])
+    out = Path(args.out_dir)
+    atomic_write_bytes(
+        out / "forgetting.png", forgetting_png(tasks, matrices, args.title or "accuracy per task")
+    )
+    atomic_write_text(
+        out / "metrics.csv", "\n".join(",".join(r) for r in [["method", *COMPARED], *rows]) + "\n"
+    )
+
+
+COMPARED = ("avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt", "selection_accuracy")
+
+
+def _cmd_confusion(args: argparse.Namespace) -> None:
+    """Selection confusion at one stage: each sample's true task against the task whose prompt ranked first
+    (the last of `selected`, which is in ascending score order)."""
+    from modalprompt.plots import confusion_png
+
+    tasks = list(args.tasks)
+    if len(args.predictions) != len(tasks):
+        raise DataError(
+            f"--predictions: {len(args.predictions)} files for {len(tasks)} tasks (one per task, in order)"
+        )
+    counts = [[0] * len(tasks) for _ in tasks]
+    for row, path in enumerate(args.predictions):
+        for line in Path(path).read_text().splitlines():
+            selected = json.loads(line).get("selected") or []
+            if selected and selected[-1] in tasks:
+                counts[row][tasks.index(selected[-1])] += 1
+    out = Path(args.out_dir)
+    table = [["true \\ selected", *tasks]] + [[t, *map(str, c)] for t, c in zip(tasks, counts, strict=True)]
+    atomic_write_text(out / "selection_confusion.csv", "\n".join(",".join(r) for r in table) + "\n")
+    atomic_write_bytes(
+        out / "selection_confusion.png", confusion_png(tasks, counts, args.title or "selection")
+    )
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    """The MLflow UI on 127.0.0.1 over the experiment's store (replaces this process)."""
+    import os
+    import shutil
+
+    uri = load_experiment(args.config).tracking_uri
+    mlflow = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
+    command = [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(args.port)]
+    print(f"modalprompt: MLflow UI on http://127.0.0.1:{args.port} ({uri})", flush=True)
+    os.execv(mlflow, command)
+    return 0
 
 
 def _cmd_track(args: argparse.Namespace) -> None:
@@ -425,6 +486,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("matrix", type=Path, help="CSV: stage, then one column per task in training order")
     p.add_argument("--selection", type=Path, help="CSV of selection accuracies in the same layout")
     p.set_defaults(func=_cmd_metrics)
+
+    p = sub.add_parser("compare", help="forgetting curves and a metrics table of several methods")
+    p.add_argument("--results", type=Path, required=True, help="the experiment's results folder")
+    p.add_argument("--methods", nargs="+", required=True, help="methods with matrix.csv and metrics.json")
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--title", help="figure title")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "confusion", help="selection confusion (true task vs prompt ranked first) at one stage"
+    )
+    p.add_argument("--tasks", nargs="+", required=True, help="task names in training order")
+    p.add_argument(
+        "--predictions", type=Path, nargs="+", required=True, help="one predictions JSONL per task"
+    )
+    p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--title", help="figure title")
+    p.set_defaults(func=_cmd_confusion)
+
+    p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 over the experiment's tracking store")
+    p.add_argument("--config", type=Path, default=Path("config.yaml"))
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=_cmd_ui)
 
     p = sub.add_parser("track", help="record a method's results in MLflow (replacing what changed)")
     p.add_argument("--uri", required=True, help="MLflow tracking URI")

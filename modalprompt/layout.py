@@ -6,6 +6,8 @@ so the files, the contract between jobs, have one definition.
     <results>/<experiment>/<method>/stage-<s>/eval/<task>.jsonl      predictions (stage 0: no prompts)
     <results>/<experiment>/<method>/stage-<s>/eval/<task>.score.json
     <results>/<experiment>/<method>/{matrix.csv, selection.csv, metrics.json, heatmap.png}
+    <results>/<experiment>/<method>/selection_confusion.{csv,png}   (methods that select prompts)
+    <results>/<experiment>/comparison/{forgetting.png, metrics.csv}  (all methods side by side)
     <results>/<experiment>/{tracking.json, mlflow.db, logs/, benchmarks/}
 """
 
@@ -56,3 +58,5 @@ def method_dir(results: Path, method: str) -> Path:
 
 
 SUMMARY_FILES = ("matrix.csv", "selection.csv", "metrics.json", "heatmap.png")
+CONFUSION_FILES = ("selection_confusion.csv", "selection_confusion.png")  # methods that select prompts
+COMPARISON_FILES = ("forgetting.png", "metrics.csv")  # <results>/<experiment>/comparison/: all methods

@@ -42,3 +42,66 @@ def write_heatmap(path: Path, tasks: list[str], matrix: Matrix, title: str) -> N
     from modalprompt.files import atomic_write_bytes
 
     atomic_write_bytes(Path(path), heatmap_png(tasks, matrix, title))
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def forgetting_png(tasks: list[str], matrices: dict[str, Matrix], title: str) -> bytes:
+    """One panel per task: its accuracy after each stage from its own on, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(4, len(tasks))
+    rows = -(-len(tasks) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), dpi=110, squeeze=False)
+    for j, task in enumerate(tasks):
+        ax = axes[j // columns][j % columns]
+        for method, matrix in matrices.items():
+            stages = [s for s in sorted(matrix) if s >= j + 1 and matrix[s][j] is not None]
+            ax.plot(stages, [matrix[s][j] for s in stages], marker="o", label=method)
+        ax.set_xticks([s for s in sorted(next(iter(matrices.values()))) if s >= j + 1])  # whole stages
+        ax.set_title(task, fontsize=10)
+        ax.set_ylim(-5, 105)
+        ax.set_xlabel("after stage")
+        ax.set_ylabel("accuracy (%)")
+    for k in range(len(tasks), rows * columns):
+        axes[k // columns][k % columns].axis("off")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title)
+    return _png(fig)
+
+
+def confusion_png(tasks: list[str], counts: list[list[int]], title: str) -> bytes:
+    """Rows: each sample's true task; columns: the task whose prompt ranked first; share of the row (%)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.array(counts, dtype=float)
+    shares = 100 * values / np.maximum(values.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(tasks), 1.2 + 0.7 * len(tasks)), dpi=120)
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=100)
+    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    ax.set_yticks(range(len(tasks)), tasks)
+    ax.set_xlabel("selected first")
+    ax.set_ylabel("true task")
+    for i in range(len(tasks)):
+        for j in range(len(tasks)):
+            if values[i, j]:
+                ax.text(j, i, f"{shares[i, j]:.0f}", ha="center", va="center",
+                        color="white" if shares[i, j] > 60 else "black", fontsize=9)  # fmt: skip
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label="share of the task's samples (%)")
+    return _png(fig)

@@ -123,7 +123,9 @@ def sync_all(
     reason = unreachable(uri)
     if reason is None:
         try:
-            return {m: sync_method(uri, experiment, results, m, tasks) for m in methods}
+            summary = {m: sync_method(uri, experiment, results, m, tasks) for m in methods}
+            summary["comparison"] = sync_comparison(uri, experiment, results, methods)
+            return summary
         except Exception as err:  # any MLflow or network failure while the server is gone: pending
             if uri.startswith(("http://", "https://")) and unreachable(uri):
                 reason = f"{type(err).__name__}: {err}"
@@ -174,6 +176,7 @@ def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: li
 
     folder = layout.method_dir(results, method)
     files = [folder / name for name in layout.SUMMARY_FILES]
+    files += [folder / name for name in layout.CONFUSION_FILES if (folder / name).is_file()]
     if (folder / "metrics.json").is_file():
         key = f"{method}/summary"
         run_id, new = tracker.replace_run(
@@ -185,6 +188,27 @@ def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: li
             tracker.finish(run_id, files)
             summary["logged"].append(key)
     return summary
+
+
+def sync_comparison(uri: str, experiment: str, results: Path, methods: list[str]) -> dict[str, Any]:
+    """One run with the methods side by side: forgetting curves and the metrics table (the summary runs
+    carry the same metric names, so MLflow's compare page shows them too)."""
+    folder = Path(results) / "comparison"
+    files = [folder / name for name in layout.COMPARISON_FILES]
+    if not all(f.is_file() for f in files):
+        return {}
+    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
+    tracker = Tracker(uri, experiment, (Path(results) / "mlartifacts").resolve().as_uri() if local else None)
+    run_id, new = tracker.replace_run(
+        "comparison",
+        _hash_files(files),
+        "methods compared",
+        {"kind": "comparison", "methods": ",".join(methods)},
+    )
+    if new:
+        tracker.log(run_id, {"methods": ",".join(methods)}, [])
+        tracker.finish(run_id, files)
+    return {"run": run_id, "logged": new}
 
 
 def _summary_metrics(folder: Path, tasks: list[str]) -> list[tuple[str, float, int]]:

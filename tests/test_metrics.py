@@ -111,3 +111,23 @@ def test_scoring_and_metrics_import_no_torch():
 
     code = "import sys, modalprompt.scoring, modalprompt.metrics; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_selection_confusion_counts_the_prompt_ranked_first(tmp_path):
+    from modalprompt.cli import main
+
+    rows = {"a": [["b", "a"], ["a", "b"], ["a"]], "b": [["a", "b"], []]}  # ascending: the last ranks first
+    files = []
+    for task, selections in rows.items():
+        files.append(tmp_path / f"{task}.jsonl")
+        files[-1].write_text(
+            "".join(json.dumps({"question_id": i, "selected": s}) + "\n" for i, s in enumerate(selections))
+        )
+    assert (
+        main(
+            ["confusion", "--tasks", "a", "b", "--predictions", *map(str, files), "--out-dir", str(tmp_path)]
+        )
+        == 0
+    )
+    assert (tmp_path / "selection_confusion.csv").read_text().splitlines()[1:] == ["a,2,1", "b,0,1"]
+    assert (tmp_path / "selection_confusion.png").read_bytes()[:4] == b"\x89PNG"

@@ -136,7 +136,7 @@ def test_mlflow_holds_one_run_per_stage_and_a_summary(project):
     experiment = client.get_experiment_by_name("tiny-demo")
     runs = client.search_runs([experiment.experiment_id])
     kinds = sorted((r.data.tags["kind"], r.data.tags.get("stage", "")) for r in runs)
-    assert kinds == [("summary", ""), ("train", "1"), ("train", "2"), ("train", "3")]
+    assert kinds == [("comparison", ""), ("summary", ""), ("train", "1"), ("train", "2"), ("train", "3")]
     stage2 = next(r for r in runs if r.data.tags.get("stage") == "2")
     assert stage2.data.tags["task"] == "shapes" and stage2.data.tags["method"] == "modalprompt"
     assert stage2.data.params["training.epochs"] == "2.0" and stage2.data.params["method.transfer_num"] == "3"
@@ -154,7 +154,19 @@ def test_mlflow_holds_one_run_per_stage_and_a_summary(project):
     assert not (project / "mlruns").exists()
     assert (project / RESULTS / "mlartifacts").is_dir()  # artifacts stay beside the store
     artifacts = {a.path for a in client.list_artifacts(summary.info.run_id)}
-    assert artifacts == {"matrix.csv", "selection.csv", "metrics.json", "heatmap.png"}
+    assert artifacts == {
+        "matrix.csv",
+        "selection.csv",
+        "metrics.json",
+        "heatmap.png",
+        "selection_confusion.csv",
+        "selection_confusion.png",
+    }
+    comparison = next(r for r in runs if r.data.tags["kind"] == "comparison")
+    assert {a.path for a in client.list_artifacts(comparison.info.run_id)} == {
+        "forgetting.png",
+        "metrics.csv",
+    }
 
 
 def test_tracking_again_replaces_nothing(project):
@@ -167,7 +179,9 @@ def test_tracking_again_replaces_nothing(project):
                           capture_output=True, text=True, env=_env(), check=True)  # fmt: skip
     assert json.loads(done.stdout)["modalprompt"]["logged"] == []
     experiment = MlflowClient(uri).get_experiment_by_name("tiny-demo")
-    assert len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 4
+    assert (
+        len(MlflowClient(uri).search_runs([experiment.experiment_id])) == 5
+    )  # 3 stages, summary, comparison
 
 
 def _dead_http_uri() -> str:
@@ -246,7 +260,8 @@ def _with_change(project, change):
         write_config(project, base_config(project))
 
 
-REPORT = {("matrix", None, None), ("track", None, None), ("all", None, None)}
+REPORT = {("matrix", None, None), ("compare", None, None), ("track", None, None), ("all", None, None)}
+SELECTION = {("confusion", None, None)}  # the last stage's predictions changed: the confusion matrix too
 
 
 def _evals(selected):
@@ -257,7 +272,12 @@ def test_changing_one_tasks_training_reruns_it_and_later_stages_only(project):
     def change(raw):
         raw["tasks"][1]["training"] = {"lr": 0.02}
 
-    expected = {("train", 2, None), ("train", 3, None)} | _evals({c for c in cells() if c[0] >= 2}) | REPORT
+    expected = (
+        {("train", 2, None), ("train", 3, None)}
+        | _evals({c for c in cells() if c[0] >= 2})
+        | REPORT
+        | SELECTION
+    )
     assert _with_change(project, change) == expected
 
 
@@ -265,14 +285,16 @@ def test_changing_an_evaluation_setting_reruns_evaluations_only(project):
     def change(raw):
         raw["evaluation"]["max_new_tokens"] = 4
 
-    assert _with_change(project, change) == _evals(cells()) | REPORT
+    assert _with_change(project, change) == _evals(cells()) | REPORT | SELECTION
 
 
 def test_changing_one_tasks_evaluation_override_reruns_its_evaluations(project):
     def change(raw):
         raw["tasks"][0]["evaluation"] = {"max_new_tokens": 4}
 
-    assert _with_change(project, change) == _evals({c for c in cells() if c[1] == "colors"}) | REPORT
+    assert (
+        _with_change(project, change) == _evals({c for c in cells() if c[1] == "colors"}) | REPORT | SELECTION
+    )
 
 
 def test_changing_a_scorer_reruns_only_its_scoring(project):
@@ -289,7 +311,7 @@ def test_appending_a_task_runs_only_the_new_stage(project):
 
     new_cells = cells(tasks=[*TASKS, "colors2"]) - cells()
     assert {s for s, _ in new_cells} == {0, 3, 4}  # row 0, the forward cell (3, colors2), stage 4
-    assert _with_change(project, change) == {("train", 4, None)} | _evals(new_cells) | REPORT
+    assert _with_change(project, change) == {("train", 4, None)} | _evals(new_cells) | REPORT | SELECTION
 
 
 def test_reordering_tasks_reruns_from_the_first_changed_position(project):
@@ -299,7 +321,8 @@ def test_reordering_tasks_reruns_from_the_first_changed_position(project):
     order = ["colors", "count", "shapes"]
     changed = {c for c in cells(tasks=order) if c[0] >= 2} | {(1, "count")}  # (1, count): new forward cell
     assert (
-        _with_change(project, change) == {("train", 2, None), ("train", 3, None)} | _evals(changed) | REPORT
+        _with_change(project, change)
+        == {("train", 2, None), ("train", 3, None)} | _evals(changed) | REPORT | SELECTION
     )
 
 
@@ -323,7 +346,7 @@ def test_a_failing_evaluation_touches_no_finished_one(project):
             assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, path
     finally:
         eval_file.write_text(good)
-    assert planned_jobs(project) == _evals({c for c in cells() if c[1] == "count"}) | REPORT
+    assert planned_jobs(project) == _evals({c for c in cells() if c[1] == "count"}) | REPORT | SELECTION
     snakemake(project, "--cores", "2")
     assert planned_jobs(project) == set()
 

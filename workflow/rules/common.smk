@@ -27,6 +27,12 @@ TRAINED = sorted({str(TRAINED_BY[Strategy(m)]) for m in METHODS} - {"None"})
 TASKS = [task.name for task in EXP.tasks]
 STAGES = list(range(1, len(TASKS) + 1))
 TRACKING_FILE = str(RESULTS / "tracking.json")
+COMPARISON_DIR = RESULTS / "comparison"
+# methods whose prompts are selected per sample: they get a selection confusion matrix
+SELECTING = [m for m in METHODS if m in (Strategy.MODALPROMPT, Strategy.ORACLE)]
+REPORT_VIEWS = [str(RESULTS / m / name) for m in SELECTING for name in layout.CONFUSION_FILES] + (
+    [str(COMPARISON_DIR / name) for name in layout.COMPARISON_FILES] if METHODS else []
+)
 
 
 def check_tracking():
@@ -162,5 +168,7 @@ def print_summary():
         m = json.loads((folder / "metrics.json").read_text())
         values = [m.get(k) for k in header[1:-1]] + [m.get("selection_accuracy")]
         print(" ".join([f"{method:>11}"] + [f"{v:>11.2f}" if v is not None else f"{'-':>11}" for v in values]))
-    print(f"\nBrowse the runs in MLflow (then open http://127.0.0.1:5000):\n"
+    if METHODS:
+        print(f"\nMethods side by side: {COMPARISON_DIR / 'metrics.csv'}, {COMPARISON_DIR / 'forgetting.png'}")
+    print(f"\nBrowse the runs in MLflow (`make ui`, then open http://127.0.0.1:5000):\n"
           f"  mlflow ui --backend-store-uri {shlex.quote(EXP.tracking_uri)} --host 127.0.0.1 --port 5000")

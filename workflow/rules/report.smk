@@ -5,6 +5,8 @@
 localrules:
     score,
     matrix,
+    confusion,
+    compare,
     track,
 
 
@@ -28,9 +30,49 @@ rule matrix:
         " --title {params.title:q} --repeat-base {params.repeat:q} > {log:q} 2>&1"
 
 
+rule confusion:
+    input:
+        [str(layout.predictions_file(RESULTS, "{method}", len(TASKS), task)) for task in TASKS],
+    output:
+        [str(RESULTS / "{method}" / name) for name in layout.CONFUSION_FILES],
+    params:
+        tasks=TASKS,
+        out=lambda w, output: Path(output[0]).parent,
+        title=lambda w: f"{EXP.experiment}: {w.method}, prompt ranked first after stage {len(TASKS)}",
+    wildcard_constraints:
+        method="|".join(SELECTING) or "none",
+    conda:
+        CONDA_ENV
+    log:
+        str(RESULTS / "logs" / "{method}" / "confusion.log"),
+    shell:
+        "modalprompt confusion --tasks {params.tasks:q} --predictions {input:q} --out-dir {params.out:q}"
+        " --title {params.title:q} > {log:q} 2>&1"
+
+
+rule compare:
+    input:
+        [summary_files(method) for method in METHODS],
+    output:
+        [str(COMPARISON_DIR / name) for name in layout.COMPARISON_FILES],
+    params:
+        results=RESULTS,
+        methods=METHODS,
+        out=COMPARISON_DIR,
+        title=f"{EXP.experiment}: each task's accuracy across stages",
+    conda:
+        CONDA_ENV
+    log:
+        str(RESULTS / "logs" / "compare.log"),
+    shell:
+        "modalprompt compare --results {params.results:q} --methods {params.methods:q} --out-dir {params.out:q}"
+        " --title {params.title:q} > {log:q} 2>&1"
+
+
 rule track:
     input:
         summary=[summary_files(method) for method in METHODS],
+        views=REPORT_VIEWS,
         stages=[f for method in TRAINED for s in STAGES for f in checkpoint_files(method, s)[-2:]],
         histories=[str(layout.history_file(RESULTS, method, s)) for method in TRAINED for s in STAGES],
     output:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import yaml
 
+from modalprompt.metrics import read_matrix
+
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"wall_minutes": 15.0, "gain_over_zero_shot": 30.0, "bwt": -5.0, "selection": 90.0}
 
@@ -53,11 +55,6 @@ def job_seconds(results: Path) -> dict[str, dict]:
         with tsv.open() as f:
             by_rule[rule].append(float(next(csv.DictReader(f, delimiter="\t"))["s"]))
     return {r: {"jobs": len(v), "seconds": round(sum(v), 1)} for r, v in sorted(by_rule.items())}
-
-
-def read_matrix(path: Path) -> tuple[list[str], dict[int, list[float | None]]]:
-    rows = list(csv.reader(path.read_text().splitlines()))
-    return rows[0][1:], {int(r[0]): [float(v) if v else None for v in r[1:]] for r in rows[1:]}
 
 
 def main() -> None:

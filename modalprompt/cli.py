@@ -95,17 +95,18 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         cfg = load_experiment(parsed.config)
         res, preemption = cfg.resources.train, cfg.preemption
     gpus = res.gpus if args.gpus is None else args.gpus
+    timeout = args.timeout_min or res.runtime
     executor = submitit.AutoExecutor(folder=args.logs, cluster=args.cluster)
     executor.update_parameters(
         name="modalprompt-train",
-        timeout_min=args.timeout_min or res.runtime,
+        timeout_min=timeout,
         nodes=args.nodes,
         tasks_per_node=max(gpus, args.tasks, 1),  # one process per GPU
         gpus_per_node=gpus,
         cpus_per_task=args.cpus or res.cpus,
         mem_gb=(args.mem_gb or res.mem_mb / 1024),
         # submitit's own warning signal (USR2): it requeues the job, which resumes from the last saved state
-        slurm_signal_delay_s=min(preemption.signal_seconds or 90, (args.timeout_min or res.runtime) * 30),
+        slurm_signal_delay_s=min(preemption.signal_seconds or 90, timeout * 30),
         **({"slurm_partition": args.partition} if args.partition else {}),
         **({"slurm_account": args.account} if args.account else {}),
     )
@@ -186,7 +187,7 @@ def _cmd_matrix(args: argparse.Namespace) -> None:
 def _cmd_compare(args: argparse.Namespace) -> None:
     """The methods side by side: forgetting curves (each task across stages, a line per method) and their
     metrics in one table."""
-    from modalprompt.metrics import read_matrix
+    from modalprompt.metrics import SUMMARY_METRICS, read_matrix
     from modalprompt.plots import forgetting_png
 
     matrices, rows, tasks = {}, [], []
@@ -194,17 +195,16 @@ def _cmd_compare(args: argparse.Namespace) -> None:
         folder = Path(args.results) / method
         tasks, matrices[method] = read_matrix(folder / "matrix.csv")
         metrics = json.loads((folder / "metrics.json").read_text())
-        rows.append([method, *("" if metrics.get(k) is None else f"{metrics[k]:.4f}" for k in COMPARED)])
+        rows.append(
+            [method, *("" if metrics.get(k) is None else f"{metrics[k]:.4f}" for k in SUMMARY_METRICS)]
+        )
     out = Path(args.out_dir)
     atomic_write_bytes(
         out / "forgetting.png", forgetting_png(tasks, matrices, args.title or "accuracy per task")
     )
     atomic_write_text(
-        out / "metrics.csv", "\n".join(",".join(r) for r in [["method", *COMPARED], *rows]) + "\n"
+        out / "metrics.csv", "\n".join(",".join(r) for r in [["method", *SUMMARY_METRICS], *rows]) + "\n"
     )
-
-
-COMPARED = ("avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt", "selection_accuracy")
 
 
 def _cmd_confusion(args: argparse.Namespace) -> None:

@@ -31,8 +31,9 @@ def init_from_environment() -> tuple[int, int]:
         from submitit.helpers import TorchDistributedEnvironment
 
         os.environ.setdefault("SUBMITIT_EXECUTOR", "slurm")  # submitit reads Slurm's variables when told so
-        if TorchDistributedEnvironment().world_size > 1:
-            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        launcher = TorchDistributedEnvironment()
+        if launcher.world_size > 1:
+            launcher.export(set_cuda_visible_devices=False)
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world <= 1:
         return 0, 1

@@ -54,6 +54,10 @@ def format_matrix(tasks: list[str], matrix: Matrix) -> str:
     return out.getvalue()
 
 
+# The names every method's metrics.json, MLflow summary run and comparison table share.
+SUMMARY_METRICS = ("avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt", "selection_accuracy")
+
+
 def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 

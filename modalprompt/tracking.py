@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from modalprompt import layout
+from modalprompt.metrics import SUMMARY_METRICS
 
 KEY_TAG = "modalprompt.key"
 HASH_TAG = "modalprompt.hash"
@@ -97,7 +98,6 @@ class Tracker:
 
 
 _CURVES = ("loss", "ce", "align_image", "align_text", "lr", "samples_per_s", "peak_memory_mb")
-_SUMMARY_METRICS = ("avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt", "selection_accuracy")
 
 
 def unreachable(uri: str, timeout: float = 5.0) -> str | None:
@@ -134,12 +134,15 @@ def sync_all(
     return {"pending": True, "uri": uri, "error": reason}
 
 
-def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: list[str]) -> dict[str, Any]:
-    """Make MLflow match the files of `method` under `results`; returns the run ids and what was (re)logged."""
+def _tracker(uri: str, experiment: str, results: Path) -> Tracker:
     # A local store keeps its artifacts beside it, not in ./mlruns of whatever folder the job ran in.
     local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    artifacts = (Path(results) / "mlartifacts").resolve().as_uri() if local else None
-    tracker = Tracker(uri, experiment, artifacts)
+    return Tracker(uri, experiment, (Path(results) / "mlartifacts").resolve().as_uri() if local else None)
+
+
+def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: list[str]) -> dict[str, Any]:
+    """Make MLflow match the files of `method` under `results`; returns the run ids and what was (re)logged."""
+    tracker = _tracker(uri, experiment, results)
     summary: dict[str, Any] = {
         "experiment": experiment,
         "uri": uri,
@@ -197,8 +200,7 @@ def sync_comparison(uri: str, experiment: str, results: Path, methods: list[str]
     files = [folder / name for name in layout.COMPARISON_FILES]
     if not all(f.is_file() for f in files):
         return {}
-    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    tracker = Tracker(uri, experiment, (Path(results) / "mlartifacts").resolve().as_uri() if local else None)
+    tracker = _tracker(uri, experiment, results)
     run_id, new = tracker.replace_run(
         "comparison",
         _hash_files(files),
@@ -217,7 +219,7 @@ def _summary_metrics(folder: Path, tasks: list[str]) -> list[tuple[str, float, i
     from modalprompt.metrics import read_matrix
 
     metrics = json.loads((folder / "metrics.json").read_text())
-    out = [(name, metrics[name], 0) for name in _SUMMARY_METRICS if metrics.get(name) is not None]
+    out = [(name, metrics[name], 0) for name in SUMMARY_METRICS if metrics.get(name) is not None]
     _, accuracy = read_matrix(folder / "matrix.csv")
     out += _cells("acc", tasks, accuracy)
     if (folder / "selection.csv").is_file():

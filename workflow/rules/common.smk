@@ -4,6 +4,7 @@ import shlex
 from pathlib import Path
 
 from modalprompt import layout
+from modalprompt.metrics import SUMMARY_METRICS
 from modalprompt.config import (
     TRAINED_BY,
     ConfigError,
@@ -50,7 +51,8 @@ def check_tracking():
         done.unlink()
 
 
-check_tracking()
+if workflow.is_main_process:  # cluster jobs parse this file again: MLflow's state must not fail them
+    check_tracking()
 # Jobs run `modalprompt` from the environment Snakemake runs in (PATH); envs/ pins that environment.
 CONDA_ENV = "../../envs/modalprompt.yaml"
 BASE_FILES = [f"{EXP.model.llava}/config.json", f"{EXP.model.clip}/config.json"]
@@ -161,12 +163,11 @@ def print_summary():
     for method in METHODS:
         folder = layout.method_dir(RESULTS, method)
         print(f"{method}: accuracy matrix (%), {folder / 'matrix.csv'}:\n{aligned(folder / 'matrix.csv')}")
-    header = ("method", "avg", "mft", "maa", "bwt", "bwt_coin", "forgetting", "fwt", "selection")
-    print(" ".join(f"{h:>11}" for h in header))
+    print(" ".join(f"{h.replace('_accuracy', ''):>11}" for h in ("method", *SUMMARY_METRICS)))
     for method in METHODS:
         folder = layout.method_dir(RESULTS, method)
         m = json.loads((folder / "metrics.json").read_text())
-        values = [m.get(k) for k in header[1:-1]] + [m.get("selection_accuracy")]
+        values = [m.get(k) for k in SUMMARY_METRICS]
         print(" ".join([f"{method:>11}"] + [f"{v:>11.2f}" if v is not None else f"{'-':>11}" for v in values]))
     if METHODS:
         print(f"\nMethods side by side: {COMPARISON_DIR / 'metrics.csv'}, {COMPARISON_DIR / 'forgetting.png'}")

@@ -1,14 +1,21 @@
-"""How costs grow with the number of learned tasks T, on a tiny local base (CPU here; --device cuda too).
+"""How costs grow with the number of learned tasks T, on a small local base (CPU here; --device cuda too).
 
     python benchmarks/scaling.py --out benchmarks/results/scaling-cpu-2core.json
+    python benchmarks/scaling.py --device cuda --hidden 2048 --layers 8 --heads 16 --image-size 192 \
+        --repeats 50 --dag-tasks 0 --out benchmarks/results/scaling-h100.json     # 576 image tokens, bf16
 
 1. Inference latency per sample after T = 1, 2, 4, ..., 32 learned tasks, for ModalPrompt (top-K prompts,
    K = 3) and for a naive baseline that prepends every learned prompt (K = T). Timed: the time to the first
    generated token of a batch (the CLIP queries, selection, prompt insertion and the prefill forward; each
    later token attends over the same prefix), median over repeats, per sample; and the selection step's
-   share of it (scoring every key and taking the top K).
-2. The Snakemake DAG of a 32-task config: construction time (`snakemake -n` on an empty project, every job
-   planned) and, with `--done PROJECT`, the no-op check of a finished project (`snakemake -n` again).
+   share of it (scoring every key and taking the top K). Beside the times, the prefill's model FLOPs per
+   sample (2 N S + 4 L S^2 d over the S positions the LLM runs on, plus the LM head on one position), which
+   do not depend on the machine's noise.
+2. The Snakemake DAG of a `--dag-tasks` config (0: skip): construction time (`snakemake -n` on an empty
+   project, every job planned); with `--noop`, the no-op check of a finished project of that size: every
+   output is created empty and marked done by `snakemake --touch` (which also writes Snakemake's metadata
+   as a real run does; takes minutes), then `snakemake -n` is timed; with `--done PROJECT`, the no-op check
+   of a project you finished for real.
 """
 
 from __future__ import annotations
@@ -44,8 +51,8 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def first_token(model: ModalPromptModel, batch) -> tuple[float, float]:
-    """Seconds to the first token of `batch`, and of that the selection step's seconds."""
+def first_token(model: ModalPromptModel, batch) -> tuple[float, float, int]:
+    """Seconds to the first token of `batch`, of that the selection step's seconds, and the LLM positions."""
     device = model.backbone.device
     _sync(device)
     start = time.perf_counter()
@@ -62,7 +69,20 @@ def first_token(model: ModalPromptModel, batch) -> tuple[float, float]:
     )
     model.llava(inputs_embeds=embeds, attention_mask=mask, logits_to_keep=1)
     _sync(device)
-    return time.perf_counter() - start, select_seconds
+    return time.perf_counter() - start, select_seconds, embeds.shape[1]
+
+
+def prefill_flops(llava, positions: int) -> int:
+    """Model FLOPs of one sample's prefill: decoder linears and attention over `positions`, the LM head on
+    the last one (the vision tower's work is the same at every T and left out)."""
+    text = llava.config.text_config
+    language = llava.model.language_model
+    decoder = sum(p.numel() for p in language.parameters()) - language.embed_tokens.weight.numel()
+    return (
+        2 * decoder * positions
+        + 4 * text.num_hidden_layers * positions**2 * text.hidden_size
+        + 2 * text.hidden_size * text.vocab_size
+    )
 
 
 def latency(backbone, batch, tasks: list[int], k: int, repeats: int, prefix: int) -> list[dict]:
@@ -79,41 +99,53 @@ def latency(backbone, batch, tasks: list[int], k: int, repeats: int, prefix: int
             runs = [first_token(model, batch) for _ in range(repeats)]
             total = statistics.median(r[0] for r in runs)
             select = statistics.median(r[1] for r in runs)
+            positions = runs[0][2]
             rows.append({"tasks": t, "method": name, "prompts_in_prefix": transfer, "prefix_tokens": transfer * prefix,
+                         "llm_positions": positions, "prefill_gflop_per_sample": prefill_flops(backbone.llava, positions) / 1e9,
                          "ms_per_sample": 1000 * total / len(batch.keys), "selection_share": select / total})  # fmt: skip
     return rows
 
 
-def dag_times(tasks: int, done: Path | None) -> dict:
+def dag_times(tasks: int, noop: bool, done: Path | None) -> dict:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    snakemake = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-s",
-        str(ROOT / "workflow" / "Snakefile"),
-        "-n",
-    ]
+    snakefile = str(ROOT / "workflow" / "Snakefile")
+
+    def snakemake(folder: Path, *flags: str) -> tuple[float, str]:
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "snakemake", "-s", snakefile, "--configfile",
+                              str(folder / "config.yaml"), "--directory", str(folder), *flags],
+                             cwd=folder, env=env, capture_output=True, text=True)  # fmt: skip
+        return round(time.perf_counter() - start, 2), run.stdout + run.stderr
+
     result = {}
     with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp)
         raw = yaml.safe_load((ROOT / "config" / "toy.yaml").read_text())
         raw["paths"] = {"models": "models", "data": "data", "results": "results"}
         toy = raw["tasks"]
         raw["tasks"] = [{**toy[i % len(toy)], "name": f"task{i:02d}"} for i in range(tasks)]
-        (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(raw))
-        start = time.perf_counter()
-        planned = subprocess.run([*snakemake, "--configfile", f"{tmp}/config.yaml", "--directory", tmp], cwd=tmp,
-                                 env=env, capture_output=True, text=True)  # fmt: skip
-        result[f"dag_{tasks}_tasks_seconds"] = round(time.perf_counter() - start, 2)
-        total = re.search(r"^total\s+(\d+)$", planned.stdout, re.MULTILINE)
+        (project / "config.yaml").write_text(yaml.safe_dump(raw))
+        seconds, log = snakemake(project, "-n")
+        result[f"dag_{tasks}_tasks_seconds"] = seconds
+        total = re.search(r"^total\s+(\d+)$", log, re.MULTILINE)
         result[f"dag_{tasks}_tasks_jobs"] = int(total.group(1)) if total else None
+        if noop:
+            # `--touch` only marks existing files: a first pass names every missing output, they are
+            # created empty, and a second pass marks them done in DAG order and writes the metadata.
+            _, log = snakemake(project, "--touch", "--cores", "1")
+            missing = re.findall(r"Output files not touched because they don't exist: (.*)", log)
+            for path in {p.strip() for line in missing for p in line.split(", ")}:
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                Path(path).touch()
+            snakemake(project, "--touch", "--cores", "1")
+            seconds, log = snakemake(project, "-n")
+            result[f"noop_{tasks}_tasks_seconds"] = seconds
+            result[f"noop_{tasks}_tasks_nothing_to_do"] = "Nothing to be done" in log
     if done is not None:
-        start = time.perf_counter()
-        noop = subprocess.run([*snakemake, "--configfile", str(done / "config.yaml"), "--directory", str(done)],
-                              cwd=done, env=env, capture_output=True, text=True)  # fmt: skip
-        result["noop_seconds"] = round(time.perf_counter() - start, 2)
-        result["noop_project"] = str(done)
-        result["noop_nothing_to_do"] = "Nothing to be done" in noop.stdout + noop.stderr
+        seconds, log = snakemake(done, "-n")
+        result["noop_done_seconds"] = seconds
+        result["noop_done_project"] = str(done)
+        result["noop_done_nothing_to_do"] = "Nothing to be done" in log
     return result
 
 
@@ -124,17 +156,24 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--prefix-length", type=int, default=10)
-    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--hidden", type=int, default=256, help="LLM hidden size of the random base")
+    parser.add_argument("--layers", type=int, default=2, help="LLM decoder layers")
+    parser.add_argument("--heads", type=int, default=4, help="LLM attention heads (key/value heads: half)")
+    parser.add_argument(
+        "--image-size", type=int, default=32, help="pixels; 8-pixel patches: 192 -> 576 tokens"
+    )
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dag-tasks", type=int, default=32)
+    parser.add_argument("--dag-tasks", type=int, default=32, help="tasks in the DAG timings (0: skip them)")
+    parser.add_argument("--noop", action="store_true", help="also time the no-op check of a finished project")
     parser.add_argument("--done", type=Path, help="a finished project folder, for the no-op check time")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
-        llava, clip = build_tiny_base(Path(tmp) / "llava", Path(tmp) / "clip", seed=0, hidden=args.hidden)
+        llava, clip = build_tiny_base(Path(tmp) / "llava", Path(tmp) / "clip", seed=0, hidden=args.hidden,
+                                      layers=args.layers, heads=args.heads, image_size=args.image_size)  # fmt: skip
         backbone = load_backbone(ModelConfig(llava=str(llava), clip=str(clip), device=args.device))
         folder = write_toy_tasks(Path(tmp) / "toy", seed=0, train_size=1, test_size=args.batch_size)["colors"]
         encoder = ConversationEncoder(backbone.tokenizer, backbone.clip_tokenizer, backbone.image_token_id,
@@ -149,23 +188,37 @@ def main() -> None:
     report = {
         "machine": {
             "platform": platform.platform(),
-            "device": args.device,
+            "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
             "threads": torch.get_num_threads(),
         },
         "base": {
             "llava_parameters": parameters,
             "hidden": args.hidden,
+            "layers": args.layers,
+            "heads": args.heads,
+            "dtype": str(backbone.dtype).removeprefix("torch."),
             "image_tokens": backbone.num_image_tokens,
         },
         "batch_size": args.batch_size,
         "latency": rows,
-        **dag_times(args.dag_tasks, args.done),
+        **(dag_times(args.dag_tasks, args.noop, args.done) if args.dag_tasks else {}),
     }
-    one = {r["method"]: r["ms_per_sample"] for r in rows if r["tasks"] == args.tasks[0]}
-    print(f"{'T':>3} {'method':>18} {'prefix':>6} {'ms/sample':>10} {'vs T=1':>7} {'selection':>9}")
+    first = {r["method"]: r for r in rows if r["tasks"] == args.tasks[0]}
+    for r in rows:  # both ratios against the same method at the smallest T
+        r["time_vs_first"] = r["ms_per_sample"] / first[r["method"]]["ms_per_sample"]
+        r["flops_vs_first"] = r["prefill_gflop_per_sample"] / first[r["method"]]["prefill_gflop_per_sample"]
+    print(
+        f"{report['machine']['device']}: {parameters / 1e6:.1f}M-parameter LLaVA, {report['base']['dtype']}, "
+        f"{backbone.num_image_tokens} image tokens, batch {args.batch_size}, median of {args.repeats}"
+    )
+    print(
+        f"{'T':>3} {'method':>18} {'prefix':>6} {'ms/sample':>10} {'vs T=1':>7} {'GFLOP':>8} {'vs T=1':>7} "
+        f"{'selection':>9}"
+    )
     for r in rows:
         print(f"{r['tasks']:>3} {r['method']:>18} {r['prefix_tokens']:>6} {r['ms_per_sample']:>10.3f} "
-              f"{r['ms_per_sample'] / one[r['method']]:>7.2f} {100 * r['selection_share']:>8.1f}%")  # fmt: skip
+              f"{r['time_vs_first']:>7.2f} {r['prefill_gflop_per_sample']:>8.3f} {r['flops_vs_first']:>7.2f} "
+              f"{100 * r['selection_share']:>8.1f}%")  # fmt: skip
     print({k: v for k, v in report.items() if k.startswith(("dag", "noop"))})
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from modalprompt.config import (
     ConfigError,
+    EngineConfig,
     EvalJob,
     JobResources,
     PreemptionConfig,
@@ -50,11 +51,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from modalprompt.train import train_stage
 
     job = _job(args, TrainJob, train_job)
+    engine = load_experiment(args.config).engine if args.config and not args.settings else EngineConfig()
+    if args.zero_stage is not None:
+        engine = replace(engine, zero_stage=None if args.zero_stage == "none" else int(args.zero_stage))
+    if args.offload:
+        engine = replace(engine, offload=True)
+    if engine.offload and engine.zero_stage != 3:
+        raise ConfigError("--offload needs --zero-stage 3 (ZeRO-Offload moves the base's ZeRO-3 shards)")
     rank, _ = init_from_environment()  # torchrun or srun with several tasks: one process per GPU
     try:
         result = train_stage(load_backbone(job.model), job.method, job.training, job.task, args.previous,
                              args.out, data=job.data, strategy=job.strategy, progress=not args.quiet,
-                             state_dir=args.state_dir, save_every_steps=args.save_every)  # fmt: skip
+                             state_dir=args.state_dir, save_every_steps=args.save_every,
+                             engine=engine)  # fmt: skip
     except Preempted as stopped:
         print(f"modalprompt: {stopped}; run the same command again to continue", file=sys.stderr)
         return EXIT_PREEMPTED
@@ -425,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="save the mid-stage state every N steps (0: only on a signal)",
     )
+    p.add_argument("--zero-stage", choices=["none", "0", "1", "2", "3"],
+                   help="none: plain data parallel; 0-3: DeepSpeed with this ZeRO stage (default: the "
+                        "config's engine.zero_stage with --config, else none)")  # fmt: skip
+    p.add_argument("--offload", action="store_true", help="with --zero-stage 3: ZeRO-Offload to CPU memory")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

@@ -296,6 +296,24 @@ class PreemptionConfig:
 
 
 @dataclass(frozen=True)
+class EngineConfig:
+    zero_stage: int | None = _help(
+        "null: plain data parallel (each trained tensor's gradient summed over the processes). 3: DeepSpeed "
+        "ZeRO-3 shards the frozen base over the GPUs, for bases that do not fit one. 0-2: DeepSpeed holds "
+        "the trained tensors (1-2 partition their optimizer state; no mid-stage states). Needs the "
+        "`deepspeed` extra. Changing it reruns nothing.",
+        default=None,
+        minimum=0,
+        maximum=3,
+    )
+    offload: bool = _help(
+        "With zero_stage 3: keep the base's shards in CPU memory (ZeRO-Offload), gathered to the GPU layer by "
+        "layer.",
+        default=False,
+    )
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     uri: str | None = _help(
         "MLflow tracking URI; null = SQLite file <results>/<experiment>/mlflow.db.", default=None
@@ -347,6 +365,10 @@ class ExperimentConfig:
     preemption: PreemptionConfig = _help(
         "Mid-stage states of training jobs, for time limits, preemption and crashes.",
         default_factory=PreemptionConfig,
+    )
+    engine: EngineConfig = _help(
+        "How training steps run over the processes: plain data parallel or DeepSpeed ZeRO.",
+        default_factory=EngineConfig,
     )
     tracking: TrackingConfig = _help("Where MLflow records the runs.", default_factory=TrackingConfig)
     source: str = _help(
@@ -590,6 +612,11 @@ def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Experim
                 raise ConfigError(
                     f"{source}: tasks[{i}].{key} is missing: give the task's {key.replace('_', ' ')}"
                 )
+    if cfg.engine.offload and cfg.engine.zero_stage != 3:
+        raise ConfigError(
+            f"{source}: engine.offload is true but engine.zero_stage is {cfg.engine.zero_stage}: offloading "
+            "the base's shards needs zero_stage 3 (or set offload: false)"
+        )
     if cfg.model.source == ModelSource.ORIGINAL and not cfg.model.original_llava:
         raise ConfigError(
             f"{source}: model.source is 'original' but model.original_llava is empty: give its folder"

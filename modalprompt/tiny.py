@@ -104,6 +104,7 @@ def tiny_configs(
     image_token_id: int,
     hidden: int = 64,
     layers: int = 2,
+    heads: int = 4,
     vision_hidden: int = 32,
     feature: int = 32,
     image_size: int = 32,
@@ -128,7 +129,7 @@ def tiny_configs(
         vision_config=vision, projection_dim=feature,
     )  # fmt: skip
     text = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                       num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                       num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=max(1, heads // 2),
                        max_position_embeddings=1024, bos_token_id=1, eos_token_id=2, pad_token_id=3,
                        tie_word_embeddings=False, initializer_range=init_range)  # fmt: skip
     llava = LlavaConfig(vision_config=clip.vision_config, text_config=text, image_token_id=image_token_id,
@@ -157,11 +158,18 @@ def save_base(
     return Path(llava_dir), Path(clip_dir)
 
 
-def build_tiny_base(llava_dir: Path, clip_dir: Path, seed: int = 0, hidden: int = 64) -> tuple[Path, Path]:
-    """A random tiny LLaVA and CLIP; LLaVA's vision tower is CLIP's vision model."""
+def build_tiny_base(
+    llava_dir: Path, clip_dir: Path, seed: int = 0, hidden: int = 64, **shape
+) -> tuple[Path, Path]:
+    """A random tiny LLaVA and CLIP; LLaVA's vision tower is CLIP's vision model. `shape`: more
+    `tiny_configs` sizes (layers, image_size, ...), e.g. for benchmarks at a less tiny size."""
     tokenizer, clip_tokenizer = build_llm_tokenizer(), build_clip_tokenizer()
     llava_cfg, clip_cfg = tiny_configs(
-        len(tokenizer), len(clip_tokenizer), tokenizer.convert_tokens_to_ids("<image>"), hidden=hidden
+        len(tokenizer),
+        len(clip_tokenizer),
+        tokenizer.convert_tokens_to_ids("<image>"),
+        hidden=hidden,
+        **shape,
     )
     torch.manual_seed(seed)
     clip = CLIPModel(clip_cfg).eval()

@@ -31,6 +31,7 @@ from modalprompt.backbone import Backbone
 from modalprompt.checkpoint import StageMeta, load_stages, save_stage
 from modalprompt.config import (
     DataConfig,
+    EngineConfig,
     MethodConfig,
     Schedule,
     Strategy,
@@ -40,6 +41,7 @@ from modalprompt.config import (
     to_jsonable,
 )
 from modalprompt.data import Batch, Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
+from modalprompt.engine import make_engine
 from modalprompt.model import ModalPromptModel
 from modalprompt.prompts import PromptStore
 from modalprompt.resume import (
@@ -200,6 +202,7 @@ def train_stage(
     progress: bool = True,
     state_dir: Path | None = None,
     save_every_steps: int = 0,
+    engine: EngineConfig = EngineConfig(),  # noqa: B008 (frozen dataclass)
 ) -> StageResult:
     """Train task `task` as stage len(previous) + 1 and write its checkpoint to `out_dir`.
 
@@ -208,7 +211,8 @@ def train_stage(
 
     With `state_dir`, a mid-stage state (modalprompt.resume) is saved every `save_every_steps` optimizer
     steps (0: never on a schedule) and when SIGUSR1 or SIGTERM arrives (then `Preempted` is raised after
-    the step); a state found there is resumed. The finished stage removes it."""
+    the step); a state found there is resumed. The finished stage removes it. `engine` picks plain data
+    parallel or DeepSpeed ZeRO (modalprompt.engine); DeepSpeed stages save no mid-stage state."""
     rank, world = _rank_world()
     torch.manual_seed(training.seed)
     shared = strategy == Strategy.SEQ_PROMPT
@@ -261,6 +265,13 @@ def train_stage(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(training.schedule, warmup, total_steps)
     )
+    runner = make_engine(engine, model, params, optimizer, scheduler, batch_size=training.batch_size,
+                         accum=accum, max_grad_norm=training.max_grad_norm, world=world)  # fmt: skip
+    if state_dir is not None and not runner.can_resume:
+        if rank == 0:
+            print(f"modalprompt: engine.zero_stage={engine.zero_stage}: no mid-stage state is saved; "
+                  "a stopped stage starts over", file=sys.stderr)  # fmt: skip
+        state_dir = None
 
     def batches(skip: int) -> Iterator[Batch]:
         """The seeded micro-batches from position `skip` on (a resumed stage replays the same order)."""
@@ -326,23 +337,17 @@ def train_stage(
             if world > 1:
                 dist.all_reduce(counts)
             tokens, images, n_samples = counts.tolist()
-            for batch in group:
+            for i, batch in enumerate(group):
                 with autocast:
-                    out = model(batch)
+                    out = runner.forward(batch)
                 loss = out.normalised_loss(tokens, images, n_samples)
-                loss.backward()
+                runner.backward(loss, last=i == len(group) - 1)
                 terms = [loss, out.ce_sum, out.align_image_sum, out.align_text_sum]
                 sums += torch.stack([t.detach().double().cpu() for t in terms])
             if world > 1:
-                for p in params:
-                    dist.all_reduce(p.grad)
                 dist.all_reduce(sums)
-            if training.max_grad_norm is not None:
-                torch.nn.utils.clip_grad_norm_(params, training.max_grad_norm)
             lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            runner.step()
             metrics = StepMetrics(
                 step=step,
                 epoch=done_micro / micro_per_epoch,
@@ -397,8 +402,9 @@ def train_stage(
             "transformers_version": transformers.__version__,
         },
     )
-    if rank == 0:
-        save_stage(current, Path(out_dir), meta)
+    with runner.gathered(current):  # ZeRO-3: every process takes part in gathering the full tensors
+        if rank == 0:
+            save_stage(current, Path(out_dir), meta)
         if state_dir is not None:
             clear_state(state_dir)
     if world > 1:

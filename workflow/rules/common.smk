@@ -150,6 +150,17 @@ def train_launcher():
     return ["python", "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", "-m", "modalprompt"]
 
 
+def engine_args():
+    """`modalprompt train` flags of config's `engine`. Used as a global in the train rule's shell command (not
+    a param), so that changing the engine reruns nothing: it changes how a stage runs, not what it learns."""
+    if EXP.engine.zero_stage is None:
+        return ""
+    return f"--zero-stage {EXP.engine.zero_stage}" + (" --offload" if EXP.engine.offload else "")
+
+
+ENGINE_ARGS = engine_args()
+
+
 def aligned(matrix_csv):
     """matrix.csv as an aligned table: one row per stage, one column per task, one decimal."""
     rows = [line.split(",") for line in Path(matrix_csv).read_text().splitlines()]

@@ -1,0 +1,196 @@
+"""How a training step's gradients become an optimizer step: plain data parallel, or DeepSpeed ZeRO.
+
+Only the current task's prompt and key network train (about 20M values on a 7B base), so plain data
+parallel needs no wrapper: after the backward passes of an optimizer step, each trained tensor's gradient
+is summed over the processes with one all-reduce (DDP's result for these tensors; bucketing and overlap
+buy nothing at this size), then clipped, then AdamW steps. That is `PlainEngine`, the default.
+
+`engine.zero_stage` asks for DeepSpeed:
+- 3 (`ShardedBaseEngine`), the one that matters for big bases: ZeRO-3 shards the *frozen base* over the
+  processes (with `engine.offload` the shards stay in CPU memory), for bases that do not fit one GPU. The
+  trained tensors stay whole on every process and train as in the plain engine (so mid-stage states still
+  resume): sharding 20M values would save little and would hide them from the model's own forward.
+- 0-2 (`DeepSpeedEngine`): DeepSpeed owns the trained tensors (1 and 2 partition their optimizer state and
+  gradients); the base is whole on every process.
+The frozen base keeps its dtype (bf16 on GPU) and the trained tensors fp32: DeepSpeed's own bf16/fp16
+modes, which would cast the trained tensors, stay off; autocast does the mixed precision, as in plain runs.
+
+Every engine gives the tensors of one process with the whole global batch (tests compare them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from modalprompt.config import EngineConfig
+
+
+class Engine(Protocol):
+    """What `train_stage` asks of an engine, per optimizer step: forward and backward each micro-batch
+    (`last` marks the step's last one), then `step`."""
+
+    can_resume: bool  # whether the mid-stage state (optimizer and scheduler) can be saved and restored
+
+    def forward(self, batch): ...
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None: ...
+
+    def step(self) -> None: ...
+
+    def gathered(self, module: nn.Module) -> contextlib.AbstractContextManager: ...
+
+
+class PlainEngine:
+    can_resume = True
+
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter], optimizer, scheduler,
+                 max_grad_norm: float | None, world: int):  # fmt: skip
+        self.model, self.params, self.optimizer, self.scheduler = model, list(params), optimizer, scheduler
+        self.max_grad_norm, self.world = max_grad_norm, world
+
+    def forward(self, batch):
+        return self.model(batch)
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        loss.backward()
+
+    def step(self) -> None:
+        if self.world > 1:  # the loss is normalised by the global counts: the sum is the global gradient
+            for p in self.params:
+                dist.all_reduce(p.grad)
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def gathered(self, module: nn.Module) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+
+def _join_alone(device: torch.device) -> None:
+    """DeepSpeed wants a process group and LOCAL_RANK even for one process."""
+    if not dist.is_initialized():
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", store=dist.HashStore(), rank=0, world_size=1
+        )
+        os.environ.setdefault("LOCAL_RANK", "0")
+
+
+def deepspeed_config(engine: EngineConfig, batch_size: int, accum: int, max_grad_norm: float | None) -> dict:
+    """The DeepSpeed config of a stage: ZeRO stage and offload from `engine`, the rest from `training`."""
+    zero: dict = {"stage": engine.zero_stage}
+    if engine.offload:  # the base's ZeRO-3 shards live in (pinned, on GPU machines) CPU memory
+        zero["offload_param"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    return {
+        "train_micro_batch_size_per_gpu": batch_size,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": max_grad_norm or 0.0,
+        "zero_optimization": zero,
+        "zero_allow_untested_optimizer": True,  # our AdamW on the fp32 trained tensors
+        "zero_force_ds_cpu_optimizer": False,
+        "steps_per_print": 2**62,  # DeepSpeed's own progress lines: never (the stage logs its history)
+        "wall_clock_breakdown": False,
+    }
+
+
+class DeepSpeedEngine:
+    """ZeRO stages 0-2: DeepSpeed owns the trained tensors (stages 1 and 2 partition their optimizer state
+    and gradients over the processes)."""
+
+    can_resume = (
+        False  # the optimizer state is DeepSpeed's, partitioned per process: a stopped stage starts over
+    )
+
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter], optimizer, scheduler,
+                 config: dict, world: int):  # fmt: skip
+        import deepspeed
+
+        _join_alone(model.backbone.device)
+        self.world = world
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model,  # the frozen base is not a submodule: DeepSpeed sees only the trained tensors
+            model_parameters=list(params),
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=config,
+            dist_init_required=False,
+        )
+
+    def forward(self, batch):
+        return self.engine(batch)
+
+    def backward(self, loss: torch.Tensor, last: bool) -> None:
+        # DeepSpeed averages gradients over processes; our loss is normalised by the global counts, so the
+        # wanted gradient is the sum: scale by the world size. Accumulation is ours (the last micro-batch of
+        # a step may come early at the end of a stage), so DeepSpeed is told where each step ends.
+        self.engine.set_gradient_accumulation_boundary(last)
+        self.engine.backward(loss * self.world, scale_wrt_gas=False)
+
+    def step(self) -> None:
+        self.engine.step()  # clip, optimizer and scheduler step, zero the gradients
+
+    def gathered(self, module: nn.Module) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()  # below stage 3 every process holds the whole tensors
+
+
+class _FrozenBase(nn.Module):
+    """What ZeRO-3 shards: the frozen base's modules, registered here (the model holds them in a plain
+    dataclass). The model itself is kept out of sight (in a tuple), so its trained tensors stay whole.
+    forward(batch) runs the model, which calls the base's modules; ZeRO-3 gathers each one's weights
+    as it runs and frees them after."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self._model = (model,)
+        backbone = model.backbone
+        base = {
+            "llava": backbone.llava,
+            "clip_text": backbone.clip_text,
+            "text_projection": backbone.text_projection,
+            "visual_projection": backbone.visual_projection,
+        }
+        if backbone.clip_vision is not None:
+            base["clip_vision"] = backbone.clip_vision
+        self.base = nn.ModuleDict(base)
+
+    def forward(self, batch):
+        return self._model[0](batch)
+
+
+class ShardedBaseEngine(PlainEngine):
+    """ZeRO stage 3: the frozen base is sharded over the processes by DeepSpeed (each holds 1/N of every
+    weight, gathered layer by layer as the forward and backward passes reach it; with offload the shards
+    stay in CPU memory). The trained tensors, about 20M values, are whole on every process and train as
+    in the plain engine, which also keeps mid-stage states resumable."""
+
+    def __init__(self, model: nn.Module, params: Sequence[nn.Parameter], optimizer, scheduler,
+                 max_grad_norm: float | None, world: int, config: dict):  # fmt: skip
+        import deepspeed
+
+        super().__init__(model, params, optimizer, scheduler, max_grad_norm, world)
+        _join_alone(model.backbone.device)
+        # no optimizer: DeepSpeed only partitions the base and installs the gather hooks
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=_FrozenBase(model), config=config, dist_init_required=False
+        )
+
+    def forward(self, batch):
+        return self.engine(batch)
+
+
+def make_engine(engine: EngineConfig, model: nn.Module, params: Sequence[nn.Parameter], optimizer, scheduler,
+                *, batch_size: int, accum: int, max_grad_norm: float | None, world: int) -> Engine:  # fmt: skip
+    if engine.zero_stage is None:
+        return PlainEngine(model, params, optimizer, scheduler, max_grad_norm, world)
+    config = deepspeed_config(engine, batch_size, accum, max_grad_norm)
+    if engine.zero_stage == 3:
+        return ShardedBaseEngine(model, params, optimizer, scheduler, max_grad_norm, world, config)
+    return DeepSpeedEngine(model, params, optimizer, scheduler, config, world)

@@ -1,15 +1,27 @@
-"""Shared fixtures: tiny base models and toy tasks, built once per test session (no downloads)."""
+"""Shared fixtures: tiny base models and toy tasks, built once per test session (no downloads); helpers."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 
 from modalprompt.backbone import load_backbone
-from modalprompt.config import EvaluationConfig, MethodConfig, ModelConfig, TaskConfig, TrainingConfig
+from modalprompt.checkpoint import TENSORS_FILE
+from modalprompt.config import (
+    EvaluationConfig,
+    MethodConfig,
+    ModelConfig,
+    TaskConfig,
+    TrainingConfig,
+    job_to_json,
+)
 from modalprompt.tiny import build_tiny_base, write_toy_tasks
 
 
@@ -59,3 +71,30 @@ def _deterministic():
 
 def with_changes(obj, **changes):
     return dataclasses.replace(obj, **changes)
+
+
+def train_cli(job, out, *flags: str, processes: int = 1) -> subprocess.CompletedProcess:
+    """`modalprompt train` in its own process (torchrun with several), as the pipeline runs it; must succeed."""
+    launcher = (
+        ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+        if processes > 1
+        else []
+    )
+    command = [sys.executable, *launcher, "-m", "modalprompt", "train", "--settings", job_to_json(job),
+               "--out", str(out), "--quiet", "--threads", "1", *flags]  # fmt: skip
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def same_tensors(a_dir: Path, b_dir: Path, atol: float) -> None:
+    """Two stage checkpoints hold the same fp32 tensors, within `atol`."""
+    a = safetensors.torch.load_file(a_dir / TENSORS_FILE)
+    b = safetensors.torch.load_file(b_dir / TENSORS_FILE)
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key].dtype == torch.float32 and torch.allclose(a[key], b[key], atol=atol), (
+            key,
+            float((a[key] - b[key]).abs().max()),
+        )

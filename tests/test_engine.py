@@ -5,15 +5,11 @@ DeepSpeed runs on this CPU machine through its CPU accelerator and gloo; each De
 """
 
 import dataclasses
-import os
-import subprocess
-import sys
 
 import pytest
-import safetensors.torch
 import torch
+from conftest import same_tensors, train_cli
 
-from modalprompt.checkpoint import TENSORS_FILE
 from modalprompt.config import (
     ConfigError,
     EngineConfig,
@@ -23,7 +19,6 @@ from modalprompt.config import (
     TrainingConfig,
     TrainJob,
     experiment_from_dict,
-    job_to_json,
 )
 from modalprompt.engine import PlainEngine, deepspeed_config, make_engine
 
@@ -61,28 +56,6 @@ def test_offload_without_zero_stage_3_names_both_keys():
         experiment_from_dict({"tasks": [], "engine": {"zero_stage": 4}}, "cfg.yaml")
 
 
-def _train(job: TrainJob, out, *flags: str, processes: int = 1) -> subprocess.CompletedProcess:
-    launcher = (
-        ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
-        if processes > 1
-        else []
-    )
-    command = [sys.executable, *launcher, "-m", "modalprompt", "train", "--settings", job_to_json(job),
-               "--out", str(out), "--quiet", "--threads", "1", *flags]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done
-
-
-def _assert_same_tensors(a_dir, b_dir):
-    a = safetensors.torch.load_file(a_dir / TENSORS_FILE)
-    b = safetensors.torch.load_file(b_dir / TENSORS_FILE)
-    assert a.keys() == b.keys()
-    for key in a:
-        assert a[key].dtype == torch.float32 and torch.allclose(a[key], b[key], atol=1e-5), key
-
-
 @pytest.fixture(scope="module")
 def stage_job(tiny_base, toy_tasks):
     """Accumulation over 2 micro-batches, clipping, warm-up and a cosine schedule, and a last step with one
@@ -98,7 +71,7 @@ def stage_job(tiny_base, toy_tasks):
 @pytest.fixture(scope="module")
 def plain_stage(stage_job, tmp_path_factory):
     out = tmp_path_factory.mktemp("plain") / "checkpoint"
-    _train(stage_job, out)
+    train_cli(stage_job, out)
     return out
 
 
@@ -106,8 +79,8 @@ def plain_stage(stage_job, tmp_path_factory):
 @pytest.mark.parametrize("flags", ["0", "1", "2", "3", "3 --offload"])
 def test_deepspeed_zero_stage_gives_the_plain_engines_tensors(flags, stage_job, plain_stage, tmp_path):
     pytest.importorskip("deepspeed")
-    done = _train(stage_job, tmp_path / "checkpoint", "--zero-stage", *flags.split())
-    _assert_same_tensors(plain_stage, tmp_path / "checkpoint")
+    done = train_cli(stage_job, tmp_path / "checkpoint", "--zero-stage", *flags.split())
+    same_tensors(plain_stage, tmp_path / "checkpoint", atol=1e-5)
     assert '"steps"' in done.stdout
 
 
@@ -116,15 +89,15 @@ def test_deepspeed_zero3_on_two_processes_equals_one_plain_process(stage_job, pl
     """ZeRO-3 shards the frozen base over 2 gloo processes, each with half of the global batch."""
     pytest.importorskip("deepspeed")
     half = dataclasses.replace(stage_job, training=dataclasses.replace(stage_job.training, batch_size=2))
-    done = _train(half, tmp_path / "checkpoint", "--zero-stage", "3", processes=2)
+    done = train_cli(half, tmp_path / "checkpoint", "--zero-stage", "3", processes=2)
     assert len([line for line in done.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 reports
-    _assert_same_tensors(plain_stage, tmp_path / "checkpoint")
+    same_tensors(plain_stage, tmp_path / "checkpoint", atol=1e-5)
 
 
 @pytest.mark.slow
 def test_deepspeed_stage_with_a_state_dir_says_it_saves_no_state(stage_job, tmp_path):
     pytest.importorskip("deepspeed")
-    done = _train(stage_job, tmp_path / "checkpoint", "--zero-stage", "2", "--state-dir", str(tmp_path / "state"),
+    done = train_cli(stage_job, tmp_path / "checkpoint", "--zero-stage", "2", "--state-dir", str(tmp_path / "state"),
                   "--save-every", "1")  # fmt: skip
     assert "engine.zero_stage=2: no mid-stage state is saved" in done.stderr
     assert not (tmp_path / "state").exists()

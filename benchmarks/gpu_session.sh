@@ -4,7 +4,8 @@
 #      offload on CUDA give the plain engine's tensors),
 #   2. benchmarks/gpu_llava7b.py: the LLaVA-1.5-7B-shaped prompt-tuning step and generation (batch 8, 16),
 #   3. benchmarks/scaling.py on the GPU: latency after T = 1..32 tasks with 576 image tokens.
-# Usage: bash benchmarks/gpu_session.sh OUT_DIR [WHEEL_DIR]
+#   4. generation alone at batch 32 vs batch 1 (the evaluation's batching).
+# Usage: [STEPS="gpu-tests scaling"] bash benchmarks/gpu_session.sh OUT_DIR [WHEEL_DIR]
 # WHEEL_DIR: wheels of packages the machine lacks (this project's transformers pin, jsonschema, deepspeed),
 # installed into a private folder first. Each step has its own time limit; a failed step does not stop the
 # others. Logs and JSON results go to OUT_DIR.
@@ -23,9 +24,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c "import sys, torch, transformers; print('python', sys.version.split()[0], '| torch', torch.__version__,
 '| cuda', torch.version.cuda, '| transformers', transformers.__version__)" | tee -a "$out/summary.txt"
 
+steps=${STEPS:-gpu-tests llava7b-b8 llava7b-b16 scaling generation-b32}
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAME.log, report the status
     local name=$1 limit=$2
     shift 2
+    [[ " $steps " == *" $name "* ]] || return 0
     local start=$SECONDS
     timeout "$limit" "$@" 2>&1 | tee "$out/$name.log"
     echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$out/summary.txt"
@@ -38,4 +41,6 @@ step llava7b-b16 120 python3 benchmarks/gpu_llava7b.py --attention sdpa --batch-
     --steps 6 --out "$out/gpu-llava7b-b16.json"
 step scaling 120 python3 benchmarks/scaling.py --device cuda --hidden 2048 --layers 8 --heads 16 \
     --image-size 192 --repeats 30 --dag-tasks 0 --out "$out/scaling-gpu.json"
+step generation-b32 150 python3 benchmarks/gpu_llava7b.py --attention sdpa --batch-size 8 --steps 2 --warmup 1 \
+    --gen-batch 32 --out "$out/gpu-llava7b-gen32.json"
 cat "$out/summary.txt"

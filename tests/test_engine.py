@@ -12,6 +12,7 @@ from conftest import same_tensors, train_cli
 
 from modalprompt.config import (
     ConfigError,
+    DType,
     EngineConfig,
     MethodConfig,
     ModelConfig,
@@ -114,7 +115,9 @@ def test_zero3_shards_the_frozen_base_and_leaves_the_trained_tensors_whole(tiny_
     from modalprompt.engine import ShardedBaseEngine
     from modalprompt.model import ModalPromptModel
 
-    backbone = load_backbone(ModelConfig(llava=str(tiny_base[0]), clip=str(tiny_base[1]), device="cpu"))
+    backbone = load_backbone(
+        ModelConfig(llava=str(tiny_base[0]), clip=str(tiny_base[1]), device="cpu", dtype=DType.BFLOAT16)
+    )
     model = ModalPromptModel(backbone, MethodConfig(prefix_length=4))
     params = list(model.add_task("colors", seed=0).parameters())
     optimizer = torch.optim.AdamW(params)
@@ -127,6 +130,7 @@ def test_zero3_shards_the_frozen_base_and_leaves_the_trained_tensors_whole(tiny_
         assert all(hasattr(p, "ds_id") for p in base.values())
         large = base["model.language_model.layers.0.mlp.up_proj.weight"]
         assert large.ds_numel == large.ds_tensor.numel() > 0 and large.data.numel() == 0  # released
+        assert large.ds_tensor.dtype == torch.bfloat16  # sharded in the base's own dtype: no fp32 copy
         assert not any(hasattr(p, "ds_id") for p in model.prompts.parameters())
         assert all(p.numel() > 0 for p in model.prompts.parameters())
     finally:

@@ -30,8 +30,9 @@ dV, dP from dO: 2x its forward). The vision tower has no backward (nothing in it
 Attention counts the full S x S square (the usual MFU convention; causal kernels skip about half of it).
 The embedding lookup and norms/activations are not counted.
 
-Generation: greedy decoding with a KV cache, `--gen-batch` left-padded samples in one `generate` call vs the
-same samples one at a time (batch 1); every call makes exactly `--new-tokens` tokens (no EOS stop).
+Generation: greedy decoding with a KV cache, `--gen-batch` left-padded samples in one `generate` call (median of
+3 after a warm-up) vs the same samples one at a time (batch 1, each once after a warm-up); every call makes
+exactly `--new-tokens` tokens (no EOS stop).
 
 Prints a table and writes JSON (`--out`) with the device, versions, shape, settings and every number.
 """
@@ -329,9 +330,10 @@ def bench_generation(model, args, device, dtype) -> dict:
         return out
 
     reset_peak(device)
-    generate(batched, 2)  # warm-up: kernels, allocator
-    generate(singles[0], 2)
-    [batch_s] = timed(lambda: generate(batched, args.new_tokens), device, 0, 1)
+    # Warm-up at full length (kernels for every cache length, the allocator's blocks), then the batch is
+    # timed 3 times (median) and every sample once on its own (the sum).
+    generate(singles[0], args.new_tokens)
+    batch_s = statistics.median(timed(lambda: generate(batched, args.new_tokens), device, 1, 3))
     single_times = [timed(lambda s=s: generate(s, args.new_tokens), device, 0, 1)[0] for s in singles]
     single_s = sum(single_times)
     return {

@@ -34,13 +34,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to OUT/NAME
     echo "== $name: exit ${PIPESTATUS[0]} after $((SECONDS - start)) s" | tee -a "$out/summary.txt"
 }
 
-step gpu-tests 180 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
+step gpu-tests 170 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu.py
+step generation-b32 150 python3 benchmarks/gpu_llava7b.py --attention sdpa --batch-size 8 --steps 2 --warmup 1 \
+    --gen-batch 32 --out "$out/gpu-llava7b-gen32.json"
 step llava7b-b8 150 python3 benchmarks/gpu_llava7b.py --attention both --batch-size 8 --gen-batch 8 \
     --out "$out/gpu-llava7b-b8.json"
 step llava7b-b16 120 python3 benchmarks/gpu_llava7b.py --attention sdpa --batch-size 16 --gen-batch 16 \
     --steps 6 --out "$out/gpu-llava7b-b16.json"
 step scaling 120 python3 benchmarks/scaling.py --device cuda --hidden 2048 --layers 8 --heads 16 \
     --image-size 192 --repeats 30 --dag-tasks 0 --out "$out/scaling-gpu.json"
-step generation-b32 150 python3 benchmarks/gpu_llava7b.py --attention sdpa --batch-size 8 --steps 2 --warmup 1 \
-    --gen-batch 32 --out "$out/gpu-llava7b-gen32.json"
 cat "$out/summary.txt"

@@ -20,7 +20,6 @@ Every engine gives the tensors of one process with the whole global batch (tests
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 from typing import Protocol
@@ -43,8 +42,6 @@ class Engine(Protocol):
     def backward(self, loss: torch.Tensor, last: bool) -> None: ...
 
     def step(self) -> None: ...
-
-    def gathered(self, module: nn.Module) -> contextlib.AbstractContextManager: ...
 
 
 class PlainEngine:
@@ -70,9 +67,6 @@ class PlainEngine:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-
-    def gathered(self, module: nn.Module) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()
 
 
 def _join_alone(device: torch.device) -> None:
@@ -136,9 +130,6 @@ class DeepSpeedEngine:
 
     def step(self) -> None:
         self.engine.step()  # clip, optimizer and scheduler step, zero the gradients
-
-    def gathered(self, module: nn.Module) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext()  # below stage 3 every process holds the whole tensors
 
 
 class _FrozenBase(nn.Module):

@@ -402,9 +402,8 @@ def train_stage(
             "transformers_version": transformers.__version__,
         },
     )
-    with runner.gathered(current):  # ZeRO-3: every process takes part in gathering the full tensors
-        if rank == 0:
-            save_stage(current, Path(out_dir), meta)
+    if rank == 0:
+        save_stage(current, Path(out_dir), meta)
         if state_dir is not None:
             clear_state(state_dir)
     if world > 1:

@@ -297,6 +297,23 @@ def test_changing_one_tasks_evaluation_override_reruns_its_evaluations(project):
     )
 
 
+def test_changing_the_engine_or_preemption_reruns_nothing_and_reaches_the_train_command(project):
+    def change(raw):
+        raw["engine"] = {"zero_stage": 3, "offload": True}
+        raw["preemption"] = {"save_every_steps": 7, "signal_seconds": 60}
+
+    assert _with_change(project, change) == set()
+    raw = base_config(project)
+    change(raw)
+    write_config(project, raw)
+    try:
+        printed = snakemake(project, "-n", "-p", "--cores", "1", "--forcerun", "train").stdout
+    finally:
+        write_config(project, base_config(project))
+    commands = [line for line in printed.splitlines() if " train --settings " in line]
+    assert commands and all("--save-every 7 --zero-stage 3 --offload" in c for c in commands), commands[:1]
+
+
 def test_changing_a_scorer_reruns_only_its_scoring(project):
     def change(raw):
         raw["tasks"][2]["scorer"] = "contains"

@@ -54,10 +54,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     engine = load_experiment(args.config).engine if args.config and not args.settings else EngineConfig()
     if args.zero_stage is not None:
         engine = replace(engine, zero_stage=None if args.zero_stage == "none" else int(args.zero_stage))
-    if args.offload:
-        engine = replace(engine, offload=True)
+    if args.offload is not None:
+        engine = replace(engine, offload=args.offload == "yes")
     if engine.offload and engine.zero_stage != 3:
-        raise ConfigError("--offload needs --zero-stage 3 (ZeRO-Offload moves the base's ZeRO-3 shards)")
+        raise ConfigError("--offload yes needs --zero-stage 3 (ZeRO-Offload moves the base's ZeRO-3 shards)")
     rank, _ = init_from_environment()  # torchrun or srun with several tasks: one process per GPU
     try:
         result = train_stage(load_backbone(job.model), job.method, job.training, job.task, args.previous,
@@ -437,7 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--zero-stage", choices=["none", "0", "1", "2", "3"],
                    help="none: plain data parallel; 0-3: DeepSpeed with this ZeRO stage (default: the "
                         "config's engine.zero_stage with --config, else none)")  # fmt: skip
-    p.add_argument("--offload", action="store_true", help="with --zero-stage 3: ZeRO-Offload to CPU memory")
+    p.add_argument("--offload", choices=["yes", "no"],
+                   help="with --zero-stage 3: the base's shards in CPU memory (ZeRO-Offload)")  # fmt: skip
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

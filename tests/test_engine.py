@@ -77,7 +77,7 @@ def plain_stage(stage_job, tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flags", ["0", "1", "2", "3", "3 --offload"])
+@pytest.mark.parametrize("flags", ["0", "1", "2", "3", "3 --offload yes"])
 def test_deepspeed_zero_stage_gives_the_plain_engines_tensors(flags, stage_job, plain_stage, tmp_path):
     pytest.importorskip("deepspeed")
     done = train_cli(stage_job, tmp_path / "checkpoint", "--zero-stage", *flags.split())

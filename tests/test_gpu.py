@@ -48,7 +48,10 @@ def test_zero3_on_cuda_gives_the_plain_engines_tensors(tiny_base, toy_tasks, tmp
     pytest.importorskip("deepspeed")
     job = _zero3_job(tiny_base, toy_tasks, DType.FLOAT32)
     train_cli(job, tmp_path / "plain")
-    for name, flags in (("zero3", ["--zero-stage", "3"]), ("offload", ["--zero-stage", "3", "--offload"])):
+    for name, flags in (
+        ("zero3", ["--zero-stage", "3"]),
+        ("offload", ["--zero-stage", "3", "--offload", "yes"]),
+    ):
         train_cli(job, tmp_path / name, *flags)
         same_tensors(tmp_path / "plain", tmp_path / name, atol=1e-5)
 

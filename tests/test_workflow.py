@@ -311,7 +311,9 @@ def test_changing_the_engine_or_preemption_reruns_nothing_and_reaches_the_train_
     finally:
         write_config(project, base_config(project))
     commands = [line for line in printed.splitlines() if " train --settings " in line]
-    assert commands and all("--save-every 7 --zero-stage 3 --offload" in c for c in commands), commands[:1]
+    assert commands and all("--save-every 7 --zero-stage 3 --offload yes" in c for c in commands), commands[
+        :1
+    ]
 
 
 def test_changing_a_scorer_reruns_only_its_scoring(project):

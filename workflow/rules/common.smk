@@ -133,9 +133,12 @@ def slurm_resources(kind):
 
 
 def train_resources():
-    """Training jobs also carry their mid-stage save interval and, on Slurm, a warning signal before the
-    time limit: resources, not params, so that changing them reruns nothing."""
+    """Training jobs also carry their mid-stage save interval, their engine and, on Slurm, a warning signal
+    before the time limit: resources, not params, so that changing them reruns nothing."""
     out = {**slurm_resources("train"), "save_every_steps": EXP.preemption.save_every_steps}
+    # the engine changes how a stage runs, not what it learns: a resource too
+    out["zero_stage"] = "none" if EXP.engine.zero_stage is None else str(EXP.engine.zero_stage)
+    out["offload"] = "yes" if EXP.engine.offload else "no"
     if EXP.preemption.signal_seconds:  # at most half the time limit: a short job still trains first
         lead = min(EXP.preemption.signal_seconds, EXP.resources.train.runtime * 30)
         out["slurm_extra"] = f"--signal=USR1@{lead}"
@@ -148,17 +151,6 @@ def train_launcher():
     if gpus <= 1:
         return ["modalprompt"]
     return ["python", "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", "-m", "modalprompt"]
-
-
-def engine_args():
-    """`modalprompt train` flags of config's `engine`. Used as a global in the train rule's shell command (not
-    a param), so that changing the engine reruns nothing: it changes how a stage runs, not what it learns."""
-    if EXP.engine.zero_stage is None:
-        return ""
-    return f"--zero-stage {EXP.engine.zero_stage}" + (" --offload" if EXP.engine.offload else "")
-
-
-ENGINE_ARGS = engine_args()
 
 
 def aligned(matrix_csv):

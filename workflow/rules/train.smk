@@ -36,4 +36,5 @@ rule train:
     shell:
         "{params.launcher:q} train --settings {params.settings:q} --previous {params.previous:q}"
         " --out {params.out:q} --history {output.history:q} --state-dir {params.state:q}"
-        " --save-every {resources.save_every_steps:q} {ENGINE_ARGS} --threads {threads} --quiet > {log:q} 2>&1"
+        " --save-every {resources.save_every_steps:q} --zero-stage {resources.zero_stage:q}"
+        " --offload {resources.offload:q} --threads {threads} --quiet > {log:q} 2>&1"

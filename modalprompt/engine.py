@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from modalprompt.config import EngineConfig
+from modalprompt.config import ConfigError, EngineConfig
 
 
 class Engine(Protocol):
@@ -181,6 +181,14 @@ def make_engine(engine: EngineConfig, model: nn.Module, params: Sequence[nn.Para
                 *, batch_size: int, accum: int, max_grad_norm: float | None, world: int) -> Engine:  # fmt: skip
     if engine.zero_stage is None:
         return PlainEngine(model, params, optimizer, scheduler, max_grad_norm, world)
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError as error:
+        raise ConfigError(
+            f"engine.zero_stage is {engine.zero_stage}, which runs training under DeepSpeed, but DeepSpeed "
+            f"does not import ({error}): install the extra (pip install 'modalprompt[deepspeed]'), or set "
+            "engine.zero_stage: null for plain data parallel"
+        ) from error
     config = deepspeed_config(engine, batch_size, accum, max_grad_norm)
     if engine.zero_stage == 3:
         return ShardedBaseEngine(model, params, optimizer, scheduler, max_grad_norm, world, config)

@@ -5,6 +5,7 @@ DeepSpeed runs on this CPU machine through its CPU accelerator and gloo; each De
 """
 
 import dataclasses
+import sys
 
 import pytest
 import torch
@@ -47,6 +48,15 @@ def test_no_zero_stage_is_the_plain_engine():
     engine.backward((p * torch.tensor([3.0, 4.0, 0.0])).sum(), last=True)
     engine.step()  # gradient (3, 4, 0) clipped to norm 1: (0.6, 0.8, 0)
     assert torch.allclose(p.detach(), torch.tensor([0.7, 0.6, 1.0])) and p.grad is None
+
+
+def test_zero_stage_without_deepspeed_installed_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # `import deepspeed` now raises ImportError
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.SGD([p], lr=0.5)
+    with pytest.raises(ConfigError, match=r"engine.zero_stage is 3.*pip install 'modalprompt\[deepspeed\]'"):
+        make_engine(EngineConfig(zero_stage=3), torch.nn.Identity(), [p], optimizer, None, batch_size=1, accum=1,
+                    max_grad_norm=None, world=1)  # fmt: skip
 
 
 def test_offload_without_zero_stage_3_names_both_keys():

@@ -96,11 +96,13 @@ def test_deepspeed_zero_stage_gives_the_plain_engines_tensors(flags, stage_job, 
 
 
 @pytest.mark.slow
-def test_deepspeed_zero3_on_two_processes_equals_one_plain_process(stage_job, plain_stage, tmp_path):
-    """ZeRO-3 shards the frozen base over 2 gloo processes, each with half of the global batch."""
+@pytest.mark.parametrize("zero_stage", ["2", "3"])
+def test_deepspeed_on_two_processes_equals_one_plain_process(zero_stage, stage_job, plain_stage, tmp_path):
+    """2 gloo processes, each with half of the global batch: ZeRO-2 partitions the trained tensors' gradients
+    and optimizer state (DeepSpeed averages the gradients), ZeRO-3 shards the frozen base."""
     pytest.importorskip("deepspeed")
     half = dataclasses.replace(stage_job, training=dataclasses.replace(stage_job.training, batch_size=2))
-    done = train_cli(half, tmp_path / "checkpoint", "--zero-stage", "3", processes=2)
+    done = train_cli(half, tmp_path / "checkpoint", "--zero-stage", zero_stage, processes=2)
     assert len([line for line in done.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 reports
     same_tensors(plain_stage, tmp_path / "checkpoint", atol=1e-5)
 

@@ -16,6 +16,7 @@ from modalprompt.config import (
     ConfigError,
     EngineConfig,
     EvalJob,
+    ExperimentConfig,
     JobResources,
     PreemptionConfig,
     Strategy,
@@ -32,16 +33,20 @@ USER_ERRORS = (ConfigError, BaseModelError, CheckpointError, DataError)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal with its state saved; the same command continues
 
 
-def _job(args: argparse.Namespace, cls: type, from_config) -> TrainJob | EvalJob:
+def _job(
+    args: argparse.Namespace, cls: type, from_config
+) -> tuple[TrainJob | EvalJob, ExperimentConfig | None]:
+    """The job's settings, and the experiment config when they came from --config (None with --settings)."""
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     if args.settings:
-        return job_from_json(cls, args.settings)
+        return job_from_json(cls, args.settings), None
     if not (args.config and args.task):
         raise ConfigError("give --settings JSON, or --config config.yaml with --task NAME")
-    return from_config(load_experiment(args.config), args.task)
+    experiment = load_experiment(args.config)
+    return from_config(experiment, args.task), experiment
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -50,8 +55,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from modalprompt.resume import Preempted
     from modalprompt.train import train_stage
 
-    job = _job(args, TrainJob, train_job)
-    engine = load_experiment(args.config).engine if args.config and not args.settings else EngineConfig()
+    job, experiment = _job(args, TrainJob, train_job)
+    engine = experiment.engine if experiment is not None else EngineConfig()
     if args.zero_stage is not None:
         engine = replace(engine, zero_stage=None if args.zero_stage == "none" else int(args.zero_stage))
     if args.offload is not None:
@@ -131,7 +136,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
     from modalprompt.backbone import load_backbone
     from modalprompt.evaluate import evaluate_stage
 
-    job = _job(args, EvalJob, eval_job)
+    job, _ = _job(args, EvalJob, eval_job)
     result = evaluate_stage(load_backbone(job.model), job.method, job.evaluation, job.task, args.checkpoints,
                             args.out, data=job.data, strategy=job.strategy, progress=not args.quiet)  # fmt: skip
     print(

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from modalprompt.backbone import load_backbone
-from modalprompt.checkpoint import META_FILE, TENSORS_FILE
+from modalprompt.bases.backbone import load_backbone
+from modalprompt.bench.tiny import build_tiny_base, write_toy_tasks
 from modalprompt.config import EvaluationConfig, MethodConfig, ModelConfig, TaskConfig, TrainingConfig
-from modalprompt.evaluate import evaluate_stage
-from modalprompt.tiny import build_tiny_base, write_toy_tasks
-from modalprompt.train import train_stage
+from modalprompt.run.checkpoint import META_FILE, TENSORS_FILE
+from modalprompt.run.evaluate import evaluate_stage
+from modalprompt.run.train import train_stage
 
 
 def main() -> None:

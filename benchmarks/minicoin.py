@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from modalprompt.metrics import read_matrix
+from modalprompt.scoring.metrics import read_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"wall_minutes": 15.0, "gain_over_zero_shot": 30.0, "bwt": -5.0, "selection": 90.0}

@@ -35,12 +35,12 @@ from pathlib import Path
 import torch
 import yaml
 
-from modalprompt.backbone import load_backbone
+from modalprompt.bases.backbone import load_backbone
+from modalprompt.bench.tiny import build_tiny_base, write_toy_tasks
 from modalprompt.config import MethodConfig, ModelConfig
-from modalprompt.data import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
-from modalprompt.model import ModalPromptModel, insert_prompts
-from modalprompt.selection import select_for_inference, task_scores
-from modalprompt.tiny import build_tiny_base, write_toy_tasks
+from modalprompt.data.datasets import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
+from modalprompt.model.selection import select_for_inference, task_scores
+from modalprompt.model.wrapper import ModalPromptModel, insert_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 

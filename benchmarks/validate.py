@@ -20,7 +20,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from modalprompt.validation import ImageChecker, validate_eval_records, validate_train_records
+from modalprompt.data.validation import ImageChecker, validate_eval_records, validate_train_records
 
 
 def _make(root: Path, n: int, n_images: int, n_bad: int, seed: int) -> tuple[list, list, set[int], set[int]]:

@@ -50,10 +50,10 @@ def _job(
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from modalprompt.backbone import load_backbone
-    from modalprompt.distributed import init_from_environment, shutdown
-    from modalprompt.resume import Preempted
-    from modalprompt.train import train_stage
+    from modalprompt.bases.backbone import load_backbone
+    from modalprompt.run.distributed import init_from_environment, shutdown
+    from modalprompt.run.resume import Preempted
+    from modalprompt.run.train import train_stage
 
     job, experiment = _job(args, TrainJob, train_job)
     engine = experiment.engine if experiment is not None else EngineConfig()
@@ -100,7 +100,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     Resources default to config.yaml's resources.train when the train arguments name a --config."""
     import submitit
 
-    from modalprompt.submit import SubmittedTrain
+    from modalprompt.run.submit import SubmittedTrain
 
     train_args = [a for a in args.train_args if a != "--"]
     parsed = build_parser().parse_args(["train", *train_args])
@@ -133,8 +133,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> None:
-    from modalprompt.backbone import load_backbone
-    from modalprompt.evaluate import evaluate_stage
+    from modalprompt.bases.backbone import load_backbone
+    from modalprompt.run.evaluate import evaluate_stage
 
     job, _ = _job(args, EvalJob, eval_job)
     result = evaluate_stage(load_backbone(job.model), job.method, job.evaluation, job.task, args.checkpoints,
@@ -154,7 +154,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def _cmd_score(args: argparse.Namespace) -> None:
-    from modalprompt.scoring import score_predictions
+    from modalprompt.scoring.scorers import score_predictions
 
     result = score_predictions(
         args.scorer, args.predictions, args.eval_file, args.task, args.max_samples or None
@@ -167,8 +167,8 @@ def _cmd_score(args: argparse.Namespace) -> None:
 
 def _cmd_matrix(args: argparse.Namespace) -> None:
     """Accuracy and selection matrices, metrics and heatmap from score files (each names its stage/task)."""
-    from modalprompt.metrics import compute_metrics, format_matrix
-    from modalprompt.plots import write_heatmap
+    from modalprompt.scoring.metrics import compute_metrics, format_matrix
+    from modalprompt.scoring.plots import write_heatmap
 
     tasks = list(args.tasks)
     accuracy: dict[int, list[float | None]] = {}
@@ -201,8 +201,8 @@ def _cmd_matrix(args: argparse.Namespace) -> None:
 def _cmd_compare(args: argparse.Namespace) -> None:
     """The methods side by side: forgetting curves (each task across stages, a line per method) and their
     metrics in one table."""
-    from modalprompt.metrics import SUMMARY_METRICS, read_matrix
-    from modalprompt.plots import forgetting_png
+    from modalprompt.scoring.metrics import SUMMARY_METRICS, read_matrix
+    from modalprompt.scoring.plots import forgetting_png
 
     matrices, rows, tasks = {}, [], []
     for method in args.methods:
@@ -224,7 +224,7 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_confusion(args: argparse.Namespace) -> None:
     """Selection confusion at one stage: each sample's true task against the task whose prompt ranked first
     (the last of `selected`, which is in ascending score order)."""
-    from modalprompt.plots import confusion_png
+    from modalprompt.scoring.plots import confusion_png
 
     tasks = list(args.tasks)
     if len(args.predictions) != len(tasks):
@@ -272,7 +272,7 @@ def _cmd_track(args: argparse.Namespace) -> None:
 
 def _cmd_validate(args: argparse.Namespace) -> int:
     """Every problem of a CoIN task folder, or of every task in a config; exit 1 when any is found."""
-    from modalprompt.validation import (
+    from modalprompt.data.validation import (
         ImageChecker,
         load_records,
         validate_eval_records,
@@ -301,7 +301,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_metrics(args: argparse.Namespace) -> None:
-    from modalprompt.metrics import compute_metrics, read_matrix
+    from modalprompt.scoring.metrics import compute_metrics, read_matrix
 
     tasks, matrix = read_matrix(args.matrix)
     result = compute_metrics(tasks, matrix)
@@ -317,26 +317,26 @@ def _cmd_metrics(args: argparse.Namespace) -> None:
 
 
 def _cmd_convert(args: argparse.Namespace) -> None:
-    from modalprompt.backbone import convert_llava
+    from modalprompt.bases.backbone import convert_llava
 
     print(convert_llava(args.src, args.dst, args.clip))
 
 
 def _cmd_make_tiny_base(args: argparse.Namespace) -> None:
-    from modalprompt.tiny import build_tiny_base
+    from modalprompt.bench.tiny import build_tiny_base
 
     llava, clip = build_tiny_base(args.llava, args.clip, seed=args.seed)
     print(json.dumps({"llava": str(llava), "clip": str(clip)}))
 
 
 def _cmd_make_toy_data(args: argparse.Namespace) -> None:
-    from modalprompt.tiny import write_toy_tasks
+    from modalprompt.bench.tiny import write_toy_tasks
 
     print(json.dumps({k: str(v) for k, v in write_toy_tasks(args.out, seed=args.seed).items()}))
 
 
 def _cmd_make_minicoin(args: argparse.Namespace) -> None:
-    from modalprompt import minicoin
+    from modalprompt.bench import minicoin
 
     folders = {
         t: str(minicoin.write_task(args.out, t, args.train_size, args.test_size, args.seed))
@@ -350,8 +350,8 @@ def _cmd_make_minicoin(args: argparse.Namespace) -> None:
 
 
 def _cmd_pretrain_base(args: argparse.Namespace) -> None:
+    from modalprompt.bench.pretrain import pretrain_base
     from modalprompt.config import PretrainConfig, from_dict
-    from modalprompt.pretrain import pretrain_base
 
     settings = (
         from_dict(PretrainConfig, json.loads(args.settings), "--settings")
@@ -376,10 +376,10 @@ def _cmd_run(args: argparse.Namespace) -> None:
     """Every stage in order, every (stage s, task j <= s) evaluation and its score, in one process with one
     loaded base model (no Snakemake, no MLflow); then the matrices and metrics, in the pipeline's layout."""
     from modalprompt import layout
-    from modalprompt.backbone import load_backbone
-    from modalprompt.evaluate import evaluate_stage
-    from modalprompt.scoring import score_predictions
-    from modalprompt.train import train_stage
+    from modalprompt.bases.backbone import load_backbone
+    from modalprompt.run.evaluate import evaluate_stage
+    from modalprompt.run.train import train_stage
+    from modalprompt.scoring.scorers import score_predictions
 
     cfg = load_experiment(args.config)
     backbone = load_backbone(cfg.model)
@@ -573,7 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("make-minicoin", help="write mini-CoIN tasks (and the generic pretraining corpus)")
     p.add_argument("out", type=Path, help="folder for one sub-folder per task")
-    p.add_argument("--tasks", nargs="+", default=[], help="task names from modalprompt.minicoin.TASKS")
+    p.add_argument("--tasks", nargs="+", default=[], help="task names from modalprompt.bench.minicoin.TASKS")
     p.add_argument("--train-size", type=int, default=200)
     p.add_argument("--test-size", type=int, default=50)
     p.add_argument(

@@ -64,7 +64,7 @@ class ModelSource(enum.StrEnum):
 class Generator(enum.StrEnum):
     NONE = "none"  # the task files are given
     TOY = "toy"  # three toy tasks under <paths.data>/toy (the quick demo)
-    MINICOIN = "minicoin"  # mini-CoIN's tasks under <paths.data>/minicoin (modalprompt.minicoin)
+    MINICOIN = "minicoin"  # mini-CoIN's tasks under <paths.data>/minicoin (modalprompt.bench.minicoin)
 
 
 class Strategy(enum.StrEnum):
@@ -82,7 +82,7 @@ TRAINED_BY = {  # whose stage checkpoints a method evaluates (None: no prompts)
 }
 
 
-class Scorer(enum.StrEnum):  # modalprompt.scoring.SCORERS
+class Scorer(enum.StrEnum):  # modalprompt.scoring.scorers.SCORERS
     OPTION_LETTER = "option_letter"
     VQA_SOFT = "vqa_soft"
     EXACT_MATCH = "exact_match"

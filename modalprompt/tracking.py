@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from modalprompt import layout
-from modalprompt.metrics import SUMMARY_METRICS
+from modalprompt.scoring.metrics import SUMMARY_METRICS
 
 KEY_TAG = "modalprompt.key"
 HASH_TAG = "modalprompt.hash"
@@ -216,7 +216,7 @@ def sync_comparison(uri: str, experiment: str, results: Path, methods: list[str]
 def _summary_metrics(folder: Path, tasks: list[str]) -> list[tuple[str, float, int]]:
     """avg, bwt, ..., selection_accuracy at step 0 (metrics.json); acc/<task> and selection/<task> with
     step = stage."""
-    from modalprompt.metrics import read_matrix
+    from modalprompt.scoring.metrics import read_matrix
 
     metrics = json.loads((folder / "metrics.json").read_text())
     out = [(name, metrics[name], 0) for name in SUMMARY_METRICS if metrics.get(name) is not None]

@@ -12,8 +12,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from modalprompt.backbone import load_backbone
-from modalprompt.checkpoint import TENSORS_FILE
+from modalprompt.bases.backbone import load_backbone
+from modalprompt.bench.tiny import build_tiny_base, write_toy_tasks
 from modalprompt.config import (
     EvaluationConfig,
     MethodConfig,
@@ -22,7 +22,7 @@ from modalprompt.config import (
     TrainingConfig,
     job_to_json,
 )
-from modalprompt.tiny import build_tiny_base, write_toy_tasks
+from modalprompt.run.checkpoint import TENSORS_FILE
 
 
 @pytest.fixture(scope="session")

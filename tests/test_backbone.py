@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import CLIPModel, LlamaForCausalLM
 
-from modalprompt.backbone import (
+from modalprompt.bases.backbone import (
     BaseModelError,
     check_llava_folder,
     fingerprint_folder,
@@ -19,9 +19,9 @@ from modalprompt.backbone import (
     resolve_attention,
     resolve_dtype,
 )
+from modalprompt.bench.tiny import build_llm_tokenizer, tiny_configs
 from modalprompt.cli import main
 from modalprompt.config import Attention, DType, ModelConfig
-from modalprompt.tiny import build_llm_tokenizer, tiny_configs
 
 
 def _write_original_llava(folder, clip_dir, as_pickle=False):
@@ -96,7 +96,7 @@ def test_load_rejects_folders_that_are_not_models(tmp_path, tiny_base):
 
 
 def test_fingerprint_is_stable_and_separates_models(tiny_base, tmp_path):
-    from modalprompt.tiny import build_tiny_base
+    from modalprompt.bench.tiny import build_tiny_base
 
     assert fingerprint_folder(tiny_base[0]) == fingerprint_folder(tiny_base[0])
     other, _ = build_tiny_base(tmp_path / "llava", tmp_path / "clip", seed=1)
@@ -146,7 +146,7 @@ def test_missing_or_truncated_weights_are_named(tiny_base, tmp_path):
 
 def test_nothing_is_unpickled():
     """Only safetensors and JSON are read: no pickle import, every torch.load with weights_only=True."""
-    for path in (Path(__file__).resolve().parents[1] / "modalprompt").glob("*.py"):
+    for path in (Path(__file__).resolve().parents[1] / "modalprompt").rglob("*.py"):
         source = path.read_text()
         assert "import pickle" not in source and "pickle.load" not in source, path.name
         for call in re.findall(r"torch\.load\(([^)]*)\)", source):

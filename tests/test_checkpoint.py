@@ -5,8 +5,11 @@ import json
 
 import pytest
 
-from modalprompt.backbone import load_backbone
-from modalprompt.checkpoint import (
+from modalprompt.bases.backbone import load_backbone
+from modalprompt.bench.tiny import build_tiny_base
+from modalprompt.config import ModelConfig
+from modalprompt.model.wrapper import ModalPromptModel
+from modalprompt.run.checkpoint import (
     META_FILE,
     TENSORS_FILE,
     CheckpointError,
@@ -14,10 +17,7 @@ from modalprompt.checkpoint import (
     load_stages,
     read_meta,
 )
-from modalprompt.config import ModelConfig
-from modalprompt.model import ModalPromptModel
-from modalprompt.tiny import build_tiny_base
-from modalprompt.train import train_stage
+from modalprompt.run.train import train_stage
 
 
 @pytest.fixture

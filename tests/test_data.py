@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from modalprompt.data import (
+from modalprompt.data.datasets import (
     IGNORE_INDEX,
     SYSTEM_PROMPT,
     ConversationEncoder,

@@ -12,10 +12,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from modalprompt.backbone import load_backbone
-from modalprompt.checkpoint import TENSORS_FILE
+from modalprompt.bases.backbone import load_backbone
 from modalprompt.config import MethodConfig, ModelConfig, TrainingConfig, TrainJob, job_to_json
-from modalprompt.train import train_stage
+from modalprompt.run.checkpoint import TENSORS_FILE
+from modalprompt.run.train import train_stage
 
 pytestmark = pytest.mark.slow
 

@@ -22,7 +22,7 @@ from modalprompt.config import (
     TrainJob,
     experiment_from_dict,
 )
-from modalprompt.engine import PlainEngine, deepspeed_config, make_engine
+from modalprompt.run.engine import PlainEngine, deepspeed_config, make_engine
 
 
 def test_deepspeed_config_takes_zero_and_offload_from_engine_and_the_rest_from_training():
@@ -123,9 +123,9 @@ def test_zero3_shards_the_frozen_base_and_leaves_the_trained_tensors_whole(tiny_
     pytest.importorskip("deepspeed")
     import torch.distributed as dist
 
-    from modalprompt.backbone import load_backbone
-    from modalprompt.engine import ShardedBaseEngine
-    from modalprompt.model import ModalPromptModel
+    from modalprompt.bases.backbone import load_backbone
+    from modalprompt.model.wrapper import ModalPromptModel
+    from modalprompt.run.engine import ShardedBaseEngine
 
     backbone = load_backbone(
         ModelConfig(llava=str(tiny_base[0]), clip=str(tiny_base[1]), device="cpu", dtype=DType.BFLOAT16)

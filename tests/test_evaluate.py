@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from modalprompt.evaluate import evaluate_stage
-from modalprompt.train import train_stage
+from modalprompt.run.evaluate import evaluate_stage
+from modalprompt.run.train import train_stage
 
 
 def test_batched_generation_equals_one_sample_at_a_time(
@@ -75,7 +75,7 @@ def test_skipped_bad_records_are_written_and_scored_apart(
 ):
     from modalprompt.config import DataConfig
     from modalprompt.errors import DataError
-    from modalprompt.scoring import score_predictions
+    from modalprompt.scoring.scorers import score_predictions
 
     task = toy_tasks["colors"]
     records = json.loads(Path(task.eval_file).read_text())

@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import same_tensors, train_cli
 
-from modalprompt.backbone import load_backbone
+from modalprompt.bases.backbone import load_backbone
 from modalprompt.config import DType, EvaluationConfig, MethodConfig, ModelConfig, TrainingConfig, TrainJob
-from modalprompt.evaluate import evaluate_stage
-from modalprompt.train import train_stage
+from modalprompt.run.evaluate import evaluate_stage
+from modalprompt.run.train import train_stage
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 

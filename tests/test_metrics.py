@@ -6,7 +6,7 @@ import pytest
 
 from modalprompt.cli import main
 from modalprompt.errors import DataError
-from modalprompt.metrics import compute_metrics, format_matrix, read_matrix, selection_accuracy
+from modalprompt.scoring.metrics import compute_metrics, format_matrix, read_matrix, selection_accuracy
 
 MATRIX = """stage,a,b,c
 0,10,20,30
@@ -109,7 +109,7 @@ def test_scoring_and_metrics_import_no_torch():
     import subprocess
     import sys
 
-    code = "import sys, modalprompt.scoring, modalprompt.metrics; sys.exit('torch' in sys.modules)"
+    code = "import sys, modalprompt.scoring.scorers, modalprompt.scoring.metrics; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 

@@ -5,12 +5,12 @@ import random
 
 import pytest
 
-from modalprompt import minicoin
-from modalprompt.backbone import load_backbone
+from modalprompt.bases.backbone import load_backbone
+from modalprompt.bench import minicoin
+from modalprompt.bench.pretrain import pretrain_base
 from modalprompt.config import ModelConfig, PretrainConfig
-from modalprompt.pretrain import pretrain_base
-from modalprompt.scoring import score
-from modalprompt.validation import parse_box, validate_folder
+from modalprompt.data.validation import parse_box, validate_folder
+from modalprompt.scoring.scorers import score
 
 
 @pytest.mark.parametrize("task", minicoin.TASKS)

@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers import CLIPModel
 
-from modalprompt.backbone import load_backbone
+from modalprompt.bases.backbone import load_backbone
+from modalprompt.bench.tiny import build_tiny_base
 from modalprompt.config import ModelConfig, TextFeature
-from modalprompt.data import Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
-from modalprompt.model import IGNORE_INDEX, ModalPromptModel, insert_prompts
-from modalprompt.prompts import PromptStore, TaskPrompt
-from modalprompt.tiny import build_tiny_base
+from modalprompt.data.datasets import Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
+from modalprompt.model.prompts import PromptStore, TaskPrompt
+from modalprompt.model.wrapper import IGNORE_INDEX, ModalPromptModel, insert_prompts
 
 
 def _batch(backbone, task, n=4):

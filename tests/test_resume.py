@@ -15,10 +15,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from modalprompt.checkpoint import TENSORS_FILE
 from modalprompt.config import ModelConfig, TrainJob, job_to_json
-from modalprompt.resume import Preempted, ResumeState
-from modalprompt.train import train_stage
+from modalprompt.run.checkpoint import TENSORS_FILE
+from modalprompt.run.resume import Preempted, ResumeState
+from modalprompt.run.train import train_stage
 
 
 def _tensors(folder):

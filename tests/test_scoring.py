@@ -5,7 +5,7 @@ import json
 import pytest
 
 from modalprompt.errors import DataError
-from modalprompt.scoring import normalize_vqa_answer, score, score_predictions
+from modalprompt.scoring.scorers import normalize_vqa_answer, score, score_predictions
 
 
 @pytest.mark.parametrize(

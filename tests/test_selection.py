@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from modalprompt.selection import select_for_inference, select_for_training, task_scores
+from modalprompt.model.selection import select_for_inference, select_for_training, task_scores
 
 
 def test_scores_match_hand_computation():

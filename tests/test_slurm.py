@@ -19,10 +19,10 @@ import safetensors.torch
 import torch
 import yaml
 
-from modalprompt.checkpoint import TENSORS_FILE
 from modalprompt.config import MethodConfig, ModelConfig, TrainingConfig, TrainJob, job_to_json
-from modalprompt.resume import ResumeState
-from modalprompt.train import train_stage
+from modalprompt.run.checkpoint import TENSORS_FILE
+from modalprompt.run.resume import ResumeState
+from modalprompt.run.train import train_stage
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "workflow" / "Snakefile"
@@ -89,7 +89,7 @@ def test_two_srun_tasks_equal_one_process(tiny_base, toy_tasks, tmp_path):
                 *_train_args(job, tmp_path / "two"), timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert len([line for line in done.stdout.splitlines() if line.startswith("{")]) == 1  # rank 0 reports
-    from modalprompt.backbone import load_backbone
+    from modalprompt.bases.backbone import load_backbone
 
     one = train_stage(
         load_backbone(model), job.method, single, job.task, [], tmp_path / "one", progress=False

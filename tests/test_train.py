@@ -7,10 +7,10 @@ import pytest
 import safetensors.torch
 import torch
 
-from modalprompt.checkpoint import META_FILE, TENSORS_FILE, read_meta
 from modalprompt.config import Schedule
-from modalprompt.model import ModalPromptModel
-from modalprompt.train import (
+from modalprompt.model.wrapper import ModalPromptModel
+from modalprompt.run.checkpoint import META_FILE, TENSORS_FILE, read_meta
+from modalprompt.run.train import (
     _require_only_current_trainable,
     lr_multiplier,
     shard_batches,
@@ -81,7 +81,7 @@ def test_twelve_tasks_open_ended(backbone, method, training, toy_tasks, tmp_path
         )
     assert read_meta(folders[-1]).stage == 12
     from modalprompt.config import EvaluationConfig
-    from modalprompt.evaluate import evaluate_stage
+    from modalprompt.run.evaluate import evaluate_stage
 
     result = evaluate_stage(
         backbone,

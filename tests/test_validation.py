@@ -5,14 +5,14 @@ import json
 import pytest
 from PIL import Image
 
-from modalprompt.data import ConversationEncoder, EvalDataset, ImagePreprocessor, TrainDataset
-from modalprompt.errors import DataError
-from modalprompt.validation import (
+from modalprompt.data.datasets import ConversationEncoder, EvalDataset, ImagePreprocessor, TrainDataset
+from modalprompt.data.validation import (
     ImageChecker,
     validate_eval_records,
     validate_folder,
     validate_train_records,
 )
+from modalprompt.errors import DataError
 
 
 def _turns(*values):

@@ -4,7 +4,7 @@ import shlex
 from pathlib import Path
 
 from modalprompt import layout
-from modalprompt.metrics import SUMMARY_METRICS
+from modalprompt.scoring.metrics import SUMMARY_METRICS
 from modalprompt.config import (
     TRAINED_BY,
     ConfigError,

@@ -1,6 +1,6 @@
 # Base-model preparation and the demo's data: steps of the DAG like any other.
-from modalprompt import minicoin
-from modalprompt.tiny import TOY_TASKS
+from modalprompt.bench import minicoin
+from modalprompt.bench.tiny import TOY_TASKS
 
 MINICOIN_DIR = Path(EXP.paths.data) / "minicoin"
 

@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from modalprompt.backbone import Backbone
+from modalprompt.bases.backbone import Backbone
 from modalprompt.config import MethodConfig, TextFeature
-from modalprompt.data import Batch
-from modalprompt.prompts import PromptStore, TaskPrompt
-from modalprompt.selection import select_for_inference, select_for_training, task_scores
+from modalprompt.data.datasets import Batch
+from modalprompt.model.prompts import PromptStore, TaskPrompt
+from modalprompt.model.selection import select_for_inference, select_for_training, task_scores
 
 IGNORE_INDEX = -100
 

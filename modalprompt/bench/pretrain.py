@@ -22,10 +22,16 @@ from transformers import (
     LlavaForConditionalGeneration,
 )
 
-from modalprompt import minicoin
+from modalprompt.bench import minicoin
+from modalprompt.bench.tiny import build_clip_tokenizer, build_llm_tokenizer, save_base, tiny_configs
 from modalprompt.config import PretrainConfig, to_jsonable
-from modalprompt.data import SYSTEM_PROMPT, Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
-from modalprompt.tiny import build_clip_tokenizer, build_llm_tokenizer, save_base, tiny_configs
+from modalprompt.data.datasets import (
+    SYSTEM_PROMPT,
+    Collator,
+    ConversationEncoder,
+    ImagePreprocessor,
+    TrainDataset,
+)
 
 
 def _corpus_texts(records: list[dict]) -> list[str]:

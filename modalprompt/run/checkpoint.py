@@ -20,10 +20,10 @@ import torch
 from modalprompt import __version__
 from modalprompt.errors import CheckpointError
 from modalprompt.files import atomic_write_bytes, atomic_write_text, sha256_file
-from modalprompt.prompts import TaskPrompt
+from modalprompt.model.prompts import TaskPrompt
 
 if TYPE_CHECKING:
-    from modalprompt.model import ModalPromptModel
+    from modalprompt.model.wrapper import ModalPromptModel
 
 TENSORS_FILE = "task.safetensors"
 META_FILE = "stage.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from modalprompt.metrics import Matrix
+from modalprompt.scoring.metrics import Matrix
 
 
 def heatmap_png(tasks: list[str], matrix: Matrix, title: str) -> bytes:

@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from modalprompt.errors import DataError
-from modalprompt.validation import (
+from modalprompt.data.validation import (
     ImageChecker,
     Problem,
     load_records,

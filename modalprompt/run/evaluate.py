@@ -14,12 +14,12 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from modalprompt.backbone import Backbone
-from modalprompt.checkpoint import atomic_write_text, load_stages
+from modalprompt.bases.backbone import Backbone
 from modalprompt.config import DataConfig, EvaluationConfig, MethodConfig, Strategy, TaskConfig
-from modalprompt.data import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
-from modalprompt.model import ModalPromptModel
-from modalprompt.validation import Problem
+from modalprompt.data.datasets import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
+from modalprompt.data.validation import Problem
+from modalprompt.model.wrapper import ModalPromptModel
+from modalprompt.run.checkpoint import atomic_write_text, load_stages
 
 
 @dataclass

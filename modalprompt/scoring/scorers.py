@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modalprompt.data.validation import load_records, parse_box
 from modalprompt.errors import DataError
-from modalprompt.validation import load_records, parse_box
 
 # ------------------------------------------------------------------ the official VQA answer normalisation
 

@@ -27,8 +27,7 @@ import transformers
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from modalprompt.backbone import Backbone
-from modalprompt.checkpoint import StageMeta, load_stages, save_stage
+from modalprompt.bases.backbone import Backbone
 from modalprompt.config import (
     DataConfig,
     EngineConfig,
@@ -40,11 +39,13 @@ from modalprompt.config import (
     config_hash,
     to_jsonable,
 )
-from modalprompt.data import Batch, Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
-from modalprompt.engine import make_engine
-from modalprompt.model import ModalPromptModel
-from modalprompt.prompts import PromptStore
-from modalprompt.resume import (
+from modalprompt.data.datasets import Batch, Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
+from modalprompt.data.validation import Problem, Report
+from modalprompt.model.prompts import PromptStore
+from modalprompt.model.wrapper import ModalPromptModel
+from modalprompt.run.checkpoint import StageMeta, load_stages, save_stage
+from modalprompt.run.engine import make_engine
+from modalprompt.run.resume import (
     Preempted,
     ResumeState,
     clear_state,
@@ -53,7 +54,6 @@ from modalprompt.resume import (
     save_state,
     set_rng_states,
 )
-from modalprompt.validation import Problem, Report
 
 
 @dataclass
@@ -209,10 +209,10 @@ def train_stage(
     `seq_prompt` (the forgetting baseline) trains one shared prompt: stage t starts from stage t-1's
     tensors and uses only that prompt, with no selection and no alignment terms.
 
-    With `state_dir`, a mid-stage state (modalprompt.resume) is saved every `save_every_steps` optimizer
+    With `state_dir`, a mid-stage state (modalprompt.run.resume) is saved every `save_every_steps` optimizer
     steps (0: never on a schedule) and when SIGUSR1 or SIGTERM arrives (then `Preempted` is raised after
     the step); a state found there is resumed. The finished stage removes it. `engine` picks plain data
-    parallel or DeepSpeed ZeRO (modalprompt.engine); DeepSpeed stages save no mid-stage state."""
+    parallel or DeepSpeed ZeRO (modalprompt.run.engine); DeepSpeed stages save no mid-stage state."""
     rank, world = _rank_world()
     torch.manual_seed(training.seed)
     shared = strategy == Strategy.SEQ_PROMPT

@@ -36,7 +36,8 @@ import torch
 import yaml
 
 from modalprompt.bases.backbone import load_backbone
-from modalprompt.bench.tiny import build_tiny_base, write_toy_tasks
+from modalprompt.bench.tiny import build_tiny_base
+from modalprompt.bench.toy import write_toy_tasks
 from modalprompt.config import MethodConfig, ModelConfig
 from modalprompt.data.datasets import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
 from modalprompt.model.selection import select_for_inference, task_scores

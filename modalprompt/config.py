@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from modalprompt import methods
+
 T = typing.TypeVar("T")
 
 TASK_NAME_PATTERN = r"^[A-Za-z0-9_-]+$"
@@ -67,19 +69,8 @@ class Generator(enum.StrEnum):
     MINICOIN = "minicoin"  # mini-CoIN's tasks under <paths.data>/minicoin (modalprompt.bench.minicoin)
 
 
-class Strategy(enum.StrEnum):
-    MODALPROMPT = "modalprompt"  # the method: a prompt per task, selected by CLIP image and text features
-    SEQ_PROMPT = "seq_prompt"  # baseline: one shared prompt tuned task after task (forgets)
-    ORACLE = "oracle"  # ModalPrompt's prompts, but each sample's own task is always selected (upper bound)
-    ZERO_SHOT = "zero_shot"  # the base model without prompts
-
-
-TRAINED_BY = {  # whose stage checkpoints a method evaluates (None: no prompts)
-    Strategy.MODALPROMPT: Strategy.MODALPROMPT,
-    Strategy.SEQ_PROMPT: Strategy.SEQ_PROMPT,
-    Strategy.ORACLE: Strategy.MODALPROMPT,
-    Strategy.ZERO_SHOT: None,
-}
+# The methods of modalprompt.methods, by name (pipeline.methods; the method a job runs).
+MethodName = enum.StrEnum("MethodName", {name.upper(): name for name in methods.REGISTRY})
 
 
 class Scorer(enum.StrEnum):  # modalprompt.scoring.scorers.SCORERS
@@ -329,9 +320,11 @@ class PipelineConfig:
         "Also evaluate the base model without prompts (row 0) and each stage on the next task (for fwt).",
         default=True,
     )
-    methods: tuple[Strategy, ...] = _help(
-        "Methods to run side by side: modalprompt, seq_prompt, oracle, zero_shot.",
-        default=(Strategy.MODALPROMPT,),
+    methods: tuple[MethodName, ...] = _help(
+        "Methods to run side by side: "
+        + "; ".join(f"{m.name}: {m.summary}" for m in methods.REGISTRY.values())
+        + ".",
+        default=(MethodName("modalprompt"),),
     )
     generate_data: Generator = _help(
         "Write the task files as a pipeline step: none (given), toy (the demo) or minicoin.",
@@ -416,9 +409,12 @@ class ExperimentConfig:
 class TrainJob:
     """Exactly what a stage's training job needs (and what makes it rerun when it changes)."""
 
-    strategy: Strategy = _help("modalprompt or seq_prompt.", default=Strategy.MODALPROMPT)
+    method_name: MethodName = _help("The method whose stage this is.", default=MethodName("modalprompt"))
     model: ModelConfig = _help("Base models.", default_factory=ModelConfig)
-    method: MethodConfig = _help("Method knobs.", default_factory=MethodConfig)
+    method: MethodConfig = _help(
+        "The method settings this method trains with (those it ignores at fixed values).",
+        default_factory=MethodConfig,
+    )
     training: TrainingConfig = _help(
         "This task's training settings, overrides applied.", default_factory=TrainingConfig
     )
@@ -430,12 +426,11 @@ class TrainJob:
 class EvalJob:
     """Exactly what one evaluation job needs."""
 
-    strategy: Strategy = _help(
-        "How prompts are chosen: modalprompt, seq_prompt, oracle, zero_shot.", default=Strategy.MODALPROMPT
-    )
+    method_name: MethodName = _help("The method evaluated.", default=MethodName("modalprompt"))
     model: ModelConfig = _help("Base models.", default_factory=ModelConfig)
     method: MethodConfig = _help(
-        "Method knobs (selection uses lam and transfer_num).", default_factory=MethodConfig
+        "The method settings this method evaluates with (those it ignores at fixed values).",
+        default_factory=MethodConfig,
     )
     evaluation: EvaluationConfig = _help(
         "This task's evaluation settings, overrides applied.", default_factory=EvaluationConfig
@@ -444,17 +439,26 @@ class EvalJob:
     task: TaskConfig = _help("The task, paths resolved.", default_factory=TaskConfig)
 
 
-def train_job(cfg: ExperimentConfig, name: str, strategy: Strategy = Strategy.MODALPROMPT) -> TrainJob:
+def train_job(cfg: ExperimentConfig, name: str, method_name: str = "modalprompt") -> TrainJob:
     """Training reads the train file and images only: the eval file and the scorer are left out, so
-    changing them does not retrain."""
+    changing them does not retrain. The method keeps only the method settings it trains with."""
+    method = methods.get(method_name)
+    if not method.trains:
+        raise ConfigError(
+            f"method {method.name!r} trains nothing (it evaluates {method.prompts_of!r}'s prompts)"
+        )
     task = dataclasses.replace(_bare(cfg.task(name)), eval_file="", scorer=Scorer.EXACT_MATCH)
-    return TrainJob(Strategy(strategy), cfg.model, cfg.method, cfg.training_for(name), cfg.data, task)
+    return TrainJob(MethodName(method.name), cfg.model, method.training_settings(cfg.method),
+                    cfg.training_for(name), cfg.data, task)  # fmt: skip
 
 
-def eval_job(cfg: ExperimentConfig, name: str, strategy: Strategy = Strategy.MODALPROMPT) -> EvalJob:
-    """Evaluation reads the eval file and images only; scoring is a later step with its own settings."""
+def eval_job(cfg: ExperimentConfig, name: str, method_name: str = "modalprompt") -> EvalJob:
+    """Evaluation reads the eval file and images only; scoring is a later step with its own settings. The
+    method keeps only the method settings it evaluates with."""
+    method = methods.get(method_name)
     task = dataclasses.replace(_bare(cfg.task(name)), train_file="", scorer=Scorer.EXACT_MATCH)
-    return EvalJob(Strategy(strategy), cfg.model, cfg.method, cfg.evaluation_for(name), cfg.data, task)
+    return EvalJob(MethodName(method.name), cfg.model, method.evaluation_settings(cfg.method),
+                   cfg.evaluation_for(name), cfg.data, task)  # fmt: skip
 
 
 def _bare(task: TaskConfig) -> TaskConfig:

@@ -3,19 +3,24 @@ so the files, the contract between jobs, have one definition.
 
     <results>/<experiment>/<method>/stage-<s>/checkpoint/{task.safetensors, stage.json}
     <results>/<experiment>/<method>/stage-<s>/history.jsonl         per-step training metrics
+    <results>/<experiment>/<method>/stage-<s>/resume/               mid-stage state while it trains
     <results>/<experiment>/<method>/stage-<s>/eval/<task>.jsonl      predictions (stage 0: no prompts)
     <results>/<experiment>/<method>/stage-<s>/eval/<task>.score.json
     <results>/<experiment>/<method>/{matrix.csv, selection.csv, metrics.json, heatmap.png}
     <results>/<experiment>/<method>/selection_confusion.{csv,png}   (methods that select prompts)
     <results>/<experiment>/comparison/{forgetting.png, metrics.csv}  (all methods side by side)
     <results>/<experiment>/{tracking.json, mlflow.db, logs/, benchmarks/}
+
+Functions take the stage and method as values or as Snakemake wildcards ("{stage}", "{method}"): the rules
+build their outputs here too.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-METHOD = "modalprompt"
+TENSORS_FILE = "task.safetensors"  # a stage checkpoint's trained tensors
+META_FILE = "stage.json"  # and its metadata, written last
 BASE_METHOD = "zero_shot"  # row 0 (the base model without prompts) is evaluated once, under this method
 
 
@@ -30,6 +35,12 @@ def stage_dir(results: Path, method: str, stage: int) -> Path:
 
 def checkpoint_dir(results: Path, method: str, stage: int) -> Path:
     return stage_dir(results, method, stage) / "checkpoint"
+
+
+def checkpoint_files(results: Path, method: str, stage: int) -> list[Path]:
+    """The two files of a stage checkpoint, metadata first."""
+    folder = checkpoint_dir(results, method, stage)
+    return [folder / META_FILE, folder / TENSORS_FILE]
 
 
 def history_file(results: Path, method: str, stage: int) -> Path:
@@ -55,6 +66,29 @@ def evaluation_cells(tasks: list[str], zero_shot: bool) -> list[tuple[int, str]]
 
 def method_dir(results: Path, method: str) -> Path:
     return Path(results) / method
+
+
+def resume_dir(results: Path, method: str, stage: int) -> Path:
+    """A training stage's mid-stage state: not an output of the stage, so a stopped attempt keeps it."""
+    return stage_dir(results, method, stage) / "resume"
+
+
+def comparison_dir(results: Path) -> Path:
+    return Path(results) / "comparison"
+
+
+def log_file(results: Path, method: str | None, name: str) -> Path:
+    """A job's log: <results>/logs/[<method>/]<name>.log"""
+    return Path(results) / "logs" / (method or "") / f"{name}.log"
+
+
+def benchmark_file(results: Path, method: str | None, name: str) -> Path:
+    """A job's Snakemake benchmark (time, memory): <results>/benchmarks/[<method>/]<name>.tsv"""
+    return Path(results) / "benchmarks" / (method or "") / f"{name}.tsv"
+
+
+def tracking_file(results: Path) -> Path:
+    return Path(results) / "tracking.json"
 
 
 SUMMARY_FILES = ("matrix.csv", "selection.csv", "metrics.json", "heatmap.png")

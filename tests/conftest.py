@@ -13,7 +13,8 @@ import safetensors.torch
 import torch
 
 from modalprompt.bases.backbone import load_backbone
-from modalprompt.bench.tiny import build_tiny_base, write_toy_tasks
+from modalprompt.bench.tiny import build_tiny_base
+from modalprompt.bench.toy import write_toy_tasks
 from modalprompt.config import (
     EvaluationConfig,
     MethodConfig,

@@ -108,8 +108,6 @@ def test_skipped_bad_records_are_written_and_scored_apart(
 def test_oracle_ranks_each_samples_own_task_first(
     backbone, method, training, evaluation, toy_tasks, tmp_path
 ):
-    from modalprompt.config import Strategy
-
     checkpoints = []
     for i, name in enumerate(("colors", "shapes", "count", "colors")):
         task = dataclasses.replace(toy_tasks[name], name=f"{name}{i}")
@@ -117,34 +115,32 @@ def test_oracle_ranks_each_samples_own_task_first(
                                        checkpoints, tmp_path / str(i), progress=False).checkpoint)  # fmt: skip
     own = dataclasses.replace(toy_tasks["shapes"], name="shapes1")
     oracle = evaluate_stage(
-        backbone, method, evaluation, own, checkpoints, strategy=Strategy.ORACLE, progress=False
+        backbone, method, evaluation, own, checkpoints, method_name="oracle", progress=False
     )
     assert all(p.selected[-1] == "shapes1" and len(p.selected) == 3 for p in oracle.predictions)
     for p in oracle.predictions:  # the rest still by score, ascending
         rest = [p.scores[n] for n in p.selected[:-1]]
         assert rest == sorted(rest)
     unseen = evaluate_stage(backbone, method, evaluation, toy_tasks["count"], checkpoints[:1],
-                            strategy=Strategy.ORACLE, progress=False)  # fmt: skip
+                            method_name="oracle", progress=False)  # fmt: skip
     assert all(p.selected == ["colors0"] for p in unseen.predictions)  # an unlearned task: plain selection
 
 
 def test_seq_prompt_continues_one_shared_prompt(backbone, method, training, evaluation, toy_tasks, tmp_path):
     import safetensors.torch
 
-    from modalprompt.config import Strategy
-
     first = train_stage(backbone, method, training, toy_tasks["colors"], [], tmp_path / "1",
-                        strategy=Strategy.SEQ_PROMPT, progress=False)  # fmt: skip
+                        method_name="seq_prompt", progress=False)  # fmt: skip
     frozen = dataclasses.replace(training, lr=1e-30, warmup_ratio=0.0)  # a step that changes nothing
     second = train_stage(backbone, method, frozen, toy_tasks["shapes"], [first.checkpoint], tmp_path / "2",
-                         strategy=Strategy.SEQ_PROMPT, progress=False)  # fmt: skip
+                         method_name="seq_prompt", progress=False)  # fmt: skip
     a = safetensors.torch.load_file(first.checkpoint / "task.safetensors")
     b = safetensors.torch.load_file(second.checkpoint / "task.safetensors")
     assert all(torch.allclose(a[k], b[k]) for k in a)  # stage 2 started from stage 1's prompt
     assert second.history[-1].loss == pytest.approx(second.history[-1].ce)  # no alignment terms
     result = evaluate_stage(backbone, method, evaluation, toy_tasks["colors"], [first.checkpoint, second.checkpoint],
-                            strategy=Strategy.SEQ_PROMPT, progress=False)  # fmt: skip
+                            method_name="seq_prompt", progress=False)  # fmt: skip
     assert all(p.selected == [] and p.scores == {} for p in result.predictions)
     with pytest.raises(ValueError, match="zero_shot evaluates the base model"):
         evaluate_stage(backbone, method, evaluation, toy_tasks["colors"], [first.checkpoint],
-                       strategy=Strategy.ZERO_SHOT, progress=False)  # fmt: skip
+                       method_name="zero_shot", progress=False)  # fmt: skip

@@ -219,7 +219,7 @@ def test_clip_whose_features_do_not_fit_the_keys_is_named(backbone, method):
     with pytest.raises(
         ValueError, match=r"text_feature='pooled' gives \d+-d text features but the image query is"
     ):
-        ModalPromptModel(other, method)
+        ModalPromptModel(other, method).add_task("a", seed=0)
 
 
 def test_inference_keys_are_computed_once_and_follow_any_write(backbone, method):

@@ -8,15 +8,11 @@ import safetensors.torch
 import torch
 
 from modalprompt.config import Schedule
+from modalprompt.model.prompts import stage_seed
 from modalprompt.model.wrapper import ModalPromptModel
 from modalprompt.run.checkpoint import META_FILE, TENSORS_FILE, read_meta
-from modalprompt.run.train import (
-    _require_only_current_trainable,
-    lr_multiplier,
-    shard_batches,
-    stage_seed,
-    train_stage,
-)
+from modalprompt.run.schedule import lr_multiplier, shard_batches
+from modalprompt.run.train import _require_only_current_trainable, train_stage
 
 
 def _train_sequence(backbone, method, training, tasks, root: Path, names=("colors", "shapes", "count")):
@@ -102,12 +98,12 @@ def test_training_is_deterministic_on_cpu(backbone, method, training, toy_tasks,
 
 def test_only_current_task_may_train(backbone, method):
     model = ModalPromptModel(backbone, method)
-    model.add_task("a", seed=0)
-    assert len(_require_only_current_trainable(model)) == 5
+    current = model.add_task("a", seed=0)
+    assert len(_require_only_current_trainable(model, current)) == 5
     backbone.llava.lm_head.weight.requires_grad_(True)
     try:
         with pytest.raises(RuntimeError, match="only the current task"):
-            _require_only_current_trainable(model)
+            _require_only_current_trainable(model, current)
     finally:
         backbone.llava.lm_head.weight.requires_grad_(False)
 

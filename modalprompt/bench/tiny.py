@@ -1,19 +1,14 @@
-"""Tiny local base models and a toy task sequence, built offline and deterministically.
-
-`build_tiny_base` writes a llava-hf folder and a CLIP folder (random weights, tokenizers trained here, the
-same vision tower in both) that load through the production code path. `write_toy_tasks` writes a
-three-task CoIN-format dataset with Pillow-drawn images. Tests and the CLI quick start use both.
+"""Tiny local base models, built offline and deterministically: `build_tiny_base` writes a llava-hf folder
+and a CLIP folder (random weights, tokenizers trained here, the same vision tower in both) that load through
+the production code path. Tests, the toy config and the benchmarks use them (with the toy tasks of toy.py).
 """
 
 from __future__ import annotations
 
-import json
-import random
 import shutil
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageDraw
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import (
     CLIPConfig,
@@ -25,21 +20,15 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from modalprompt.bench.toy import COLORS, QUESTIONS, SHAPES
 from modalprompt.data.datasets import SYSTEM_PROMPT
 
-COLORS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
-SHAPES = ("circle", "square", "triangle")
 INIT_RANGE = 0.3  # wide enough that a frozen random LM can express confident answers
-TOY_TASKS = ("colors", "shapes", "count")
 
 
 def _corpus() -> list[str]:
     words = [SYSTEM_PROMPT, "USER: ASSISTANT: <image>", *COLORS, *SHAPES, *"0123456789"]
-    words += [
-        "What color is the picture? Answer with one word.",
-        "Which shape is shown? Answer with one word.",
-        "How many dots are there? Answer with a number.",
-    ]
+    words += [question for question, _ in QUESTIONS.values()]
     return words * 4
 
 
@@ -176,65 +165,3 @@ def build_tiny_base(
     llava = LlavaForConditionalGeneration(llava_cfg).eval()
     llava.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
     return save_base(llava, clip, tokenizer, clip_tokenizer, llava_dir, clip_dir)
-
-
-def _draw(kind: str, value: str, rng: random.Random, size: int = 48) -> Image.Image:
-    background = tuple(rng.randint(200, 255) for _ in range(3))
-    image = Image.new("RGB", (size + rng.randint(0, 16), size), background)
-    draw = ImageDraw.Draw(image)
-    if kind == "colors":
-        draw.rectangle([6, 6, image.width - 6, size - 6], fill=COLORS[value])
-    elif kind == "shapes":
-        box = [10, 10, 38, 38]
-        if value == "circle":
-            draw.ellipse(box, fill=(20, 20, 20))
-        elif value == "square":
-            draw.rectangle(box, fill=(20, 20, 20))
-        else:
-            draw.polygon([(24, 8), (40, 40), (8, 40)], fill=(20, 20, 20))
-    else:
-        for _ in range(int(value)):
-            x, y = rng.randint(4, image.width - 10), rng.randint(4, size - 10)
-            draw.ellipse([x, y, x + 6, y + 6], fill=(0, 0, 0))
-    return image
-
-
-_QUESTIONS = {
-    "colors": ("What color is the picture? Answer with one word.", list(COLORS)),
-    "shapes": ("Which shape is shown? Answer with one word.", list(SHAPES)),
-    "count": ("How many dots are there? Answer with a number.", ["1", "2", "3", "4"]),
-}
-
-
-def write_toy_tasks(out: Path, seed: int = 0, train_size: int = 24, test_size: int = 8) -> dict[str, Path]:
-    """Three CoIN-format tasks (train.json, test.json, images/); returns task name -> folder."""
-    rng = random.Random(seed)
-    folders = {}
-    for name in TOY_TASKS:
-        folder = Path(out) / name
-        (folder / "images").mkdir(parents=True, exist_ok=True)
-        question, answers = _QUESTIONS[name]
-        train, test = [], []
-        for i in range(train_size + test_size):
-            answer = answers[i % len(answers)]
-            image_name = f"images/{name}_{i:04d}.png"
-            _draw(name, answer, rng).save(folder / image_name)
-            if i < train_size:
-                train.append(
-                    {
-                        "id": f"{name}-{i}",
-                        "image": image_name,
-                        "conversations": [
-                            {"from": "human", "value": f"<image>\n{question}"},
-                            {"from": "gpt", "value": answer},
-                        ],
-                    }
-                )
-            else:
-                test.append(
-                    {"question_id": f"{name}-{i}", "image": image_name, "text": question, "answer": answer}
-                )
-        (folder / "train.json").write_text(json.dumps(train, indent=1))
-        (folder / "test.json").write_text(json.dumps(test, indent=1))
-        folders[name] = folder
-    return folders

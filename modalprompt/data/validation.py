@@ -220,6 +220,17 @@ def load_records(path: Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({err})") from err
 
 
+def validate_config_tasks(cfg: Any) -> list[Report]:
+    """Every task file of an experiment config (train and eval), images checked as `data.check_images` says."""
+    reports = []
+    for task in cfg.tasks:
+        images = ImageChecker(Path(task.image_root), open_images=cfg.data.check_images)
+        train, test = Path(task.train_file), Path(task.eval_file)
+        reports.append(validate_train_records(load_records(train), str(train), images))
+        reports.append(validate_eval_records(load_records(test), str(test), images, task.scorer))
+    return reports
+
+
 def validate_folder(folder: Path, image_root: Path | None = None, scorer: str | None = None) -> list[Report]:
     """Validate a CoIN task folder: train.json and test.json / val.json, whichever exist."""
     images = ImageChecker(image_root or folder)

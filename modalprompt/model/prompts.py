@@ -11,6 +11,11 @@ import torch
 from torch import nn
 
 
+def stage_seed(base_seed: int, stage: int) -> int:
+    """Initialisation seed of stage `stage`: distinct per stage, identical on every rank and rerun."""
+    return base_seed * 1_000_003 + stage
+
+
 class TaskPrompt(nn.Module):
     """P_t (L, d) and MLP_t: Linear(d, h) -> SiLU -> Linear(h, e). Key k_t = mean_j MLP_t(P_t[j])."""
 
@@ -61,6 +66,11 @@ class PromptStore(nn.Module):
         self.tasks.append(task)
         self.names.append(name)
         return task
+
+    def clear(self) -> None:
+        """Forget every task (seq_prompt keeps one shared prompt, restarted from stage t-1's tensors)."""
+        self.tasks = nn.ModuleList()
+        self.names = []
 
     def freeze_all_but_last(self) -> None:
         for i, task in enumerate(self.tasks):

@@ -123,11 +123,15 @@ class ModalPromptModel(nn.Module):
             if method.text_feature == TextFeature.PROJECTED
             else backbone.text_projection.in_features
         )
-        if text_dim != feature:
-            raise ValueError(
+        # keys must fit both queries; checked when a task is added (the base alone needs no keys)
+        self._feature_mismatch = (
+            None
+            if text_dim == feature
+            else (
                 f"method.text_feature={method.text_feature.value!r} gives {text_dim}-d text features but the image "
                 f"query is {feature}-d; keys must match both: use text_feature 'projected' with this CLIP"
             )
+        )
         self.prompts = PromptStore(method.prefix_length, hidden, method.key_hidden_size or hidden, feature)
         self.prompts.to(backbone.device)
         self._frozen: tuple | None = None  # see frozen_keys_and_prompts
@@ -140,13 +144,18 @@ class ModalPromptModel(nn.Module):
     def after_bos(self) -> bool:
         return self.backbone.tokenizer.bos_token_id is not None
 
-    def add_task(self, name: str, seed: int) -> TaskPrompt:
-        """Append a new task's prompt and key network (seeded) and make it the only trainable tensors."""
+    def add_task(self, name: str, seed: int | None = None) -> TaskPrompt:
+        """Append a task's prompt and key network: with a seed, initialised and made the only trainable
+        tensors (the stage being trained); without, frozen, for a stage file to be loaded into."""
+        if self._feature_mismatch:
+            raise ValueError(self._feature_mismatch)
         task = self.prompts.add_task(name)
-        task.initialise(self.llava.get_input_embeddings().weight, seed)
-        task.to(self.backbone.device)
-        self.prompts.freeze_all_but_last()
-        return task
+        if seed is None:
+            task.requires_grad_(False)
+        else:
+            task.initialise(self.llava.get_input_embeddings().weight, seed)
+            self.prompts.freeze_all_but_last()
+        return task.to(self.backbone.device)
 
     @torch.no_grad()
     def encode(self, batch: Batch) -> Queries:

@@ -20,13 +20,12 @@ import torch
 from modalprompt import __version__
 from modalprompt.errors import CheckpointError
 from modalprompt.files import atomic_write_bytes, atomic_write_text, sha256_file
+from modalprompt.layout import META_FILE, TENSORS_FILE
 from modalprompt.model.prompts import TaskPrompt
 
 if TYPE_CHECKING:
     from modalprompt.model.wrapper import ModalPromptModel
 
-TENSORS_FILE = "task.safetensors"
-META_FILE = "stage.json"
 FORMAT_VERSION = 1
 
 
@@ -131,10 +130,9 @@ def load_stages(model: ModalPromptModel, folders: list[Path], only_last: bool = 
     for folder, meta in pairs[-1:] if only_last else pairs:
         check_compatible(folder, meta, model.backbone.fingerprint, model.method.structure())
         tensors = read_stage_tensors(folder, meta)
-        task = model.prompts.add_task(meta.task)
+        task = model.add_task(meta.task)  # frozen
         try:
             task.load_state_dict(tensors, strict=True)
         except RuntimeError as err:
             raise CheckpointError(f"{folder}: tensors do not fit this model ({err})") from err
-        task.to(model.backbone.device).requires_grad_(False)
     return metas

@@ -14,12 +14,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from modalprompt import methods
 from modalprompt.bases.backbone import Backbone
-from modalprompt.config import DataConfig, EvaluationConfig, MethodConfig, Strategy, TaskConfig
+from modalprompt.config import DataConfig, EvaluationConfig, MethodConfig, TaskConfig
 from modalprompt.data.datasets import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
 from modalprompt.data.validation import Problem
+from modalprompt.files import atomic_write_text
 from modalprompt.model.wrapper import ModalPromptModel
-from modalprompt.run.checkpoint import atomic_write_text, load_stages
 
 
 @dataclass
@@ -52,17 +53,16 @@ def evaluate_stage(
     out_file: Path | None = None,
     *,
     data: DataConfig = DataConfig(),  # noqa: B008 (frozen dataclass)
-    strategy: Strategy = Strategy.MODALPROMPT,
+    method_name: str = "modalprompt",
     progress: bool = True,
 ) -> EvalResult:
-    """Generate answers for `task`'s eval file after stage len(checkpoints); write JSONL if `out_file`."""
-    model = ModalPromptModel(backbone, method)
-    if strategy == Strategy.ZERO_SHOT and checkpoints:
-        raise ValueError("zero_shot evaluates the base model: give no checkpoints")
-    load_stages(model, list(checkpoints), only_last=strategy == Strategy.SEQ_PROMPT)
+    """Generate answers for `task`'s eval file after stage len(checkpoints) of method `method_name`, which
+    decides the prompts loaded and how they are chosen; write JSONL if `out_file`."""
+    method_impl = methods.get(method_name)
+    model = ModalPromptModel(backbone, method_impl.evaluation_settings(method))
+    method_impl.load_for_evaluation(model, [Path(c) for c in checkpoints])
     names = model.prompts.names
-    # the oracle ranks each sample's own task first, when that task has been learned
-    own = names.index(task.name) if strategy == Strategy.ORACLE and task.name in names else -1
+    forced = method_impl.forced_task(names, task.name)  # e.g. the oracle's own task, ranked first
     encoder = ConversationEncoder(
         backbone.tokenizer,
         backbone.clip_tokenizer,
@@ -87,16 +87,16 @@ def evaluate_stage(
     start = time.perf_counter()
     for batch in tqdm(loader, desc=f"eval {task.name} @ stage {len(names)}", disable=not progress):
         batch = batch.to(backbone.device)
-        force = torch.full((len(batch.keys),), own) if own >= 0 else None
+        force = None if forced is None else torch.full((len(batch.keys),), forced)
         out = model.generate(batch, evaluation.max_new_tokens, force_task=force)
         texts = backbone.tokenizer.batch_decode(out.token_ids, skip_special_tokens=True)
-        shared = strategy == Strategy.SEQ_PROMPT  # one shared prompt: nothing is selected
         for i, key in enumerate(batch.keys):
-            chosen = [] if shared else [names[j] for j in out.selected[i].tolist()]
+            selects = method_impl.selects  # a method without per-sample selection records none
+            chosen = [names[j] for j in out.selected[i].tolist()] if selects else []
             scores = (
-                {}
-                if shared
-                else {n: round(float(v), 6) for n, v in zip(names, out.scores[i].tolist(), strict=True)}
+                {n: round(float(v), 6) for n, v in zip(names, out.scores[i].tolist(), strict=True)}
+                if selects
+                else {}
             )
             predictions.append(Prediction(key, texts[i].strip(), chosen, scores))
     seconds = time.perf_counter() - start

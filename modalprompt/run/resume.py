@@ -11,6 +11,8 @@ tensors as an uninterrupted one.
 from __future__ import annotations
 
 import json
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import safetensors
 import safetensors.torch
 import torch
+import torch.distributed as dist
 
 from modalprompt.files import atomic_write_bytes
 
@@ -135,3 +138,31 @@ def set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> Non
     torch.set_rng_state(states["cpu"])
     if device.type == "cuda" and "cuda" in states:
         torch.cuda.set_rng_state(states["cuda"], device)
+
+
+class StopSignals:
+    """Records SIGUSR1 / SIGTERM (Slurm's warning before a time limit or preemption, and the kill that
+    follows) so that training stops after the current step, with its state saved. Main thread only."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = 0
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._record) for s in self.SIGNALS}
+
+    def _record(self, signum, _frame) -> None:
+        self.signum = signum
+
+    def received(self, world: int) -> int:
+        """The signal any rank received (all ranks stop at the same step), or 0."""
+        if world == 1:
+            return self.signum
+        flag = torch.tensor([self.signum])
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
+
+    def restore(self) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)

@@ -16,6 +16,7 @@ from typing import Any
 
 from modalprompt.data.validation import load_records, parse_box
 from modalprompt.errors import DataError
+from modalprompt.scoring.metrics import selection_accuracy
 
 # ------------------------------------------------------------------ the official VQA answer normalisation
 
@@ -257,21 +258,23 @@ def score_predictions(
             f"{predictions}: no prediction for {len(missing)} question(s) of {eval_file}: "
             f"{missing[:10]} (rerun the evaluation; a missing prediction is not scored as wrong)"
         )
-    per_question, selected_right, with_selection = {}, 0, 0
+    per_question: dict[str, float] = {}
+    top_selected: list[str] = []  # per sample, the prompt that ranked first (the last of `selected`)
     for qid, row in rows.items():
         if "skipped" in row:
             skipped.append({"question_id": qid, "reason": row["skipped"]})
             continue
         per_question[str(qid)] = score(scorer, str(row["prediction"]), reference_of(references[qid], scorer))
-        if task is not None and row.get("selected"):
-            with_selection += 1
-            selected_right += row["selected"][-1] == task  # the most similar prompt is last
+        if row.get("selected"):
+            top_selected.append(row["selected"][-1])
     scored = len(per_question)
     return ScoreResult(
         scorer=scorer,
         accuracy=100.0 * sum(per_question.values()) / scored if scored else 0.0,
         scored=scored,
         skipped=skipped,
-        selection_accuracy=100.0 * selected_right / with_selection if with_selection else None,
+        selection_accuracy=selection_accuracy(top_selected, task)
+        if task is not None and top_selected
+        else None,
         per_question=per_question,
     )

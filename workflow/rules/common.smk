@@ -1,16 +1,14 @@
-# Settings and paths shared by the rules. The logic lives in the package (modalprompt.config, .layout).
+# Settings and paths shared by the rules. The logic lives in the package: modalprompt.config (settings and
+# each job's rerun key), modalprompt.methods (what each method trains and which cells it needs),
+# modalprompt.layout (every output path). Nothing here imports torch, transformers or mlflow.
 import json
-import shlex
 from pathlib import Path
 
-from modalprompt import layout
-from modalprompt.scoring.metrics import SUMMARY_METRICS
+from modalprompt import layout, methods
 from modalprompt.config import (
-    TRAINED_BY,
     ConfigError,
     Generator,
     ModelSource,
-    Strategy,
     eval_job,
     experiment_from_dict,
     job_to_json,
@@ -22,18 +20,17 @@ from modalprompt.tracking import unreachable
 CONFIG_FILE = Path((list(workflow.overwrite_configfiles) or ["config.yaml"])[-1]).resolve()
 EXP = resolve_paths(experiment_from_dict(dict(config), str(CONFIG_FILE)), CONFIG_FILE.parent)
 RESULTS = EXP.results_dir
-METHODS = [str(m) for m in dict.fromkeys(EXP.pipeline.methods)]  # the methods run side by side
-# methods whose stages are trained: those listed, and modalprompt when the oracle needs its prompts
-TRAINED = sorted({str(TRAINED_BY[Strategy(m)]) for m in METHODS} - {"None"})
+METHODS = [methods.get(m) for m in dict.fromkeys(EXP.pipeline.methods)]  # run side by side
+METHOD_NAMES = [m.name for m in METHODS]
+# methods whose stages are trained: whose checkpoints the listed methods evaluate
+TRAINED = sorted({m.prompts_of for m in METHODS} - {None})
+SELECTING = [m.name for m in METHODS if m.selects]  # they get a selection confusion matrix
 TASKS = [task.name for task in EXP.tasks]
 STAGES = list(range(1, len(TASKS) + 1))
-TRACKING_FILE = str(RESULTS / "tracking.json")
-COMPARISON_DIR = RESULTS / "comparison"
-# methods whose prompts are selected per sample: they get a selection confusion matrix
-SELECTING = [m for m in METHODS if m in (Strategy.MODALPROMPT, Strategy.ORACLE)]
-REPORT_VIEWS = [str(RESULTS / m / name) for m in SELECTING for name in layout.CONFUSION_FILES] + (
-    [str(COMPARISON_DIR / name) for name in layout.COMPARISON_FILES] if METHODS else []
-)
+TRACKING_FILE = str(layout.tracking_file(RESULTS))
+COMPARISON_DIR = layout.comparison_dir(RESULTS)
+REPORT_VIEWS = [str(layout.method_dir(RESULTS, m) / name) for m in SELECTING for name in layout.CONFUSION_FILES]
+REPORT_VIEWS += [str(COMPARISON_DIR / name) for name in layout.COMPARISON_FILES] if METHODS else []
 
 
 def check_tracking():
@@ -59,7 +56,7 @@ BASE_FILES = [f"{EXP.model.llava}/config.json", f"{EXP.model.clip}/config.json"]
 
 
 wildcard_constraints:
-    method="|".join(m for m in Strategy),
+    method="|".join(methods.REGISTRY),
     task="|".join(TASKS) or "no-tasks",
     stage=r"\d+",
 
@@ -73,8 +70,11 @@ def _check_inputs_exist():
         missing.append(("model.original_llava", f"{EXP.model.original_llava}/config.json"))
     if EXP.pipeline.generate_data == Generator.NONE:
         for i, task in enumerate(EXP.tasks):
-            missing += [(f"tasks[{i}].{key}", getattr(task, key)) for key in ("train_file", "eval_file")
-                        if not Path(getattr(task, key)).is_file()]
+            missing += [
+                (f"tasks[{i}].{key}", getattr(task, key))
+                for key in ("train_file", "eval_file")
+                if not Path(getattr(task, key)).is_file()
+            ]
     if missing:
         lines = "\n".join(f"  {key}: {path} does not exist" for key, path in missing)
         raise WorkflowError(f"{CONFIG_FILE}: files missing before the pipeline can start:\n{lines}")
@@ -87,12 +87,13 @@ def task_of(stage):
     return EXP.tasks[int(stage) - 1]
 
 
-def checkpoint_dirs(method, last_stage):
-    """Checkpoint folders of stages 1..last_stage, in order, of the method that trains `method`'s prompts."""
-    trainer = TRAINED_BY[Strategy(method)]
-    if trainer is None or int(last_stage) == 0:
+def checkpoint_files(method, last_stage):
+    """What an evaluation of `method` after stage s (or training stage s + 1) depends on: the stage files of
+    stages 1..s of the method whose prompts it uses (none for a method without prompts, or at stage 0)."""
+    trainer = methods.get(method).prompts_of
+    if trainer is None:
         return []
-    return [str(layout.checkpoint_dir(RESULTS, str(trainer), s)) for s in range(1, int(last_stage) + 1)]
+    return [str(f) for s in range(1, int(last_stage) + 1) for f in layout.checkpoint_files(RESULTS, trainer, s)]
 
 
 def folders_of(files):
@@ -100,22 +101,14 @@ def folders_of(files):
     return list(dict.fromkeys(str(Path(f).parent) for f in files))
 
 
-def checkpoint_files(method, last_stage):
-    """What training stage s + 1 and evaluations after stage s depend on: the chain of stage files."""
-    return [f"{d}/{name}" for d in checkpoint_dirs(method, last_stage) for name in ("stage.json", "task.safetensors")]
-
-
-def eval_strategy(method, stage):
+def cell_method(method, stage):
     """Row 0 is the base model without prompts, whichever method's matrix it belongs to."""
-    return Strategy.ZERO_SHOT if int(stage) == 0 else Strategy(method)
+    return layout.cell_method(method, stage)
 
 
 def score_files(method):
-    """The cells of `method`'s matrix: every (stage s, task j <= s); with pipeline.zero_shot also row 0
-    (evaluated once, under zero_shot/) and the (s, s + 1) cells. zero_shot itself evaluates row 0 only."""
-    cells = layout.evaluation_cells(TASKS, EXP.pipeline.zero_shot or method == Strategy.ZERO_SHOT)
-    if method == Strategy.ZERO_SHOT:
-        cells = [(s, task) for s, task in cells if s == 0]
+    """The score files of `method`'s matrix: the cells it needs (row 0 lives under zero_shot/)."""
+    cells = methods.get(method).cells(TASKS, EXP.pipeline.zero_shot)
     return [str(layout.score_file(RESULTS, layout.cell_method(method, s), s, task)) for s, task in cells]
 
 
@@ -151,28 +144,3 @@ def train_launcher():
     if gpus <= 1:
         return ["modalprompt"]
     return ["python", "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", "-m", "modalprompt"]
-
-
-def aligned(matrix_csv):
-    """matrix.csv as an aligned table: one row per stage, one column per task, one decimal."""
-    rows = [line.split(",") for line in Path(matrix_csv).read_text().splitlines()]
-    cells = [rows[0]] + [[r[0]] + [f"{float(v):.1f}" if v else "." for v in r[1:]] for r in rows[1:]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells) + "\n"
-
-
-def print_summary():
-    print()
-    for method in METHODS:
-        folder = layout.method_dir(RESULTS, method)
-        print(f"{method}: accuracy matrix (%), {folder / 'matrix.csv'}:\n{aligned(folder / 'matrix.csv')}")
-    print(" ".join(f"{h.replace('_accuracy', ''):>11}" for h in ("method", *SUMMARY_METRICS)))
-    for method in METHODS:
-        folder = layout.method_dir(RESULTS, method)
-        m = json.loads((folder / "metrics.json").read_text())
-        values = [m.get(k) for k in SUMMARY_METRICS]
-        print(" ".join([f"{method:>11}"] + [f"{v:>11.2f}" if v is not None else f"{'-':>11}" for v in values]))
-    if METHODS:
-        print(f"\nMethods side by side: {COMPARISON_DIR / 'metrics.csv'}, {COMPARISON_DIR / 'forgetting.png'}")
-    print(f"\nBrowse the runs in MLflow (`make ui`, then open http://127.0.0.1:5000):\n"
-          f"  mlflow ui --backend-store-uri {shlex.quote(EXP.tracking_uri)} --host 127.0.0.1 --port 5000")

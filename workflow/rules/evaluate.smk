@@ -1,6 +1,6 @@
 # Evaluation of stage s's checkpoint (stages 1..s) on task j <= s; stage 0 is the base model without
 # prompts (evaluated once, under zero_shot/). Scoring is its own (cheap, local) step, so a scorer change
-# reruns only the scoring. The oracle evaluates modalprompt's checkpoints with each sample's own task forced.
+# reruns only the scoring. Each method says whose checkpoints it loads and how it selects (methods/).
 
 
 rule evaluate:
@@ -9,16 +9,16 @@ rule evaluate:
         eval_file=lambda w: EXP.task(w.task).eval_file,
         checkpoints=lambda w: checkpoint_files(w.method, w.stage),
     output:
-        str(RESULTS / "{method}" / "stage-{stage}" / "eval" / "{task}.jsonl"),
+        str(layout.predictions_file(RESULTS, "{method}", "{stage}", "{task}")),
     params:
-        settings=lambda w: job_to_json(eval_job(EXP, w.task, eval_strategy(w.method, w.stage))),
+        settings=lambda w: job_to_json(eval_job(EXP, w.task, cell_method(w.method, w.stage))),
         checkpoints=lambda w, input: folders_of(input.checkpoints),
     conda:
         CONDA_ENV
     log:
-        str(RESULTS / "logs" / "{method}" / "evaluate-stage-{stage}-{task}.log"),
+        str(layout.log_file(RESULTS, "{method}", "evaluate-stage-{stage}-{task}")),
     benchmark:
-        str(RESULTS / "benchmarks" / "{method}" / "evaluate-stage-{stage}-{task}.tsv")
+        str(layout.benchmark_file(RESULTS, "{method}", "evaluate-stage-{stage}-{task}"))
     threads: EXP.resources.evaluate.cpus
     resources:
         **slurm_resources("evaluate"),
@@ -32,14 +32,14 @@ rule score:
         predictions=rules.evaluate.output[0],
         eval_file=lambda w: EXP.task(w.task).eval_file,
     output:
-        str(RESULTS / "{method}" / "stage-{stage}" / "eval" / "{task}.score.json"),
+        str(layout.score_file(RESULTS, "{method}", "{stage}", "{task}")),
     params:
         scorer=lambda w: str(EXP.task(w.task).scorer),
         max_samples=lambda w: EXP.evaluation_for(w.task).max_samples or 0,
     conda:
         CONDA_ENV
     log:
-        str(RESULTS / "logs" / "{method}" / "score-stage-{stage}-{task}.log"),
+        str(layout.log_file(RESULTS, "{method}", "score-stage-{stage}-{task}")),
     shell:
         "modalprompt score --scorer {params.scorer:q} --predictions {input.predictions:q}"
         " --eval-file {input.eval_file:q} --task {wildcards.task:q} --stage {wildcards.stage:q}"

@@ -1,6 +1,6 @@
 # Base-model preparation and the demo's data: steps of the DAG like any other.
 from modalprompt.bench import minicoin
-from modalprompt.bench.tiny import TOY_TASKS
+from modalprompt.bench.toy import TOY_TASKS
 
 MINICOIN_DIR = Path(EXP.paths.data) / "minicoin"
 
@@ -16,9 +16,9 @@ if EXP.model.source == ModelSource.TINY:
         conda:
             CONDA_ENV
         log:
-            str(RESULTS / "logs" / "tiny_base.log"),
+            str(layout.log_file(RESULTS, None, "tiny_base")),
         benchmark:
-            str(RESULTS / "benchmarks" / "tiny_base.tsv")
+            str(layout.benchmark_file(RESULTS, None, "tiny_base"))
         threads: EXP.resources.prepare.cpus
         resources:
             **slurm_resources("prepare"),
@@ -41,9 +41,9 @@ if EXP.model.source == ModelSource.ORIGINAL:
         conda:
             CONDA_ENV
         log:
-            str(RESULTS / "logs" / "convert_llava.log"),
+            str(layout.log_file(RESULTS, None, "convert_llava")),
         benchmark:
-            str(RESULTS / "benchmarks" / "convert_llava.tsv")
+            str(layout.benchmark_file(RESULTS, None, "convert_llava"))
         threads: EXP.resources.prepare.cpus
         resources:
             **slurm_resources("prepare"),
@@ -61,7 +61,7 @@ if EXP.pipeline.generate_data == Generator.TOY:
         conda:
             CONDA_ENV
         log:
-            str(RESULTS / "logs" / "toy_data.log"),
+            str(layout.log_file(RESULTS, None, "toy_data")),
         resources:
             **slurm_resources("prepare"),
         shell:
@@ -80,7 +80,7 @@ if EXP.model.source == ModelSource.PRETRAIN:
         conda:
             CONDA_ENV
         log:
-            str(RESULTS / "logs" / "generic_corpus.log"),
+            str(layout.log_file(RESULTS, None, "generic_corpus")),
         resources:
             **slurm_resources("prepare"),
         shell:
@@ -101,9 +101,9 @@ if EXP.model.source == ModelSource.PRETRAIN:
         conda:
             CONDA_ENV
         log:
-            str(RESULTS / "logs" / "pretrain_base.log"),
+            str(layout.log_file(RESULTS, None, "pretrain_base")),
         benchmark:
-            str(RESULTS / "benchmarks" / "pretrain_base.tsv")
+            str(layout.benchmark_file(RESULTS, None, "pretrain_base"))
         threads: EXP.resources.prepare.cpus
         resources:
             **slurm_resources("prepare"),
@@ -128,7 +128,7 @@ if EXP.pipeline.generate_data == Generator.MINICOIN:
         conda:
             CONDA_ENV
         log:
-            str(RESULTS / "logs" / "minicoin-{task}.log"),
+            str(layout.log_file(RESULTS, None, "minicoin-{task}")),
         resources:
             **slurm_resources("prepare"),
         shell:

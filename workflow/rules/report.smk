@@ -14,27 +14,25 @@ rule matrix:
     input:
         scores=lambda w: score_files(w.method),
     output:
-        [str(RESULTS / "{method}" / name) for name in layout.SUMMARY_FILES],
+        [str(layout.method_dir(RESULTS, "{method}") / name) for name in layout.SUMMARY_FILES],
     params:
         tasks=TASKS,
         out=lambda w, output: Path(output[0]).parent,
         title=lambda w: f"{EXP.experiment}: {w.method}",
-        # the base model does not change: zero_shot's row 0 stands for every stage
-        repeat=lambda w: len(TASKS) if w.method == Strategy.ZERO_SHOT else 0,
     conda:
         CONDA_ENV
     log:
-        str(RESULTS / "logs" / "{method}" / "matrix.log"),
+        str(layout.log_file(RESULTS, "{method}", "matrix")),
     shell:
-        "modalprompt matrix --tasks {params.tasks:q} --scores {input.scores:q} --out-dir {params.out:q}"
-        " --title {params.title:q} --repeat-base {params.repeat:q} > {log:q} 2>&1"
+        "modalprompt matrix --method {wildcards.method:q} --tasks {params.tasks:q} --scores {input.scores:q}"
+        " --out-dir {params.out:q} --title {params.title:q} > {log:q} 2>&1"
 
 
 rule confusion:
     input:
         [str(layout.predictions_file(RESULTS, "{method}", len(TASKS), task)) for task in TASKS],
     output:
-        [str(RESULTS / "{method}" / name) for name in layout.CONFUSION_FILES],
+        [str(layout.method_dir(RESULTS, "{method}") / name) for name in layout.CONFUSION_FILES],
     params:
         tasks=TASKS,
         out=lambda w, output: Path(output[0]).parent,
@@ -44,7 +42,7 @@ rule confusion:
     conda:
         CONDA_ENV
     log:
-        str(RESULTS / "logs" / "{method}" / "confusion.log"),
+        str(layout.log_file(RESULTS, "{method}", "confusion")),
     shell:
         "modalprompt confusion --tasks {params.tasks:q} --predictions {input:q} --out-dir {params.out:q}"
         " --title {params.title:q} > {log:q} 2>&1"
@@ -52,18 +50,18 @@ rule confusion:
 
 rule compare:
     input:
-        [summary_files(method) for method in METHODS],
+        [summary_files(method) for method in METHOD_NAMES],
     output:
         [str(COMPARISON_DIR / name) for name in layout.COMPARISON_FILES],
     params:
         results=RESULTS,
-        methods=METHODS,
+        methods=METHOD_NAMES,
         out=COMPARISON_DIR,
         title=f"{EXP.experiment}: each task's accuracy across stages",
     conda:
         CONDA_ENV
     log:
-        str(RESULTS / "logs" / "compare.log"),
+        str(layout.log_file(RESULTS, None, "compare")),
     shell:
         "modalprompt compare --results {params.results:q} --methods {params.methods:q} --out-dir {params.out:q}"
         " --title {params.title:q} > {log:q} 2>&1"
@@ -71,9 +69,9 @@ rule compare:
 
 rule track:
     input:
-        summary=[summary_files(method) for method in METHODS],
+        summary=[summary_files(method) for method in METHOD_NAMES],
         views=REPORT_VIEWS,
-        stages=[f for method in TRAINED for s in STAGES for f in checkpoint_files(method, s)[-2:]],
+        stages=[str(f) for method in TRAINED for s in STAGES for f in layout.checkpoint_files(RESULTS, method, s)],
         histories=[str(layout.history_file(RESULTS, method, s)) for method in TRAINED for s in STAGES],
     output:
         TRACKING_FILE,
@@ -81,12 +79,12 @@ rule track:
         uri=EXP.tracking_uri,
         experiment=EXP.tracking.experiment or EXP.experiment,
         results=lambda w, output: Path(output[0]).parent,
-        methods=sorted(set(METHODS) | set(TRAINED)),
+        methods=sorted(set(METHOD_NAMES) | set(TRAINED)),
         tasks=TASKS,
     conda:
         CONDA_ENV
     log:
-        str(RESULTS / "logs" / "track.log"),
+        str(layout.log_file(RESULTS, None, "track")),
     shell:
         "modalprompt track --uri {params.uri:q} --experiment {params.experiment:q} --results {params.results:q}"
         " --methods {params.methods:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"

@@ -1,6 +1,6 @@
 # Stage s trains task s's prompt and key network on top of the checkpoints of stages 1..s-1.
-# params.settings holds exactly the resolved settings of this stage: a change reruns this stage, and
-# the later stages and evaluations rerun because their input checkpoints change.
+# params.settings holds exactly the resolved settings of this stage that the method uses: a change reruns
+# this stage, and the later stages and evaluations rerun because their input checkpoints change.
 # A stopped attempt (Slurm's warning signal, a crash, kill -9) leaves stage-<s>/resume/: the next attempt
 # (Snakemake's retries, or the next `snakemake`) continues from it.
 
@@ -11,22 +11,22 @@ rule train:
         train_file=lambda w: task_of(w.stage).train_file,
         previous=lambda w: checkpoint_files(w.method, int(w.stage) - 1),
     output:
-        meta=str(RESULTS / "{method}" / "stage-{stage}" / "checkpoint" / "stage.json"),
-        tensors=str(RESULTS / "{method}" / "stage-{stage}" / "checkpoint" / "task.safetensors"),
-        history=str(RESULTS / "{method}" / "stage-{stage}" / "history.jsonl"),
+        meta=str(layout.checkpoint_files(RESULTS, "{method}", "{stage}")[0]),
+        tensors=str(layout.checkpoint_files(RESULTS, "{method}", "{stage}")[1]),
+        history=str(layout.history_file(RESULTS, "{method}", "{stage}")),
     params:
         settings=lambda w: job_to_json(train_job(EXP, task_of(w.stage).name, w.method)),
         previous=lambda w, input: folders_of(input.previous),
         out=lambda w, output: Path(output.meta).parent,
         # the mid-stage state: not an output, so a failed or preempted attempt keeps it for the retry
-        state=lambda w, output: Path(output.meta).parent.parent / "resume",
+        state=lambda w: layout.resume_dir(RESULTS, w.method, w.stage),
         launcher=train_launcher(),
     conda:
         CONDA_ENV
     log:
-        str(RESULTS / "logs" / "{method}" / "train-stage-{stage}.log"),
+        str(layout.log_file(RESULTS, "{method}", "train-stage-{stage}")),
     benchmark:
-        str(RESULTS / "benchmarks" / "{method}" / "train-stage-{stage}.tsv")
+        str(layout.benchmark_file(RESULTS, "{method}", "train-stage-{stage}"))
     wildcard_constraints:
         stage=r"[1-9]\d*",
         method="|".join(TRAINED) or "none",

@@ -1,0 +1,182 @@
+"""The report of an experiment, from its files (no torch): each method's accuracy and selection matrices
+and metrics from its score files, the selection confusion, the methods side by side, and the end-of-run
+summary that `snakemake` prints.
+
+Selection accuracy has one definition, `metrics.selection_accuracy` (per task and stage: the share of
+samples whose most similar selected prompt is the task's own); a method's single number is
+`mean_selection` of its last stage's row.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+from modalprompt import layout
+from modalprompt.errors import DataError
+from modalprompt.files import atomic_write_bytes, atomic_write_text
+from modalprompt.scoring.metrics import SUMMARY_METRICS, Matrix, compute_metrics, format_matrix, read_matrix
+
+# ------------------------------------------------------------------------------------- one method
+
+
+def matrices_from_scores(
+    tasks: list[str], score_files: list[Path], repeat_base: bool
+) -> tuple[Matrix, Matrix]:
+    """Accuracy and selection matrices from score files (each names its stage and task). With
+    `repeat_base` (a method that is the base model at every stage) row 0 stands for stages 1..T."""
+    accuracy: Matrix = {}
+    selection: Matrix = {}
+    for path in score_files:
+        record = json.loads(Path(path).read_text())
+        if record.get("task") not in tasks or not isinstance(record.get("stage"), int):
+            raise DataError(
+                f"{path}: needs 'task' (one of {tasks}) and an integer 'stage' (score with --stage)"
+            )
+        column = tasks.index(record["task"])
+        accuracy.setdefault(record["stage"], [None] * len(tasks))[column] = record["accuracy"]
+        selection.setdefault(record["stage"], [None] * len(tasks))[column] = record["selection_accuracy"]
+    if repeat_base:
+        if 0 not in accuracy:
+            raise DataError("a method that repeats the base model needs row 0's score files")
+        for stage in range(1, len(tasks) + 1):
+            accuracy[stage], selection[stage] = list(accuracy[0]), [None] * len(tasks)
+    return accuracy, selection
+
+
+def mean_selection(row: list[float | None] | None) -> float | None:
+    """A method's selection accuracy at one stage: the mean over the tasks that report one."""
+    values = [v for v in row or [] if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def method_metrics(tasks: list[str], accuracy: Matrix, selection: Matrix) -> dict[str, Any]:
+    """The metrics of metrics.compute_metrics, plus the selection accuracy at the last stage."""
+    result = compute_metrics(tasks, accuracy)
+    mean = mean_selection(selection.get(result["stages"]))
+    result["selection_accuracy"] = None if mean is None else round(mean, 6)
+    return result
+
+
+def write_method_summary(
+    out_dir: Path, tasks: list[str], score_files: list[Path], title: str, repeat_base: bool = False
+) -> dict[str, Any]:
+    """matrix.csv, selection.csv, metrics.json and heatmap.png of one method (layout.SUMMARY_FILES)."""
+    from modalprompt.scoring.plots import heatmap_png
+
+    accuracy, selection = matrices_from_scores(tasks, score_files, repeat_base)
+    metrics = method_metrics(tasks, accuracy, selection)
+    out = Path(out_dir)
+    atomic_write_text(out / "matrix.csv", format_matrix(tasks, accuracy))
+    atomic_write_text(
+        out / "selection.csv", format_matrix(tasks, {s: r for s, r in selection.items() if s > 0})
+    )
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    atomic_write_bytes(out / "heatmap.png", heatmap_png(tasks, accuracy, title))
+    return metrics
+
+
+def metrics_of_files(matrix_csv: Path, selection_csv: Path | None = None) -> dict[str, Any]:
+    """The metrics of a matrix CSV, with selection accuracy when a selection CSV is given."""
+    tasks, accuracy = read_matrix(matrix_csv)
+    if selection_csv is None:
+        return compute_metrics(tasks, accuracy)
+    _, selection = read_matrix(selection_csv)
+    result = method_metrics(tasks, accuracy, selection)
+    if result["stages"] not in selection:
+        raise DataError(f"{selection_csv}: no row for stage {result['stages']}")
+    last = selection[result["stages"]]
+    result["selection_accuracy_by_task"] = {t: v for t, v in zip(tasks, last, strict=False) if v is not None}
+    return result
+
+
+# ------------------------------------------------------------------------------------- selection confusion
+
+
+def confusion_counts(tasks: list[str], prediction_files: list[Path]) -> list[list[int]]:
+    """counts[i][j]: samples of task i whose prompt ranked first was task j's (the last of `selected`, which
+    is in ascending score order). One predictions file per task, in task order."""
+    if len(prediction_files) != len(tasks):
+        raise DataError(
+            f"{len(prediction_files)} predictions files for {len(tasks)} tasks (one per task, in order)"
+        )
+    counts = [[0] * len(tasks) for _ in tasks]
+    for row, path in enumerate(prediction_files):
+        for line in Path(path).read_text().splitlines():
+            selected = json.loads(line).get("selected") or []
+            if selected and selected[-1] in tasks:
+                counts[row][tasks.index(selected[-1])] += 1
+    return counts
+
+
+def write_confusion(out_dir: Path, tasks: list[str], prediction_files: list[Path], title: str) -> None:
+    from modalprompt.scoring.plots import confusion_png
+
+    counts = confusion_counts(tasks, prediction_files)
+    table = [["true \\ selected", *tasks]] + [[t, *map(str, c)] for t, c in zip(tasks, counts, strict=True)]
+    out = Path(out_dir)
+    atomic_write_text(out / "selection_confusion.csv", "\n".join(",".join(r) for r in table) + "\n")
+    atomic_write_bytes(out / "selection_confusion.png", confusion_png(tasks, counts, title))
+
+
+# ------------------------------------------------------------------------------------- methods side by side
+
+
+def comparison(results: Path, methods: list[str]) -> dict[str, dict[str, float | None]]:
+    """Each method's summary metrics (metrics.SUMMARY_METRICS) from its metrics.json, in the given order."""
+    table = {}
+    for method in methods:
+        metrics = json.loads((layout.method_dir(results, method) / "metrics.json").read_text())
+        table[method] = {k: metrics.get(k) for k in SUMMARY_METRICS}
+    return table
+
+
+def write_comparison(results: Path, methods: list[str], out_dir: Path, title: str) -> None:
+    """forgetting.png (each task across stages, a line per method) and metrics.csv (layout.COMPARISON_FILES)."""
+    from modalprompt.scoring.plots import forgetting_png
+
+    matrices, tasks = {}, []
+    for method in methods:
+        tasks, matrices[method] = read_matrix(layout.method_dir(results, method) / "matrix.csv")
+    out = Path(out_dir)
+    atomic_write_bytes(out / "forgetting.png", forgetting_png(tasks, matrices, title))
+    rows = [["method", *SUMMARY_METRICS]] + [
+        [method, *("" if v is None else f"{v:.4f}" for v in metrics.values())]
+        for method, metrics in comparison(results, methods).items()
+    ]
+    atomic_write_text(out / "metrics.csv", "\n".join(",".join(r) for r in rows) + "\n")
+
+
+# ------------------------------------------------------------------------------------- end of a run
+
+
+def aligned_matrix(matrix_csv: Path) -> str:
+    """matrix.csv as an aligned table: one row per stage, one column per task, one decimal, '.' if empty."""
+    tasks, matrix = read_matrix(matrix_csv)
+    cells = [["stage", *tasks]] + [
+        [str(s), *("." if v is None else f"{v:.1f}" for v in matrix[s])] for s in sorted(matrix)
+    ]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells) + "\n"
+
+
+def summary_text(results: Path, methods: list[str], tracking_uri: str) -> str:
+    """What a finished `snakemake` prints: every method's matrix, their metrics table, and where to look."""
+    lines = [""]
+    for method in methods:
+        matrix = layout.method_dir(results, method) / "matrix.csv"
+        lines.append(f"{method}: accuracy matrix (%), {matrix}:\n{aligned_matrix(matrix)}")
+    lines.append(" ".join(f"{h.replace('_accuracy', ''):>11}" for h in ("method", *SUMMARY_METRICS)))
+    for method, metrics in comparison(results, methods).items():
+        values = [f"{'-':>11}" if v is None else f"{v:>11.2f}" for v in metrics.values()]
+        lines.append(" ".join([f"{method:>11}", *values]))
+    if methods:
+        folder = layout.comparison_dir(results)
+        lines.append(f"\nMethods side by side: {folder / 'metrics.csv'}, {folder / 'forgetting.png'}")
+    lines.append(
+        "\nBrowse the runs in MLflow (`make ui`, then open http://127.0.0.1:5000):\n"
+        f"  mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000"
+    )
+    return "\n".join(lines)

@@ -39,11 +39,13 @@ test-all: test test-slow
 lint: setup
 	$(BIN)/ruff check modalprompt tests benchmarks
 	$(BIN)/ruff format --check modalprompt tests benchmarks
+	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint
 
 format: setup
 	$(BIN)/ruff check --fix modalprompt tests benchmarks
 	$(BIN)/ruff format modalprompt tests benchmarks
+	$(BIN)/snakefmt workflow
 
 schema: setup  ## regenerate workflow/schemas/config.schema.yaml from modalprompt/config.py
 	$(BIN)/modalprompt schema > workflow/schemas/config.schema.yaml

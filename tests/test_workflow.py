@@ -476,3 +476,34 @@ def test_ci_config_runs_the_whole_minicoin_dag(tmp_path):
     pretraining = json.loads((tmp_path / "models" / raw["model"]["llava"] / "pretraining.json").read_text())
     assert pretraining["settings"] == raw["model"]["pretrain"]
     assert planned_jobs(tmp_path) == set()  # a second run has nothing to do
+
+
+def test_a_method_reruns_only_for_the_settings_it_uses(tmp_path):
+    """seq_prompt uses one prompt and no alignment terms, zero_shot no method setting at all: changing
+    K, lam or the alignment weights reruns none of their jobs (their rerun keys hold what they use);
+    changing the prompt length reruns seq_prompt's stages, and still none of zero_shot's jobs."""
+    raw = base_config(tmp_path)
+    raw["training"].update(epochs=1)
+    raw["tasks"][2]["training"] = {}
+    raw["pipeline"]["methods"] = ["seq_prompt", "zero_shot"]
+    write_config(tmp_path, raw)
+    snakemake(tmp_path, "--cores", "2")
+    assert planned_jobs(tmp_path) == set()
+
+    def planned_after(**method):
+        changed = {**raw, "method": {**raw["method"], **method}}
+        write_config(tmp_path, changed)
+        try:
+            return planned_jobs(tmp_path)
+        finally:
+            write_config(tmp_path, raw)
+
+    assert planned_after(transfer_num=1, lam=0.9, image_loss_weight=0.3, text_loss_weight=2.0) == set()
+    rerun = planned_after(prefix_length=5)
+    assert {(rule, stage) for rule, stage, _ in rerun if rule == "train"} == {("train", s) for s in (1, 2, 3)}
+    assert not any(stage == 0 for rule, stage, _ in rerun if rule in ("evaluate", "score"))
+    stage_json = json.loads(
+        (tmp_path / RESULTS / "seq_prompt" / "stage-1" / "checkpoint" / "stage.json").read_text()
+    )
+    used = stage_json["extra"]["settings"]["method"]
+    assert (used["transfer_num"], used["image_loss_weight"], used["text_loss_weight"]) == (1, 0.0, 0.0)

@@ -29,7 +29,9 @@ TASKS = [task.name for task in EXP.tasks]
 STAGES = list(range(1, len(TASKS) + 1))
 TRACKING_FILE = str(layout.tracking_file(RESULTS))
 COMPARISON_DIR = layout.comparison_dir(RESULTS)
-REPORT_VIEWS = [str(layout.method_dir(RESULTS, m) / name) for m in SELECTING for name in layout.CONFUSION_FILES]
+REPORT_VIEWS = [
+    str(layout.method_dir(RESULTS, m) / name) for m in SELECTING for name in layout.CONFUSION_FILES
+]
 REPORT_VIEWS += [str(COMPARISON_DIR / name) for name in layout.COMPARISON_FILES] if METHODS else []
 
 
@@ -65,8 +67,13 @@ def _check_inputs_exist():
     """Clear messages at DAG build time for files no rule makes."""
     missing = []
     if EXP.model.source == ModelSource.HF:
-        missing += [(f"model.{key}", f) for key, f in zip(("llava", "clip"), BASE_FILES) if not Path(f).is_file()]
-    if EXP.model.source == ModelSource.ORIGINAL and not Path(EXP.model.original_llava, "config.json").is_file():
+        missing += [
+            (f"model.{key}", f) for key, f in zip(("llava", "clip"), BASE_FILES) if not Path(f).is_file()
+        ]
+    if (
+        EXP.model.source == ModelSource.ORIGINAL
+        and not Path(EXP.model.original_llava, "config.json").is_file()
+    ):
         missing.append(("model.original_llava", f"{EXP.model.original_llava}/config.json"))
     if EXP.pipeline.generate_data == Generator.NONE:
         for i, task in enumerate(EXP.tasks):
@@ -93,7 +100,9 @@ def checkpoint_files(method, last_stage):
     trainer = methods.get(method).prompts_of
     if trainer is None:
         return []
-    return [str(f) for s in range(1, int(last_stage) + 1) for f in layout.checkpoint_files(RESULTS, trainer, s)]
+    return [
+        str(f) for s in range(1, int(last_stage) + 1) for f in layout.checkpoint_files(RESULTS, trainer, s)
+    ]
 
 
 def folders_of(files):
@@ -143,4 +152,12 @@ def train_launcher():
     gpus = EXP.resources.train.gpus
     if gpus <= 1:
         return ["modalprompt"]
-    return ["python", "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={gpus}", "-m", "modalprompt"]
+    return [
+        "python",
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={gpus}",
+        "-m",
+        "modalprompt",
+    ]

@@ -10,18 +10,18 @@ rule evaluate:
         checkpoints=lambda w: checkpoint_files(w.method, w.stage),
     output:
         str(layout.predictions_file(RESULTS, "{method}", "{stage}", "{task}")),
-    params:
-        settings=lambda w: job_to_json(eval_job(EXP, w.task, cell_method(w.method, w.stage))),
-        checkpoints=lambda w, input: folders_of(input.checkpoints),
-    conda:
-        CONDA_ENV
     log:
         str(layout.log_file(RESULTS, "{method}", "evaluate-stage-{stage}-{task}")),
     benchmark:
         str(layout.benchmark_file(RESULTS, "{method}", "evaluate-stage-{stage}-{task}"))
+    conda:
+        CONDA_ENV
     threads: EXP.resources.evaluate.cpus
     resources:
         **slurm_resources("evaluate"),
+    params:
+        settings=lambda w: job_to_json(eval_job(EXP, w.task, cell_method(w.method, w.stage))),
+        checkpoints=lambda w, input: folders_of(input.checkpoints),
     shell:
         "modalprompt evaluate --settings {params.settings:q} --checkpoints {params.checkpoints:q}"
         " --out {output:q} --threads {threads} --quiet > {log:q} 2>&1"
@@ -33,13 +33,13 @@ rule score:
         eval_file=lambda w: EXP.task(w.task).eval_file,
     output:
         str(layout.score_file(RESULTS, "{method}", "{stage}", "{task}")),
+    log:
+        str(layout.log_file(RESULTS, "{method}", "score-stage-{stage}-{task}")),
+    conda:
+        CONDA_ENV
     params:
         scorer=lambda w: str(EXP.task(w.task).scorer),
         max_samples=lambda w: EXP.evaluation_for(w.task).max_samples or 0,
-    conda:
-        CONDA_ENV
-    log:
-        str(layout.log_file(RESULTS, "{method}", "score-stage-{stage}-{task}")),
     shell:
         "modalprompt score --scorer {params.scorer:q} --predictions {input.predictions:q}"
         " --eval-file {input.eval_file:q} --task {wildcards.task:q} --stage {wildcards.stage:q}"

@@ -10,18 +10,18 @@ if EXP.model.source == ModelSource.TINY:
         output:
             llava=BASE_FILES[0],
             clip=BASE_FILES[1],
-        params:
-            llava=lambda w, output: Path(output.llava).parent,
-            clip=lambda w, output: Path(output.clip).parent,
-        conda:
-            CONDA_ENV
         log:
             str(layout.log_file(RESULTS, None, "tiny_base")),
         benchmark:
             str(layout.benchmark_file(RESULTS, None, "tiny_base"))
+        conda:
+            CONDA_ENV
         threads: EXP.resources.prepare.cpus
         resources:
             **slurm_resources("prepare"),
+        params:
+            llava=lambda w, output: Path(output.llava).parent,
+            clip=lambda w, output: Path(output.clip).parent,
         shell:
             "modalprompt make-tiny-base {params.llava:q} {params.clip:q} > {log:q} 2>&1"
 
@@ -34,19 +34,19 @@ if EXP.model.source == ModelSource.ORIGINAL:
             clip=BASE_FILES[1],
         output:
             BASE_FILES[0],
-        params:
-            source=lambda w, input: Path(input.source).parent,
-            target=lambda w, output: Path(output[0]).parent,
-            clip=lambda w, input: Path(input.clip).parent,
-        conda:
-            CONDA_ENV
         log:
             str(layout.log_file(RESULTS, None, "convert_llava")),
         benchmark:
             str(layout.benchmark_file(RESULTS, None, "convert_llava"))
+        conda:
+            CONDA_ENV
         threads: EXP.resources.prepare.cpus
         resources:
             **slurm_resources("prepare"),
+        params:
+            source=lambda w, input: Path(input.source).parent,
+            target=lambda w, output: Path(output[0]).parent,
+            clip=lambda w, input: Path(input.clip).parent,
         shell:
             "modalprompt convert-llava {params.source:q} {params.target:q} --clip {params.clip:q} > {log:q} 2>&1"
 
@@ -56,14 +56,14 @@ if EXP.pipeline.generate_data == Generator.TOY:
     rule toy_data:
         output:
             [f"{EXP.paths.data}/toy/{name}/{f}" for name in TOY_TASKS for f in ("train.json", "test.json")],
-        params:
-            folder=lambda w, output: Path(output[0]).parent.parent,
-        conda:
-            CONDA_ENV
         log:
             str(layout.log_file(RESULTS, None, "toy_data")),
+        conda:
+            CONDA_ENV
         resources:
             **slurm_resources("prepare"),
+        params:
+            folder=lambda w, output: Path(output[0]).parent.parent,
         shell:
             "modalprompt make-toy-data {params.folder:q} > {log:q} 2>&1"
 
@@ -73,16 +73,16 @@ if EXP.model.source == ModelSource.PRETRAIN:
     rule generic_corpus:
         output:
             str(MINICOIN_DIR / "generic" / "train.json"),
+        log:
+            str(layout.log_file(RESULTS, None, "generic_corpus")),
+        conda:
+            CONDA_ENV
+        resources:
+            **slurm_resources("prepare"),
         params:
             out=lambda w, output: Path(output[0]).parent.parent,
             size=EXP.benchmark.generic_size,
             seed=EXP.benchmark.seed,
-        conda:
-            CONDA_ENV
-        log:
-            str(layout.log_file(RESULTS, None, "generic_corpus")),
-        resources:
-            **slurm_resources("prepare"),
         shell:
             "modalprompt make-minicoin {params.out:q} --generic-size {params.size:q} --seed {params.seed:q}"
             " > {log:q} 2>&1"
@@ -93,20 +93,20 @@ if EXP.model.source == ModelSource.PRETRAIN:
         output:
             llava=BASE_FILES[0],
             clip=BASE_FILES[1],
+        log:
+            str(layout.log_file(RESULTS, None, "pretrain_base")),
+        benchmark:
+            str(layout.benchmark_file(RESULTS, None, "pretrain_base"))
+        conda:
+            CONDA_ENV
+        threads: EXP.resources.prepare.cpus
+        resources:
+            **slurm_resources("prepare"),
         params:
             corpus=lambda w, input: Path(input.corpus).parent,
             llava=lambda w, output: Path(output.llava).parent,
             clip=lambda w, output: Path(output.clip).parent,
             settings=job_to_json(EXP.model.pretrain),
-        conda:
-            CONDA_ENV
-        log:
-            str(layout.log_file(RESULTS, None, "pretrain_base")),
-        benchmark:
-            str(layout.benchmark_file(RESULTS, None, "pretrain_base"))
-        threads: EXP.resources.prepare.cpus
-        resources:
-            **slurm_resources("prepare"),
         shell:
             "modalprompt pretrain-base --corpus {params.corpus:q} --llava {params.llava:q} --clip {params.clip:q}"
             " --settings {params.settings:q} > {log:q} 2>&1"
@@ -118,19 +118,19 @@ if EXP.pipeline.generate_data == Generator.MINICOIN:
         output:
             train=str(MINICOIN_DIR / "{task}" / "train.json"),
             test=str(MINICOIN_DIR / "{task}" / "test.json"),
+        log:
+            str(layout.log_file(RESULTS, None, "minicoin-{task}")),
+        wildcard_constraints:
+            task="|".join(minicoin.TASKS),
+        conda:
+            CONDA_ENV
+        resources:
+            **slurm_resources("prepare"),
         params:
             out=lambda w, output: Path(output.train).parent.parent,
             train_size=EXP.benchmark.train_size,
             test_size=EXP.benchmark.test_size,
             seed=EXP.benchmark.seed,
-        wildcard_constraints:
-            task="|".join(minicoin.TASKS),
-        conda:
-            CONDA_ENV
-        log:
-            str(layout.log_file(RESULTS, None, "minicoin-{task}")),
-        resources:
-            **slurm_resources("prepare"),
         shell:
             "modalprompt make-minicoin {params.out:q} --tasks {wildcards.task:q} --train-size {params.train_size:q}"
             " --test-size {params.test_size:q} --seed {params.seed:q} > {log:q} 2>&1"

@@ -15,14 +15,14 @@ rule matrix:
         scores=lambda w: score_files(w.method),
     output:
         [str(layout.method_dir(RESULTS, "{method}") / name) for name in layout.SUMMARY_FILES],
+    log:
+        str(layout.log_file(RESULTS, "{method}", "matrix")),
+    conda:
+        CONDA_ENV
     params:
         tasks=TASKS,
         out=lambda w, output: Path(output[0]).parent,
         title=lambda w: f"{EXP.experiment}: {w.method}",
-    conda:
-        CONDA_ENV
-    log:
-        str(layout.log_file(RESULTS, "{method}", "matrix")),
     shell:
         "modalprompt matrix --method {wildcards.method:q} --tasks {params.tasks:q} --scores {input.scores:q}"
         " --out-dir {params.out:q} --title {params.title:q} > {log:q} 2>&1"
@@ -33,16 +33,16 @@ rule confusion:
         [str(layout.predictions_file(RESULTS, "{method}", len(TASKS), task)) for task in TASKS],
     output:
         [str(layout.method_dir(RESULTS, "{method}") / name) for name in layout.CONFUSION_FILES],
-    params:
-        tasks=TASKS,
-        out=lambda w, output: Path(output[0]).parent,
-        title=lambda w: f"{EXP.experiment}: {w.method}, prompt ranked first after stage {len(TASKS)}",
+    log:
+        str(layout.log_file(RESULTS, "{method}", "confusion")),
     wildcard_constraints:
         method="|".join(SELECTING) or "none",
     conda:
         CONDA_ENV
-    log:
-        str(layout.log_file(RESULTS, "{method}", "confusion")),
+    params:
+        tasks=TASKS,
+        out=lambda w, output: Path(output[0]).parent,
+        title=lambda w: f"{EXP.experiment}: {w.method}, prompt ranked first after stage {len(TASKS)}",
     shell:
         "modalprompt confusion --tasks {params.tasks:q} --predictions {input:q} --out-dir {params.out:q}"
         " --title {params.title:q} > {log:q} 2>&1"
@@ -53,15 +53,15 @@ rule compare:
         [summary_files(method) for method in METHOD_NAMES],
     output:
         [str(COMPARISON_DIR / name) for name in layout.COMPARISON_FILES],
+    log:
+        str(layout.log_file(RESULTS, None, "compare")),
+    conda:
+        CONDA_ENV
     params:
         results=RESULTS,
         methods=METHOD_NAMES,
         out=COMPARISON_DIR,
         title=f"{EXP.experiment}: each task's accuracy across stages",
-    conda:
-        CONDA_ENV
-    log:
-        str(layout.log_file(RESULTS, None, "compare")),
     shell:
         "modalprompt compare --results {params.results:q} --methods {params.methods:q} --out-dir {params.out:q}"
         " --title {params.title:q} > {log:q} 2>&1"
@@ -71,20 +71,22 @@ rule track:
     input:
         summary=[summary_files(method) for method in METHOD_NAMES],
         views=REPORT_VIEWS,
-        stages=[str(f) for method in TRAINED for s in STAGES for f in layout.checkpoint_files(RESULTS, method, s)],
+        stages=[
+            str(f) for method in TRAINED for s in STAGES for f in layout.checkpoint_files(RESULTS, method, s)
+        ],
         histories=[str(layout.history_file(RESULTS, method, s)) for method in TRAINED for s in STAGES],
     output:
         TRACKING_FILE,
+    log:
+        str(layout.log_file(RESULTS, None, "track")),
+    conda:
+        CONDA_ENV
     params:
         uri=EXP.tracking_uri,
         experiment=EXP.tracking.experiment or EXP.experiment,
         results=lambda w, output: Path(output[0]).parent,
         methods=sorted(set(METHOD_NAMES) | set(TRAINED)),
         tasks=TASKS,
-    conda:
-        CONDA_ENV
-    log:
-        str(layout.log_file(RESULTS, None, "track")),
     shell:
         "modalprompt track --uri {params.uri:q} --experiment {params.experiment:q} --results {params.results:q}"
         " --methods {params.methods:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"

@@ -14,15 +14,6 @@ rule train:
         meta=str(layout.checkpoint_files(RESULTS, "{method}", "{stage}")[0]),
         tensors=str(layout.checkpoint_files(RESULTS, "{method}", "{stage}")[1]),
         history=str(layout.history_file(RESULTS, "{method}", "{stage}")),
-    params:
-        settings=lambda w: job_to_json(train_job(EXP, task_of(w.stage).name, w.method)),
-        previous=lambda w, input: folders_of(input.previous),
-        out=lambda w, output: Path(output.meta).parent,
-        # the mid-stage state: not an output, so a failed or preempted attempt keeps it for the retry
-        state=lambda w: layout.resume_dir(RESULTS, w.method, w.stage),
-        launcher=train_launcher(),
-    conda:
-        CONDA_ENV
     log:
         str(layout.log_file(RESULTS, "{method}", "train-stage-{stage}")),
     benchmark:
@@ -30,9 +21,18 @@ rule train:
     wildcard_constraints:
         stage=r"[1-9]\d*",
         method="|".join(TRAINED) or "none",
+    conda:
+        CONDA_ENV
     threads: EXP.resources.train.cpus
     resources:
         **train_resources(),
+    params:
+        settings=lambda w: job_to_json(train_job(EXP, task_of(w.stage).name, w.method)),
+        previous=lambda w, input: folders_of(input.previous),
+        out=lambda w, output: Path(output.meta).parent,
+        # the mid-stage state: not an output, so a failed or preempted attempt keeps it for the retry
+        state=lambda w: layout.resume_dir(RESULTS, w.method, w.stage),
+        launcher=train_launcher(),
     shell:
         "{params.launcher:q} train --settings {params.settings:q} --previous {params.previous:q}"
         " --out {params.out:q} --history {output.history:q} --state-dir {params.state:q}"

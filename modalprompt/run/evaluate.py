@@ -91,13 +91,10 @@ def evaluate_stage(
         out = model.generate(batch, evaluation.max_new_tokens, force_task=force)
         texts = backbone.tokenizer.batch_decode(out.token_ids, skip_special_tokens=True)
         for i, key in enumerate(batch.keys):
-            selects = method_impl.selects  # a method without per-sample selection records none
-            chosen = [names[j] for j in out.selected[i].tolist()] if selects else []
-            scores = (
-                {n: round(float(v), 6) for n, v in zip(names, out.scores[i].tolist(), strict=True)}
-                if selects
-                else {}
-            )
+            chosen, scores = [], {}  # a method without per-sample selection records none
+            if method_impl.selects:
+                chosen = [names[j] for j in out.selected[i].tolist()]
+                scores = {n: round(float(v), 6) for n, v in zip(names, out.scores[i].tolist(), strict=True)}
             predictions.append(Prediction(key, texts[i].strip(), chosen, scores))
     seconds = time.perf_counter() - start
     if out_file is not None:

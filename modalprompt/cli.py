@@ -25,6 +25,7 @@ from modalprompt.config import (
     ExperimentConfig,
     JobResources,
     PreemptionConfig,
+    ProgressConfig,
     TrainJob,
     eval_job,
     job_from_json,
@@ -48,8 +49,22 @@ class Arg:
 Settings = Annotated[str | None, Arg("the job's resolved settings as JSON (what the pipeline passes)")]
 Config = Annotated[Path | None, Arg("config.yaml to take the settings from (with --task)")]
 Task = Annotated[str | None, Arg("task name from the config's task list")]
-Quiet = Annotated[bool, Arg("no progress bar")]
+Quiet = Annotated[bool, Arg("no progress lines (or bar on a terminal)")]
 Threads = Annotated[int | None, Arg("CPU threads for torch (default: torch's own choice)")]
+ProgressSteps = Annotated[
+    int | None, Arg("a progress line every N steps or batches (default: the config's progress.every_steps)")
+]
+ProgressSeconds = Annotated[
+    float | None, Arg("... and every S seconds (default: the config's progress.every_seconds)")
+]
+
+
+def _progress(
+    experiment: ExperimentConfig | None, steps: int | None, seconds: float | None
+) -> ProgressConfig:
+    chosen = experiment.progress if experiment is not None else ProgressConfig()
+    return replace(chosen, every_steps=chosen.every_steps if steps is None else steps,
+                   every_seconds=chosen.every_seconds if seconds is None else seconds)  # fmt: skip
 
 
 def _job(settings, config, task, threads, cls, from_config) -> tuple[Any, ExperimentConfig | None]:
@@ -58,6 +73,10 @@ def _job(settings, config, task, threads, cls, from_config) -> tuple[Any, Experi
         import torch
 
         torch.set_num_threads(threads)
+    if not sys.stderr.isatty():  # a job's log: progress lines only, not transformers' loading bars
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
     if settings:
         return job_from_json(cls, settings), None
     if not (config and task):
@@ -98,6 +117,13 @@ def train(
         Literal["yes", "no"] | None,
         Arg("with --zero-stage 3: the base's shards in CPU memory (ZeRO-Offload)"),
     ] = None,
+    progress_steps: ProgressSteps = None,
+    progress_seconds: ProgressSeconds = None,
+    tracking_uri: Annotated[
+        str | None,
+        Arg("MLflow store that gets the stage's curves live, step by step (the pipeline passes one)"),
+    ] = None,
+    tracking_experiment: Annotated[str | None, Arg("MLflow experiment of the live run")] = None,
 ) -> int:
     """train one stage: the task's prompt and key network"""
     from modalprompt.bases.backbone import load_backbone
@@ -113,15 +139,19 @@ def train(
         engine = replace(engine, offload=offload == "yes")
     if engine.offload and engine.zero_stage != 3:
         raise ConfigError("--offload yes needs --zero-stage 3 (ZeRO-Offload moves the base's ZeRO-3 shards)")
+    live = _LiveCurves(tracking_uri, tracking_experiment)
     rank, _ = init_from_environment()  # torchrun or srun with several tasks: one process per GPU
     try:
         result = train_stage(load_backbone(job.model), job.method, job.training, job.task, previous, out,
-                             data=job.data, method_name=job.method_name, progress=not quiet, state_dir=state_dir,
-                             save_every_steps=save_every, engine=engine)  # fmt: skip
+                             data=job.data, method_name=job.method_name, progress=not quiet,
+                             progress_every=_progress(experiment, progress_steps, progress_seconds),
+                             state_dir=state_dir, save_every_steps=save_every, engine=engine,
+                             on_start=live.start, on_step=live.step)  # fmt: skip
     except Preempted as stopped:
         print(f"modalprompt: {stopped}; run the same command again to continue", file=sys.stderr)
         return EXIT_PREEMPTED
     finally:
+        live.close()
         shutdown()
     if rank != 0:
         return 0  # rank 0 wrote the checkpoint; it reports
@@ -132,6 +162,30 @@ def train(
                       "samples_per_s": round(result.samples_per_s, 2), "skipped_records": len(result.skipped),
                       "resumed_from_step": result.resumed_from_step}))  # fmt: skip
     return 0
+
+
+class _LiveCurves:
+    """The training job's side of live MLflow curves: opens the stage's run when it starts (tracking.LiveRun),
+    queues each step's metrics; nothing at all without a tracking URI."""
+
+    def __init__(self, uri: str | None, experiment: str | None):
+        self.uri, self.experiment, self.run = uri, experiment, None
+
+    def start(self, stage) -> None:
+        if self.uri:
+            from modalprompt.tracking import LiveRun
+
+            warn = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+            self.run = LiveRun(self.uri, self.experiment or "modalprompt", stage.method_name, stage.stage,
+                               stage.task, stage.identity, warn=warn)  # fmt: skip
+
+    def step(self, metrics) -> None:
+        if self.run is not None:
+            self.run.log_step(metrics)
+
+    def close(self) -> None:
+        if self.run is not None:
+            self.run.close()
 
 
 def submit(
@@ -177,14 +231,17 @@ def evaluate(
     threads: Threads = None,
     checkpoints: Annotated[list[Path], Arg("checkpoints of stages 1..s, in order")] = (),
     out: Annotated[Path, Arg("predictions JSONL to write")],
+    progress_steps: ProgressSteps = None,
+    progress_seconds: ProgressSeconds = None,
 ) -> None:
     """generate answers for a task's eval file after stage s"""
     from modalprompt.bases.backbone import load_backbone
     from modalprompt.run.evaluate import evaluate_stage
 
-    job, _ = _job(settings, config, task, threads, EvalJob, eval_job)
+    job, experiment = _job(settings, config, task, threads, EvalJob, eval_job)
     result = evaluate_stage(load_backbone(job.model), job.method, job.evaluation, job.task, checkpoints, out,
-                            data=job.data, method_name=job.method_name, progress=not quiet)  # fmt: skip
+                            data=job.data, method_name=job.method_name, progress=not quiet,
+                            progress_every=_progress(experiment, progress_steps, progress_seconds))  # fmt: skip
     print(json.dumps({"task": result.task, "stage": result.stage, "samples": len(result.predictions),
                       "skipped_records": len(result.skipped), "seconds": round(result.seconds, 3),
                       "samples_per_s": round(result.samples_per_s, 2)}))  # fmt: skip

@@ -305,6 +305,21 @@ class EngineConfig:
 
 
 @dataclass(frozen=True)
+class ProgressConfig:
+    every_steps: int = _help(
+        "Job logs get a progress line every N optimizer steps (training) or generation batches (evaluation); "
+        "0: only the time trigger. Changing it reruns nothing.",
+        default=10,
+        minimum=0,
+    )
+    every_seconds: float = _help(
+        "... and at least every S seconds; 0: only the step trigger. A terminal shows a bar instead.",
+        default=60.0,
+        minimum=0.0,
+    )
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     uri: str | None = _help(
         "MLflow tracking URI; null = SQLite file <results>/<experiment>/mlflow.db.", default=None
@@ -362,6 +377,9 @@ class ExperimentConfig:
     engine: EngineConfig = _help(
         "How training steps run over the processes: plain data parallel or DeepSpeed ZeRO.",
         default_factory=EngineConfig,
+    )
+    progress: ProgressConfig = _help(
+        "How often running jobs report progress in their logs.", default_factory=ProgressConfig
     )
     tracking: TrackingConfig = _help("Where MLflow records the runs.", default_factory=TrackingConfig)
     source: str = _help(

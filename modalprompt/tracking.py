@@ -20,6 +20,10 @@ from modalprompt.scoring.metrics import SUMMARY_METRICS
 
 KEY_TAG = "modalprompt.key"
 HASH_TAG = "modalprompt.hash"
+LIVE_TAG = "modalprompt.live"  # opened by the training job while it trained (LiveRun)
+IDENTITY_TAG = (
+    "modalprompt.identity"  # the version of the stage a live run records (stage.json's run_identity)
+)
 MAX_PARAM_LENGTH = 500  # MLflow's limit for one param value
 
 
@@ -66,18 +70,32 @@ class Tracker:
     def runs_with_key(self, key: str) -> list[Any]:
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'")
 
-    def replace_run(self, key: str, content_hash: str, name: str, tags: dict[str, str]) -> tuple[str, bool]:
-        """The run for `key` with this content hash: (run id, True) if it is new, (id, False) if kept."""
+    def replace_run(
+        self, key: str, content_hash: str, name: str, tags: dict[str, str], identity: str | None = None
+    ) -> tuple[str, bool]:
+        """The run for `key` with this content hash: (run id, True) if it is to be (re)logged, (id, False) if
+        kept as it is. A live run of the same stage version (`identity`), opened by the training job, is
+        completed rather than replaced; every other run of the key is deleted."""
         existing = self.runs_with_key(key)
         for run in existing:
             if run.data.tags.get(HASH_TAG) == content_hash and run.info.status == "FINISHED":
                 return run.info.run_id, False
+        live = [r for r in existing if identity and _is_live(r) and r.data.tags.get(IDENTITY_TAG) == identity]
         for run in existing:
-            self.client.delete_run(run.info.run_id)
+            if not live or run.info.run_id != live[0].info.run_id:
+                self.client.delete_run(run.info.run_id)
+        if live:
+            run_id = live[0].info.run_id
+            for tag, value in {HASH_TAG: content_hash, **tags}.items():
+                self.client.set_tag(run_id, tag, value)
+            return run_id, True
         run = self.client.create_run(
             self.experiment_id, run_name=name, tags={KEY_TAG: key, HASH_TAG: content_hash, **tags}
         )
         return run.info.run_id, True
+
+    def logged_steps(self, run_id: str, name: str) -> set[int]:
+        return {m.step for m in self.client.get_metric_history(run_id, name)}
 
     def log(self, run_id: str, params: dict[str, str], metrics: list[tuple[str, float, int]]) -> None:
         from mlflow.entities import Metric, Param
@@ -98,6 +116,111 @@ class Tracker:
 
 
 _CURVES = ("loss", "ce", "align_image", "align_text", "lr", "samples_per_s", "peak_memory_mb")
+
+
+def _is_live(run: Any) -> bool:
+    """A run the training job opened and the `track` step has not completed yet."""
+    return run.data.tags.get(LIVE_TAG) == "true" and HASH_TAG not in run.data.tags
+
+
+def stage_key(method: str, stage: int) -> str:
+    """The key tag of a stage's run: the training job's live run and the `track` step's are the same run."""
+    return f"{method}/stage-{stage}"
+
+
+def stage_tags(method: str, stage: int, task: str) -> dict[str, str]:
+    return {"method": method, "stage": str(stage), "task": task, "kind": "train"}
+
+
+class LiveRun:
+    """A training stage's per-step metrics, sent to its MLflow run while it trains.
+
+    Everything MLflow does happens in a background thread fed by a queue, so a slow or vanished tracking
+    server never stalls or fails training: the first error is reported once (`warn`) and later metrics are
+    dropped; the `track` step logs whatever the run misses from the stage's history.jsonl. The run is the
+    one `track` completes (same key tag, same metric names and steps). A resumed attempt of the same stage
+    version (`identity`) continues its live run; any other run of the key is from an older version and is
+    deleted."""
+
+    def __init__(self, uri: str, experiment: str, method: str, stage: int, task: str, identity: str,
+                 warn=print):  # fmt: skip
+        import queue
+        import threading
+
+        self.uri, self.warn, self.failed = uri, warn, False
+        self.queue: queue.Queue = queue.Queue()
+        self.opened = threading.Event()
+        self.thread = threading.Thread(
+            target=self._work, args=(experiment, method, stage, task, identity), daemon=True
+        )
+        self.thread.start()
+
+    def log_step(self, metrics: Any) -> None:
+        """Queue one step's metrics (a StepMetrics or a dict with `step`); returns at once."""
+        row = metrics if isinstance(metrics, dict) else metrics.__dict__
+        if not self.failed:
+            self.queue.put(dict(row))
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Send what is queued, waiting at most `timeout` seconds; the run stays open for `track`."""
+        self.queue.put(None)
+        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self._fail(f"still busy after {timeout:.0f} s")
+
+    def _fail(self, reason: str) -> None:
+        if not self.failed:
+            self.failed = True
+            self.warn(f"modalprompt: warning: live curves to MLflow at {self.uri} stopped ({reason}); the "
+                      "stage trains on, and the `track` step records its curves from history.jsonl")  # fmt: skip
+
+    def _work(self, experiment, method, stage, task, identity) -> None:
+        try:
+            reason = unreachable(self.uri)
+            if reason:
+                raise ConnectionError(reason)
+            tracker = _tracker(self.uri, experiment)
+            key = stage_key(method, stage)
+            run_id = None
+            for run in tracker.runs_with_key(key):
+                if _is_live(run) and run.data.tags.get(IDENTITY_TAG) == identity and run_id is None:
+                    run_id = run.info.run_id  # a resumed attempt continues its run
+                else:
+                    tracker.client.delete_run(run.info.run_id)
+            if run_id is None:
+                tags = {
+                    KEY_TAG: key,
+                    LIVE_TAG: "true",
+                    IDENTITY_TAG: identity,
+                    **stage_tags(method, stage, task),
+                }
+                run_id = tracker.client.create_run(tracker.experiment_id, run_name=_stage_run_name(key, task),
+                                                   tags=tags).info.run_id  # fmt: skip
+        except Exception as err:  # MLflow or the network: never the training's problem
+            self._fail(f"{type(err).__name__}: {err}")
+            return
+        finally:
+            self.opened.set()
+        while (row := self.queue.get()) is not None:
+            rows = [row]
+            while not self.queue.empty() and rows[-1] is not None:
+                rows.append(self.queue.get())
+            done = rows[-1] is None
+            metrics = [
+                (name, r[name], r["step"]) for r in rows if r is not None for name in _CURVES if name in r
+            ]
+            try:
+                tracker.log(run_id, {}, metrics)
+            except Exception as err:
+                self._fail(f"{type(err).__name__}: {err}")
+                return
+            if done:
+                return
+
+
+def _stage_run_name(key: str, task: str) -> str:
+    method, stage = key.split("/stage-")
+    return f"{method} stage {stage}: {task}"
 
 
 def unreachable(uri: str, timeout: float = 5.0) -> str | None:
@@ -134,15 +257,18 @@ def sync_all(
     return {"pending": True, "uri": uri, "error": reason}
 
 
-def _tracker(uri: str, experiment: str, results: Path) -> Tracker:
-    # A local store keeps its artifacts beside it, not in ./mlruns of whatever folder the job ran in.
-    local = uri.startswith(("sqlite:", "file:")) or "://" not in uri
-    return Tracker(uri, experiment, (Path(results) / "mlartifacts").resolve().as_uri() if local else None)
+def _tracker(uri: str, experiment: str) -> Tracker:
+    """A SQLite store keeps its artifacts in mlartifacts/ beside the database file (the default store is
+    <results>/mlflow.db), not in ./mlruns of whatever folder a job ran in; a server decides for itself."""
+    artifacts = None
+    if uri.startswith("sqlite:///"):
+        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return Tracker(uri, experiment, artifacts)
 
 
 def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: list[str]) -> dict[str, Any]:
     """Make MLflow match the files of `method` under `results`; returns the run ids and what was (re)logged."""
-    tracker = _tracker(uri, experiment, results)
+    tracker = _tracker(uri, experiment)
     summary: dict[str, Any] = {
         "experiment": experiment,
         "uri": uri,
@@ -152,26 +278,26 @@ def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: li
     }
     for stage, task in enumerate(tasks, start=1):
         checkpoint = layout.checkpoint_dir(results, method, stage)
-        meta_file, history_file = checkpoint / "stage.json", layout.history_file(results, method, stage)
+        meta_file, history_file = checkpoint / layout.META_FILE, layout.history_file(results, method, stage)
         if not meta_file.is_file():
             continue
-        key = f"{method}/stage-{stage}"
-        run_id, new = tracker.replace_run(
-            key, _hash_files([meta_file, history_file]), f"{method} stage {stage}: {task}",
-            {"method": method, "stage": str(stage), "task": task, "kind": "train"},
-        )  # fmt: skip
+        key = stage_key(method, stage)
+        meta = json.loads(meta_file.read_text())
+        extra = meta.get("extra", {})
+        run_id, new = tracker.replace_run(key, _hash_files([meta_file, history_file]), _stage_run_name(key, task),
+                                          stage_tags(method, stage, task), extra.get("run_identity"))  # fmt: skip
         summary["runs"][key] = run_id
         if not new:
             continue
-        meta = json.loads(meta_file.read_text())
-        extra = meta.get("extra", {})
         params = _flatten("", extra.get("settings", {}), {})
         params.update({"checkpoint": str(checkpoint.resolve()), "git_commit": extra.get("git_commit", "unknown"),
                        "torch_version": meta["torch_version"], "modalprompt_version": meta["package_version"],
                        "transformers_version": extra.get("transformers_version", "unknown"),
                        "base_fingerprint": meta["base_fingerprint"]})  # fmt: skip
         history = _read_jsonl(history_file)
-        metrics = [(name, row[name], row["step"]) for row in history for name in _CURVES if name in row]
+        logged = {name: tracker.logged_steps(run_id, name) for name in _CURVES}  # live ones are not repeated
+        metrics = [(name, row[name], row["step"]) for row in history for name in _CURVES
+                   if name in row and row["step"] not in logged[name]]  # fmt: skip
         metrics += [("stage_seconds", extra.get("seconds"), 0), ("stage_samples", extra.get("samples"), 0)]
         tracker.log(run_id, params, metrics)
         tracker.finish(run_id)
@@ -200,7 +326,7 @@ def sync_comparison(uri: str, experiment: str, results: Path, methods: list[str]
     files = [folder / name for name in layout.COMPARISON_FILES]
     if not all(f.is_file() for f in files):
         return {}
-    tracker = _tracker(uri, experiment, results)
+    tracker = _tracker(uri, experiment)
     run_id, new = tracker.replace_run(
         "comparison",
         _hash_files(files),

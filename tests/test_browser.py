@@ -202,3 +202,39 @@ def test_methods_side_by_side_on_the_compare_page(project, ui, browser):
     assert {"experiment.png", "summary-run.png", "heatmap.png", "compare.png", "forgetting.png"} <= {
         p.name for p in SHOTS.glob("*.png")
     }
+
+
+def test_a_training_stage_shows_its_curves_while_it_trains(project, ui, browser, tmp_path):
+    """A training job sends its curves to the store the UI serves while it trains: the run page shows
+    the run running, with the steps so far (the screenshot for the README's "Following a running job")."""
+    from mlflow.tracking import MlflowClient
+
+    raw = yaml.safe_load((project / "config.yaml").read_text())
+    raw["training"].update(epochs=40)  # long enough to be seen while it runs
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**raw, "paths": {
+        k: str(project / v) for k, v in raw["paths"].items()}}, sort_keys=False))  # fmt: skip
+    uri = f"sqlite:///{project / 'results' / 'tiny-demo' / 'mlflow.db'}"
+    job = subprocess.Popen([sys.executable, "-m", "modalprompt", "train", "--config", str(tmp_path / "config.yaml"),
+                            "--task", "colors", "--out", str(tmp_path / "stage-1"), "--progress-steps", "5",
+                            "--tracking-uri", uri, "--tracking-experiment", "tiny-demo-live"], cwd=tmp_path,
+                           env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        client = MlflowClient(uri)
+        deadline, run = time.time() + 300, None
+        while time.time() < deadline and job.poll() is None:
+            experiment = client.get_experiment_by_name("tiny-demo-live")
+            runs = client.search_runs([experiment.experiment_id]) if experiment else []
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "loss")) >= 10:
+                run = runs[0]
+                break
+            time.sleep(0.5)
+        assert run is not None and job.poll() is None, "the live run did not show 10 steps while the job ran"
+        page = f"{ui}/#/experiments/{experiment.experiment_id}/runs/{run.info.run_id}/model-metrics"
+        _open(browser, page, "loss", "ce")
+        time.sleep(3)  # the charts draw
+        assert job.poll() is None  # still training when the picture is taken
+        _shot(browser, "live-run.png")
+    finally:
+        output = job.communicate(timeout=600)[0]
+    assert job.returncode == 0, output[-3000:]
+    assert "modalprompt train stage 1 colors: step 5/" in output  # its log has progress lines too

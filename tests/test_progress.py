@@ -27,7 +27,7 @@ def test_a_line_every_n_steps_or_seconds_and_a_last_one():
     for step in range(1, 41):
         clock.now = step * 1.0 if step <= 25 else 25 + (step - 25) * 20.0  # slow steps after 25
         progress.update(1, loss=0.5)
-    progress.close(loss=0.4)
+    progress.close()
     steps = [int(m) for m in re.findall(r"step (\d+)/40", stream.getvalue())]
     # every 10 steps; from step 25 on each step takes 20 s, so the 30 s trigger fires every other step
     assert steps[:2] == [10, 20] and 30 in steps and steps[-1] == 40
@@ -49,7 +49,9 @@ def test_a_line_says_where_the_job_is_and_when_it_ends():
 
 def test_a_resumed_job_counts_its_rate_from_where_it_resumed():
     stream, clock = io.StringIO(), FakeClock()
-    progress = Progress("x", 100, "step", every_steps=10, every_seconds=0, initial=50, stream=stream, clock=clock)
+    progress = Progress(
+        "x", 100, "step", every_steps=10, every_seconds=0, initial=50, stream=stream, clock=clock
+    )
     for _ in range(10):
         clock.now += 1.0
         progress.update(1)

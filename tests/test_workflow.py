@@ -507,3 +507,22 @@ def test_a_method_reruns_only_for_the_settings_it_uses(tmp_path):
     )
     used = stage_json["extra"]["settings"]["method"]
     assert (used["transfer_num"], used["image_loss_weight"], used["text_loss_weight"]) == (1, 0.0, 0.0)
+
+
+def test_snakemake_report_holds_every_view_with_its_caption(project, tmp_path):
+    """`snakemake --report`: one self-contained HTML with the heatmaps, the selection confusion, the
+    forgetting curves and the metrics table, each with the caption that says what it shows."""
+    report = tmp_path / "report.html"
+    snakemake(project, "--report", str(report))
+    html = report.read_text()
+    for caption in (
+        "Accuracy matrix of modalprompt: the accuracy (%) on each task",
+        "Prompt selection of modalprompt after the last stage",
+        "Forgetting curves, all methods side by side",
+        "The metrics of every method in one table",
+        "The continual-learning metrics of modalprompt",
+    ):
+        assert caption in html, caption
+    for name in ("heatmap.png", "selection_confusion.png", "forgetting.png", "metrics.csv", "metrics.json"):
+        assert f'"filename": "{name}"' in html, name
+    assert html.count("iVBORw0KGgo") >= 3  # the PNGs themselves are inside the file (base64), not links

@@ -12,15 +12,15 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from modalprompt import methods
 from modalprompt.bases.backbone import Backbone
-from modalprompt.config import DataConfig, EvaluationConfig, MethodConfig, TaskConfig
+from modalprompt.config import DataConfig, EvaluationConfig, MethodConfig, ProgressConfig, TaskConfig
 from modalprompt.data.datasets import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
 from modalprompt.data.validation import Problem
 from modalprompt.files import atomic_write_text
 from modalprompt.model.wrapper import ModalPromptModel
+from modalprompt.run.progress import Progress
 
 
 @dataclass
@@ -55,6 +55,7 @@ def evaluate_stage(
     data: DataConfig = DataConfig(),  # noqa: B008 (frozen dataclass)
     method_name: str = "modalprompt",
     progress: bool = True,
+    progress_every: ProgressConfig = ProgressConfig(),  # noqa: B008 (frozen dataclass)
 ) -> EvalResult:
     """Generate answers for `task`'s eval file after stage len(checkpoints) of method `method_name`, which
     decides the prompts loaded and how they are chosen; write JSONL if `out_file`."""
@@ -84,8 +85,11 @@ def evaluate_stage(
     collate = Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=True)
     loader = DataLoader(dataset, batch_size=evaluation.batch_size, collate_fn=collate)
     predictions: list[Prediction] = []
+    bar = Progress(f"evaluate stage {len(names)} {task.name}", len(dataset), "sample", enabled=progress,
+                   every_steps=progress_every.every_steps * evaluation.batch_size,
+                   every_seconds=progress_every.every_seconds)  # fmt: skip
     start = time.perf_counter()
-    for batch in tqdm(loader, desc=f"eval {task.name} @ stage {len(names)}", disable=not progress):
+    for batch in loader:
         batch = batch.to(backbone.device)
         force = None if forced is None else torch.full((len(batch.keys),), forced)
         out = model.generate(batch, evaluation.max_new_tokens, force_task=force)
@@ -96,6 +100,8 @@ def evaluate_stage(
                 chosen = [names[j] for j in out.selected[i].tolist()]
                 scores = {n: round(float(v), 6) for n, v in zip(names, out.scores[i].tolist(), strict=True)}
             predictions.append(Prediction(key, texts[i].strip(), chosen, scores))
+        bar.update(len(batch.keys), samples_per_s=len(predictions) / max(time.perf_counter() - start, 1e-9))
+    bar.close()
     seconds = time.perf_counter() - start
     if out_file is not None:
         # skipped records get a row too, so that scoring can tell "skipped as bad" from "missing"

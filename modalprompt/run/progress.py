@@ -53,11 +53,25 @@ class Progress:
         self.start = self.last_line = clock()
         self.initial = self.done = self.last_done = initial
         self.enabled = enabled
+        self.fields: dict[str, Any] = {}  # the last ones given, for the closing line
         interactive = enabled and self.stream.isatty()
-        self.bar = tqdm(total=total, initial=initial, desc=label, unit=unit, file=self.stream) if interactive else None
+        self.bar = (
+            tqdm(total=total, initial=initial, desc=label, unit=unit, file=self.stream)
+            if interactive
+            else None
+        )
+
+    def start_at(self, done: int) -> None:
+        """A resumed job: `done` units were done before; rates and the ETA count from here."""
+        self.initial = self.done = self.last_done = done
+        self.start = self.last_line = self.clock()
+        if self.bar is not None:
+            self.bar.reset(total=self.total)
+            self.bar.update(done)
 
     def update(self, n: int = 1, **fields: Any) -> None:
         self.done += n
+        self.fields = fields
         if not self.enabled:
             return
         if self.bar is not None:
@@ -70,19 +84,22 @@ class Progress:
         if by_steps or by_time:
             self._line(now, fields)
 
-    def close(self, **fields: Any) -> None:
-        """The last line (or closes the bar)."""
+    def close(self) -> None:
+        """The last line, with the last fields (or closes the bar)."""
         if self.bar is not None:
             self.bar.close()
         elif self.enabled and self.done != self.last_done:
-            self._line(self.clock(), fields)
+            self._line(self.clock(), self.fields)
 
     def line(self, now: float, fields: dict[str, Any]) -> str:
         elapsed = now - self.start
         rate = (self.done - self.initial) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         share = f" ({100 * self.done / self.total:.0f}%)" if self.total else ""
-        parts = [f"{self.unit} {self.done}/{self.total}{share}", *(f"{k} {_value(v)}" for k, v in fields.items())]
+        parts = [
+            f"{self.unit} {self.done}/{self.total}{share}",
+            *(f"{k} {_value(v)}" for k, v in fields.items()),
+        ]
         parts += [f"elapsed {_clock(elapsed)}", f"eta {_clock(eta) if eta == eta else '?'}"]
         return f"modalprompt {self.label}: " + " ".join(parts)
 

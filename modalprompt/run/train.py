@@ -27,7 +27,6 @@ import torch
 import torch.distributed as dist
 import transformers
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from modalprompt import methods
 from modalprompt.bases.backbone import Backbone
@@ -35,6 +34,7 @@ from modalprompt.config import (
     DataConfig,
     EngineConfig,
     MethodConfig,
+    ProgressConfig,
     TaskConfig,
     TrainingConfig,
     config_hash,
@@ -46,6 +46,7 @@ from modalprompt.model.prompts import TaskPrompt
 from modalprompt.model.wrapper import ModalPromptModel
 from modalprompt.run.checkpoint import StageMeta, save_stage
 from modalprompt.run.engine import Engine, make_engine
+from modalprompt.run.progress import Progress
 from modalprompt.run.resume import (
     Preempted,
     ResumeState,
@@ -70,6 +71,18 @@ class StepMetrics:
     lr: float
     samples_per_s: float  # global samples (all ranks) per second over this step
     peak_memory_mb: float  # CUDA peak allocated, or the process's peak RSS on CPU
+
+
+@dataclass(frozen=True)
+class StageStart:
+    """What a stage is about to train, for `on_start` (e.g. the CLI opens the stage's live MLflow run)."""
+
+    method_name: str
+    stage: int
+    task: str
+    identity: str  # the stage version: settings, base, earlier stages (stage.json's run_identity)
+    total_steps: int
+    resumed_from: int  # steps done by an earlier attempt (0: from scratch)
 
 
 @dataclass
@@ -100,14 +113,18 @@ def train_stage(
     data: DataConfig = DataConfig(),  # noqa: B008 (frozen dataclass)
     method_name: str = "modalprompt",
     on_step: Callable[[StepMetrics], None] | None = None,
+    on_start: Callable[[StageStart], None] | None = None,
     progress: bool = True,
+    progress_every: ProgressConfig = ProgressConfig(),  # noqa: B008 (frozen dataclass)
     state_dir: Path | None = None,
     save_every_steps: int = 0,
     engine: EngineConfig = EngineConfig(),  # noqa: B008 (frozen dataclass)
 ) -> StageResult:
     """Train `task` as stage len(previous) + 1 of method `method_name` and write its checkpoint to `out_dir`.
 
-    The method decides what trains and which of the `method` settings it uses (methods/). With
+    The method decides what trains and which of the `method` settings it uses (methods/). `on_start` and
+    `on_step` (rank 0 only) see the stage begin and each optimizer step's metrics; `progress` writes a
+    progress line every `progress_every` (a bar on a terminal). With
     `state_dir`, a mid-stage state (run/resume.py) is saved every `save_every_steps` optimizer steps (0:
     never on a schedule) and when SIGUSR1 or SIGTERM arrives (then `Preempted` is raised after the step); a
     state found there is resumed, and the finished stage removes it. `engine` picks plain data parallel or
@@ -120,7 +137,9 @@ def train_stage(
             print(f"modalprompt: engine.zero_stage={engine.zero_stage}: no mid-stage state is saved; "
                   "a stopped stage starts over", file=sys.stderr)  # fmt: skip
         state_dir = None
-    done = _train(stage, state_dir, save_every_steps, on_step, progress)
+    bar = Progress(f"train stage {stage.number} {task.name}", stage.total_steps, "step", enabled=progress and rank == 0,
+                   every_steps=progress_every.every_steps, every_seconds=progress_every.every_seconds)  # fmt: skip
+    done = _train(stage, state_dir, save_every_steps, on_start, on_step, bar)
     if rank == 0:
         _record(stage, done, Path(out_dir))
         if state_dir is not None:
@@ -239,7 +258,7 @@ class _Done:
     seconds: float = 0.0
 
 
-def _train(stage: _Stage, state_dir: Path | None, save_every: int, on_step, progress: bool) -> _Done:
+def _train(stage: _Stage, state_dir: Path | None, save_every: int, on_start, on_step, bar: Progress) -> _Done:
     rank = _rank_world()[0]
     model, device, accum = stage.model, stage.device, stage.training.grad_accum_steps
     backbone = model.backbone
@@ -251,8 +270,10 @@ def _train(stage: _Stage, state_dir: Path | None, save_every: int, on_step, prog
         backbone.llava.train()  # checkpointing is active in train mode only; the base has no dropout in use
     done = _resume(stage, state_dir)
     stop = StopSignals() if state_dir is not None else None
-    bar = tqdm(total=stage.total_steps, initial=done.resumed_from, desc=f"stage {stage.number} {stage.task.name}",
-               disable=not progress or rank != 0)  # fmt: skip
+    bar.start_at(done.resumed_from)
+    if on_start is not None and rank == 0:
+        on_start(StageStart(stage.method_name, stage.number, stage.task.name, stage.identity(), stage.total_steps,
+                            done.resumed_from))  # fmt: skip
     start = time.perf_counter()
     stream = stage.batches(done.done_micro)
     try:
@@ -274,8 +295,7 @@ def _train(stage: _Stage, state_dir: Path | None, save_every: int, on_step, prog
             )
             done.history.append(metrics)
             done.samples += samples
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics.loss:.4f}", ce=f"{metrics.ce:.4f}")
+            bar.update(1, **{k: v for k, v in dataclasses.asdict(metrics).items() if k != "step"})
             if on_step is not None and rank == 0:
                 on_step(metrics)
             if stop is not None and step < stage.total_steps:
@@ -356,6 +376,7 @@ def _record(stage: _Stage, done: _Done, out_dir: Path) -> None:
         "settings": to_jsonable(settings),
         "git_commit": git_commit(),
         "transformers_version": transformers.__version__,
+        "run_identity": stage.identity(),  # the MLflow run the training job logged live is this stage's
     }
     meta = StageMeta(
         task=stage.task.name,

@@ -134,10 +134,26 @@ def slurm_resources(kind):
     return out
 
 
+def progress_resources():
+    """How often a job writes a progress line: a resource, not a param, so that changing it reruns nothing."""
+    return {"progress_steps": EXP.progress.every_steps, "progress_seconds": str(EXP.progress.every_seconds)}
+
+
+def evaluate_resources():
+    return {**slurm_resources("evaluate"), **progress_resources()}
+
+
 def train_resources():
-    """Training jobs also carry their mid-stage save interval, their engine and, on Slurm, a warning signal
-    before the time limit: resources, not params, so that changing them reruns nothing."""
-    out = {**slurm_resources("train"), "save_every_steps": EXP.preemption.save_every_steps}
+    """Training jobs also carry their mid-stage save interval, their engine, where their live curves go, and
+    on Slurm a warning signal before the time limit: resources, not params, so that changing them reruns
+    nothing."""
+    out = {
+        **slurm_resources("train"),
+        **progress_resources(),
+        "save_every_steps": EXP.preemption.save_every_steps,
+    }
+    out["tracking_uri"] = EXP.tracking_uri
+    out["tracking_experiment"] = EXP.tracking.experiment or EXP.experiment
     # the engine changes how a stage runs, not what it learns: a resource too
     out["zero_stage"] = "none" if EXP.engine.zero_stage is None else str(EXP.engine.zero_stage)
     out["offload"] = "yes" if EXP.engine.offload else "no"

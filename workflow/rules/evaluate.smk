@@ -18,13 +18,14 @@ rule evaluate:
         CONDA_ENV
     threads: EXP.resources.evaluate.cpus
     resources:
-        **slurm_resources("evaluate"),
+        **evaluate_resources(),
     params:
         settings=lambda w: job_to_json(eval_job(EXP, w.task, cell_method(w.method, w.stage))),
         checkpoints=lambda w, input: folders_of(input.checkpoints),
     shell:
         "modalprompt evaluate --settings {params.settings:q} --checkpoints {params.checkpoints:q}"
-        " --out {output:q} --threads {threads} --quiet > {log:q} 2>&1"
+        " --out {output:q} --threads {threads} --progress-steps {resources.progress_steps:q}"
+        " --progress-seconds {resources.progress_seconds:q} > {log:q} 2>&1"
 
 
 rule score:

@@ -14,14 +14,34 @@ rule matrix:
     input:
         scores=lambda w: score_files(w.method),
     output:
-        [str(layout.method_dir(RESULTS, "{method}") / name) for name in layout.SUMMARY_FILES],
+        matrix=report(
+            str(layout.method_dir(RESULTS, "{method}") / "matrix.csv"),
+            caption="../report/matrix.rst",
+            category="Accuracy matrices",
+            subcategory="{method}",
+            labels={"method": "{method}", "figure": "matrix (CSV)"},
+        ),
+        selection=str(layout.method_dir(RESULTS, "{method}") / "selection.csv"),
+        metrics=report(
+            str(layout.method_dir(RESULTS, "{method}") / "metrics.json"),
+            caption="../report/metrics.rst",
+            category="Metrics",
+            labels={"method": "{method}", "figure": "metrics (JSON)"},
+        ),
+        heatmap=report(
+            str(layout.method_dir(RESULTS, "{method}") / "heatmap.png"),
+            caption="../report/heatmap.rst",
+            category="Accuracy matrices",
+            subcategory="{method}",
+            labels={"method": "{method}", "figure": "heatmap"},
+        ),
     log:
         str(layout.log_file(RESULTS, "{method}", "matrix")),
     conda:
         CONDA_ENV
     params:
         tasks=TASKS,
-        out=lambda w, output: Path(output[0]).parent,
+        out=lambda w, output: Path(output.matrix).parent,
         title=lambda w: f"{EXP.experiment}: {w.method}",
     shell:
         "modalprompt matrix --method {wildcards.method:q} --tasks {params.tasks:q} --scores {input.scores:q}"
@@ -32,7 +52,13 @@ rule confusion:
     input:
         [str(layout.predictions_file(RESULTS, "{method}", len(TASKS), task)) for task in TASKS],
     output:
-        [str(layout.method_dir(RESULTS, "{method}") / name) for name in layout.CONFUSION_FILES],
+        table=str(layout.method_dir(RESULTS, "{method}") / "selection_confusion.csv"),
+        figure=report(
+            str(layout.method_dir(RESULTS, "{method}") / "selection_confusion.png"),
+            caption="../report/confusion.rst",
+            category="Prompt selection",
+            labels={"method": "{method}", "figure": "selection confusion"},
+        ),
     log:
         str(layout.log_file(RESULTS, "{method}", "confusion")),
     wildcard_constraints:
@@ -41,7 +67,7 @@ rule confusion:
         CONDA_ENV
     params:
         tasks=TASKS,
-        out=lambda w, output: Path(output[0]).parent,
+        out=lambda w, output: Path(output.table).parent,
         title=lambda w: f"{EXP.experiment}: {w.method}, prompt ranked first after stage {len(TASKS)}",
     shell:
         "modalprompt confusion --tasks {params.tasks:q} --predictions {input:q} --out-dir {params.out:q}"
@@ -52,7 +78,18 @@ rule compare:
     input:
         [summary_files(method) for method in METHOD_NAMES],
     output:
-        [str(COMPARISON_DIR / name) for name in layout.COMPARISON_FILES],
+        forgetting=report(
+            str(COMPARISON_DIR / "forgetting.png"),
+            caption="../report/forgetting.rst",
+            category="Methods compared",
+            labels={"figure": "forgetting curves"},
+        ),
+        metrics=report(
+            str(COMPARISON_DIR / "metrics.csv"),
+            caption="../report/comparison.rst",
+            category="Methods compared",
+            labels={"figure": "metrics of all methods"},
+        ),
     log:
         str(layout.log_file(RESULTS, None, "compare")),
     conda:

@@ -37,4 +37,6 @@ rule train:
         "{params.launcher:q} train --settings {params.settings:q} --previous {params.previous:q}"
         " --out {params.out:q} --history {output.history:q} --state-dir {params.state:q}"
         " --save-every {resources.save_every_steps:q} --zero-stage {resources.zero_stage:q}"
-        " --offload {resources.offload:q} --threads {threads} --quiet > {log:q} 2>&1"
+        " --offload {resources.offload:q} --threads {threads} --progress-steps {resources.progress_steps:q}"
+        " --progress-seconds {resources.progress_seconds:q} --tracking-uri {resources.tracking_uri:q}"
+        " --tracking-experiment {resources.tracking_experiment:q} > {log:q} 2>&1"

@@ -485,6 +485,13 @@ def pretrain_base(
     print(json.dumps(pretrain(corpus, llava, clip, chosen, log=lambda line: print(line, flush=True))))
 
 
+def warm_server(socket: Annotated[Path, Arg("the socket to serve on (a --warm job chooses it)")]) -> None:
+    """serve --warm jobs: started by the first one, ends when idle (modalprompt/run/warm.py)"""
+    from modalprompt.run.warm import serve
+
+    serve(socket, main)
+
+
 def schema() -> None:
     """print the JSON Schema of config.yaml (YAML)"""
     import yaml
@@ -495,7 +502,7 @@ def schema() -> None:
 
 
 COMMANDS = (train, evaluate, run, submit, score, matrix, metrics, compare, confusion, summary, track, ui,
-            validate, convert_llava, make_tiny_base, make_toy_data, make_minicoin, pretrain_base, schema)  # fmt: skip
+            validate, convert_llava, make_tiny_base, make_toy_data, make_minicoin, pretrain_base, schema, warm_server)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ signatures to argparse
@@ -538,16 +545,39 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="modalprompt", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--warm", choices=["yes", "no"], default="no",
+                        help="train/evaluate: run in a process forked from a local server that has already "
+                             "imported torch and transformers (modalprompt/run/warm.py); no effect under Slurm")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     for func in COMMANDS:
         _add_command(sub, func)
     return parser
 
 
+WARM_COMMANDS = ("train", "evaluate")
+
+
+def _without_warm(argv: list[str]) -> list[str]:
+    """The command line without the leading --warm option (the child runs the command itself)."""
+    i = (
+        argv.index("--warm")
+        if "--warm" in argv
+        else argv.index(next(a for a in argv if a.startswith("--warm=")))
+    )
+    return argv[:i] + argv[i + (1 if "=" in argv[i] else 2) :]
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = vars(_parser().parse_args(argv))
     func = args.pop("func")
-    args.pop("command")
+    warm, command = args.pop("warm") == "yes", args.pop("command")
+    if warm and command in WARM_COMMANDS:
+        from modalprompt.run.warm import run_warm
+
+        status = run_warm(_without_warm(argv))
+        if status is not None:
+            return status  # the command ran in a warm child; None: run it here
     try:
         return func(**args) or 0
     except USER_ERRORS as err:

@@ -345,6 +345,12 @@ class PipelineConfig:
         "Write the task files as a pipeline step: none (given), toy (the demo) or minicoin.",
         default=Generator.NONE,
     )
+    warm_start: bool = _help(
+        "Local runs: each train and evaluate job runs in a process forked from a local server that has "
+        "imported torch and transformers once (modalprompt/run/warm.py), instead of paying the imports "
+        "itself; jobs inside Slurm allocations always start on their own. Changing it reruns nothing.",
+        default=True,
+    )
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,11 @@ Chromium and runs it; screenshots go to $MODALPROMPT_SCREENSHOTS (default: test-
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -59,11 +61,15 @@ def ui(project):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "modalprompt", "ui", "--config", "config.yaml", "--port", str(port)],
-                              cwd=project, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    # its own session and a log file: MLflow's server starts worker processes that outlive it otherwise
+    log = project / "ui.log"
+    with log.open("w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "modalprompt", "ui", "--config", "config.yaml", "--port",
+                                   str(port)], cwd=project, env=_env(), stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
+    deadline = time.time() + 180
+    while time.time() < deadline and server.poll() is None:
         try:
             with urllib.request.urlopen(f"{url}/health", timeout=2) as answer:
                 if answer.status == 200:
@@ -71,11 +77,22 @@ def ui(project):
         except OSError:
             time.sleep(0.5)
     else:
-        server.kill()
-        pytest.fail(f"modalprompt ui did not answer: {server.stdout.read()[-2000:]}")
+        _stop(server)
+        pytest.fail(f"modalprompt ui did not answer: {log.read_text()[-2000:]}")
     yield url
-    server.terminate()
-    server.wait(timeout=30)
+    _stop(server)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """The UI and every process it started (its session): asked to stop, then killed."""
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(server.pid, signal_number)
+        except ProcessLookupError:
+            break
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=30)
+        time.sleep(1)  # its workers stop too, or the next signal ends them
 
 
 @pytest.fixture(scope="module")

@@ -135,8 +135,13 @@ def slurm_resources(kind):
 
 
 def progress_resources():
-    """How often a job writes a progress line: a resource, not a param, so that changing it reruns nothing."""
-    return {"progress_steps": EXP.progress.every_steps, "progress_seconds": str(EXP.progress.every_seconds)}
+    """How often a job writes a progress line, and whether it starts warm: resources, not params, so that
+    changing them reruns nothing."""
+    return {
+        "progress_steps": EXP.progress.every_steps,
+        "progress_seconds": str(EXP.progress.every_seconds),
+        "warm": "yes" if EXP.pipeline.warm_start else "no",
+    }
 
 
 def evaluate_resources():

@@ -23,7 +23,7 @@ rule evaluate:
         settings=lambda w: job_to_json(eval_job(EXP, w.task, cell_method(w.method, w.stage))),
         checkpoints=lambda w, input: folders_of(input.checkpoints),
     shell:
-        "modalprompt evaluate --settings {params.settings:q} --checkpoints {params.checkpoints:q}"
+        "modalprompt --warm {resources.warm:q} evaluate --settings {params.settings:q} --checkpoints {params.checkpoints:q}"
         " --out {output:q} --threads {threads} --progress-steps {resources.progress_steps:q}"
         " --progress-seconds {resources.progress_seconds:q} > {log:q} 2>&1"
 

@@ -34,7 +34,7 @@ rule train:
         state=lambda w: layout.resume_dir(RESULTS, w.method, w.stage),
         launcher=train_launcher(),
     shell:
-        "{params.launcher:q} train --settings {params.settings:q} --previous {params.previous:q}"
+        "{params.launcher:q} --warm {resources.warm:q} train --settings {params.settings:q} --previous {params.previous:q}"
         " --out {params.out:q} --history {output.history:q} --state-dir {params.state:q}"
         " --save-every {resources.save_every_steps:q} --zero-stage {resources.zero_stage:q}"
         " --offload {resources.offload:q} --threads {threads} --progress-steps {resources.progress_steps:q}"

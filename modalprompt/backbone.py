@@ -16,7 +16,6 @@ from pathlib import Path
 
 import safetensors
 import torch
-from safetensors import safe_open
 from torch import nn
 from transformers import (
     AutoTokenizer,
@@ -31,6 +30,7 @@ from transformers import (
 
 from modalprompt.config import Attention, DType, ModelConfig
 from modalprompt.errors import BaseModelError
+from modalprompt.original_llava import load_original_tokenizer, read_original_weights
 
 IMAGE_TOKEN = "<image>"
 
@@ -201,20 +201,6 @@ _SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}
 _PROJECTOR = {"mlp2x_gelu": "gelu"}
 
 
-def _read_original_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of an original LLaVA checkpoint: safetensors, or PyTorch .bin read without pickle code."""
-    tensors: dict[str, torch.Tensor] = {}
-    for path in _weight_files(folder):
-        with safe_open(path, framework="pt") as f:
-            tensors.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 (safe_open has no iterator)
-    if not tensors:
-        for path in sorted(folder.glob("pytorch_model*.bin")):
-            tensors.update(torch.load(path, map_location="cpu", weights_only=True))
-    if not tensors:
-        raise BaseModelError(f"{folder} holds no weights (*.safetensors or pytorch_model*.bin)")
-    return tensors
-
-
 def convert_llava(src: Path, dst: Path, clip_dir: Path) -> Path:
     """Convert an original LLaVA-1.5 checkpoint to the llava-hf layout in `dst` (written atomically).
 
@@ -228,14 +214,25 @@ def convert_llava(src: Path, dst: Path, clip_dir: Path) -> Path:
     projector = config["mm_projector_type"]
     if projector not in _PROJECTOR:
         raise BaseModelError(
-            f"{src}: mm_projector_type {projector!r} is not supported (supported: {list(_PROJECTOR)})"
+            f"{src}/config.json: mm_projector_type {projector!r} is not supported: convert-llava converts "
+            f"LLaVA-1.5's projector ({', '.join(_PROJECTOR)}), as in liuhaotian/llava-v1.5-7b"
         )
     strategy = config.get("mm_vision_select_feature", "patch")
     if strategy not in _SELECT_STRATEGY:
-        raise BaseModelError(f"{src}: mm_vision_select_feature {strategy!r} is not supported")
-    clip_config = CLIPConfig.from_pretrained(clip_dir, local_files_only=True)
+        raise BaseModelError(
+            f"{src}/config.json: mm_vision_select_feature {strategy!r} is not supported (supported: "
+            f"{', '.join(_SELECT_STRATEGY)})"
+        )
+    clip_config = _read_clip_config(clip_dir)
+    tower_width = clip_config.vision_config.hidden_size
+    if config.get("mm_hidden_size", tower_width) != tower_width:
+        raise BaseModelError(
+            f"{src}/config.json: mm_hidden_size {config['mm_hidden_size']} does not fit the CLIP in {clip_dir} "
+            f"(vision width {tower_width}): give --clip the CLIP the checkpoint was trained with "
+            f"({config.get('mm_vision_tower', 'see mm_vision_tower')})"
+        )
 
-    tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
+    tokenizer = load_original_tokenizer(src)
     added = {"additional_special_tokens": [IMAGE_TOKEN]} if IMAGE_TOKEN not in tokenizer.get_vocab() else {}
     if tokenizer.pad_token is None:
         added["pad_token"] = "<pad>"
@@ -254,8 +251,10 @@ def convert_llava(src: Path, dst: Path, clip_dir: Path) -> Path:
         vision_feature_select_strategy=_SELECT_STRATEGY[strategy],
         pad_token_id=tokenizer.pad_token_id,
     )
-    weights = _read_original_weights(src)
+    weights = read_original_weights(src)
     state = _map_original_keys(weights, old_vocab, text_config.vocab_size)
+    if not _weight_files(clip_dir):
+        raise BaseModelError(f"{clip_dir} has no *.safetensors weights: download the CLIP model's weights")
     clip_vision = CLIPModel.from_pretrained(clip_dir, local_files_only=True).vision_model
     if not any(k.startswith("model.vision_tower.") for k in state):
         state.update({f"model.vision_tower.{k}": v for k, v in clip_vision.state_dict().items()})
@@ -286,6 +285,14 @@ def convert_llava(src: Path, dst: Path, clip_dir: Path) -> Path:
         shutil.rmtree(dst)
     tmp.rename(dst)
     return dst
+
+
+def _read_clip_config(clip_dir: Path) -> CLIPConfig:
+    if _read_config(clip_dir, "clip").get("model_type") != "clip":
+        raise BaseModelError(
+            f"{clip_dir}/config.json is not a CLIP model: give --clip the folder of openai/clip-vit-large-patch14-336"
+        )
+    return CLIPConfig.from_pretrained(clip_dir, local_files_only=True)
 
 
 # Keys of the original config that describe LLaVA-fork training, not the Llama text model.

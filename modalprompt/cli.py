@@ -157,7 +157,12 @@ def _cmd_score(args: argparse.Namespace) -> None:
     from modalprompt.scoring import score_predictions
 
     result = score_predictions(
-        args.scorer, args.predictions, args.eval_file, args.task, args.max_samples or None
+        args.scorer,
+        args.predictions,
+        args.eval_file,
+        args.task,
+        args.max_samples or None,
+        Path(args.answers_file) if args.answers_file else None,
     )
     record = {"task": args.task, "stage": args.stage, **result.to_json()}
     if args.out:
@@ -172,6 +177,7 @@ def _cmd_matrix(args: argparse.Namespace) -> None:
 
     tasks = list(args.tasks)
     accuracy: dict[int, list[float | None]] = {}
+    published: dict[int, list[float | None]] = {}  # as the published evaluation code scores the same answers
     selection: dict[int, list[float | None]] = {}
     for path in args.scores:
         record = json.loads(Path(path).read_text())
@@ -181,9 +187,13 @@ def _cmd_matrix(args: argparse.Namespace) -> None:
             )
         column = tasks.index(record["task"])
         accuracy.setdefault(record["stage"], [None] * len(tasks))[column] = record["accuracy"]
+        published.setdefault(record["stage"], [None] * len(tasks))[column] = record.get(
+            "accuracy_published", record["accuracy"]
+        )
         selection.setdefault(record["stage"], [None] * len(tasks))[column] = record["selection_accuracy"]
     for stage in range(1, (args.repeat_base or 0) + 1):  # a method without training: row 0 at every stage
         accuracy[stage], selection[stage] = list(accuracy[0]), [None] * len(tasks)
+        published[stage] = list(published[0])
     out = Path(args.out_dir)
     metrics = compute_metrics(tasks, accuracy)
     last = [v for v in selection.get(metrics["stages"], []) if v is not None]  # at the last stage
@@ -193,6 +203,10 @@ def _cmd_matrix(args: argparse.Namespace) -> None:
         out / "selection.csv", format_matrix(tasks, {s: r for s, r in selection.items() if s > 0})
     )
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    atomic_write_text(out / "matrix_published.csv", format_matrix(tasks, published))
+    atomic_write_text(
+        out / "metrics_published.json", json.dumps(compute_metrics(tasks, published), indent=1) + "\n"
+    )
     write_heatmap(out / "heatmap.png", tasks, accuracy, args.title or "accuracy (%)")
     print(format_matrix(tasks, accuracy), end="")
     print(json.dumps(metrics))
@@ -275,6 +289,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from modalprompt.validation import (
         ImageChecker,
         load_records,
+        validate_answers_file,
         validate_eval_records,
         validate_folder,
         validate_train_records,
@@ -287,7 +302,10 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             images = ImageChecker(Path(task.image_root), open_images=cfg.data.check_images)
             train, test = Path(task.train_file), Path(task.eval_file)
             reports.append(validate_train_records(load_records(train), str(train), images))
-            reports.append(validate_eval_records(load_records(test), str(test), images, task.scorer))
+            test_records = load_records(test)
+            reports.append(validate_eval_records(test_records, str(test), images, task.scorer))
+            if task.answers_file:
+                reports.append(validate_answers_file(test_records, str(test), Path(task.answers_file)))
     elif args.folder:
         reports = validate_folder(args.folder, args.image_root, args.scorer)
     else:
@@ -400,8 +418,9 @@ def _cmd_run(args: argparse.Namespace) -> None:
             out = layout.predictions_file(results, layout.cell_method(method, stage), stage, name)
             evaluate_stage(backbone, job.method, job.evaluation, job.task, checkpoints, out, data=job.data,
                            progress=not args.quiet)  # fmt: skip
+            answers = cfg.task(name).answers_file
             result = score_predictions(cfg.task(name).scorer, out, Path(job.task.eval_file), name,
-                                       job.evaluation.max_samples)  # fmt: skip
+                                       job.evaluation.max_samples, Path(answers) if answers else None)  # fmt: skip
             scores.append(layout.score_file(results, layout.cell_method(method, stage), stage, name))
             atomic_write_text(
                 scores[-1], json.dumps({"task": name, "stage": stage, **result.to_json()}) + "\n"
@@ -479,13 +498,17 @@ def build_parser() -> argparse.ArgumentParser:
         "score", help="score a predictions JSONL against its eval file (joined on question_id)"
     )
     p.add_argument(
-        "--scorer", required=True, help="option_letter | vqa_soft | exact_match | contains | box_iou"
-    )
+        "--scorer", required=True,
+        help="option_letter | vqa_soft | exact_match | exact_match_strict | contains | box_iou",
+    )  # fmt: skip
     p.add_argument("--predictions", type=Path, required=True)
     p.add_argument("--eval-file", type=Path, required=True, help="the task's test.json / val.json")
     p.add_argument("--task", help="task name, for selection accuracy (most similar prompt is the task's own)")
     p.add_argument("--stage", type=int, help="stage the predictions come from (recorded for the matrix)")
     p.add_argument("--max-samples", type=int, help="the evaluation's max_samples (0 or absent: all)")
+    p.add_argument("--answers-file", default="",
+                   help="reference answers per question_id (the task's answers_file, e.g. TextVQA_0.5.1_val.json; "
+                        "empty: the eval file's)")  # fmt: skip
     p.add_argument("--out", type=Path, help="write the full result (with per-question scores) as JSON here")
     p.set_defaults(func=_cmd_score)
 

@@ -73,8 +73,8 @@ def _check_inputs_exist():
         missing.append(("model.original_llava", f"{EXP.model.original_llava}/config.json"))
     if EXP.pipeline.generate_data == Generator.NONE:
         for i, task in enumerate(EXP.tasks):
-            missing += [(f"tasks[{i}].{key}", getattr(task, key)) for key in ("train_file", "eval_file")
-                        if not Path(getattr(task, key)).is_file()]
+            missing += [(f"tasks[{i}].{key}", getattr(task, key)) for key in ("train_file", "eval_file", "answers_file")
+                        if getattr(task, key) and not Path(getattr(task, key)).is_file()]
     if missing:
         lines = "\n".join(f"  {key}: {path} does not exist" for key, path in missing)
         raise WorkflowError(f"{CONFIG_FILE}: files missing before the pipeline can start:\n{lines}")

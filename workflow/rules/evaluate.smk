@@ -31,11 +31,14 @@ rule score:
     input:
         predictions=rules.evaluate.output[0],
         eval_file=lambda w: EXP.task(w.task).eval_file,
+        # CoIN's TextVQA answers (TextVQA_0.5.1_val.json); none for the other tasks
+        answers=lambda w: [EXP.task(w.task).answers_file] if EXP.task(w.task).answers_file else [],
     output:
         str(RESULTS / "{method}" / "stage-{stage}" / "eval" / "{task}.score.json"),
     params:
         scorer=lambda w: str(EXP.task(w.task).scorer),
         max_samples=lambda w: EXP.evaluation_for(w.task).max_samples or 0,
+        answers=lambda w: EXP.task(w.task).answers_file,
     conda:
         CONDA_ENV
     log:
@@ -43,4 +46,4 @@ rule score:
     shell:
         "modalprompt score --scorer {params.scorer:q} --predictions {input.predictions:q}"
         " --eval-file {input.eval_file:q} --task {wildcards.task:q} --stage {wildcards.stage:q}"
-        " --max-samples {params.max_samples:q} --out {output:q} > {log:q} 2>&1"
+        " --max-samples {params.max_samples:q} --answers-file {params.answers:q} --out {output:q} > {log:q} 2>&1"

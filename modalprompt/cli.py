@@ -204,9 +204,11 @@ def _cmd_matrix(args: argparse.Namespace) -> None:
     )
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     atomic_write_text(out / "matrix_published.csv", format_matrix(tasks, published))
-    atomic_write_text(
-        out / "metrics_published.json", json.dumps(compute_metrics(tasks, published), indent=1) + "\n"
-    )
+    metrics_published = {
+        **compute_metrics(tasks, published),
+        "selection_accuracy": metrics["selection_accuracy"],
+    }
+    atomic_write_text(out / "metrics_published.json", json.dumps(metrics_published, indent=1) + "\n")
     write_heatmap(out / "heatmap.png", tasks, accuracy, args.title or "accuracy (%)")
     print(format_matrix(tasks, accuracy), end="")
     print(json.dumps(metrics))
@@ -233,6 +235,19 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     atomic_write_text(
         out / "metrics.csv", "\n".join(",".join(r) for r in [["method", *SUMMARY_METRICS], *rows]) + "\n"
     )
+
+
+def _cmd_published(args: argparse.Namespace) -> None:
+    """A finished run's final accuracies and metrics beside a published row."""
+    from modalprompt.published import compare_run, format_comparison, load_published
+
+    published = load_published(args.published)
+    comparison = compare_run(args.run, published)
+    if args.json:
+        print(json.dumps({"stage": comparison.stage, "final": comparison.final, "metrics": comparison.metrics,
+                          "columns": ["ours", "ours_coin_scoring", "published"]}, indent=1))  # fmt: skip
+    else:
+        print(format_comparison(comparison, published), end="")
 
 
 def _cmd_confusion(args: argparse.Namespace) -> None:
@@ -535,6 +550,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-dir", type=Path, required=True)
     p.add_argument("--title", help="figure title")
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser(
+        "published", help="a finished run's final accuracies and metrics beside a published row"
+    )
+    p.add_argument(
+        "run", type=Path, help="the method's results folder, e.g. results/coin-llava7b/modalprompt"
+    )
+    p.add_argument(
+        "published",
+        type=Path,
+        help="the published row, e.g. docs/published/modalprompt-coin-llava-1.5-7b.json",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    p.set_defaults(func=_cmd_published)
 
     p = sub.add_parser(
         "confusion", help="selection confusion (true task vs prompt ranked first) at one stage"

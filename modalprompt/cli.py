@@ -162,12 +162,19 @@ def _cmd_score(args: argparse.Namespace) -> None:
         args.eval_file,
         args.task,
         args.max_samples or None,
-        Path(args.answers_file) if args.answers_file else None,
+        _one_answers_file(args.answers_file),
     )
     record = {"task": args.task, "stage": args.stage, **result.to_json()}
     if args.out:
         atomic_write_text(args.out, json.dumps(record, indent=1, default=str) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k != "per_question"}, default=str))
+
+
+def _one_answers_file(files: list[Path]) -> Path | None:
+    """--answers-file takes none (the rules pass the task's, which may be absent) or one file."""
+    if len(files) > 1:
+        raise ConfigError(f"--answers-file: one file at most, got {len(files)}")
+    return files[0] if files else None
 
 
 def _cmd_matrix(args: argparse.Namespace) -> None:
@@ -521,9 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", help="task name, for selection accuracy (most similar prompt is the task's own)")
     p.add_argument("--stage", type=int, help="stage the predictions come from (recorded for the matrix)")
     p.add_argument("--max-samples", type=int, help="the evaluation's max_samples (0 or absent: all)")
-    p.add_argument("--answers-file", default="",
-                   help="reference answers per question_id (the task's answers_file, e.g. TextVQA_0.5.1_val.json; "
-                        "empty: the eval file's)")  # fmt: skip
+    p.add_argument("--answers-file", nargs="*", type=Path, default=[],
+                   help="reference answers per question_id (the task's answers_file, e.g. TextVQA_0.5.1_val.json); "
+                        "none given: the eval file's")  # fmt: skip
     p.add_argument("--out", type=Path, help="write the full result (with per-question scores) as JSON here")
     p.set_defaults(func=_cmd_score)
 

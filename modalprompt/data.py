@@ -102,7 +102,7 @@ class ConversationEncoder:
         if not after_eos:
             return self.tokenizer(text, add_special_tokens=False)["input_ids"]
         # tokenised behind the EOS, as in LLaVA's whole conversation string: a sentencepiece tokenizer with
-        # the shipped `legacy: false` gives the text no leading '▁' there
+        # `legacy: false` gives the text no leading '▁' there, one with `legacy: true` does
         eos = self.tokenizer.eos_token
         return self.tokenizer(eos + text, add_special_tokens=False)["input_ids"][1:]
 

@@ -361,3 +361,26 @@ def test_answers_file_gives_the_reference_answers(tmp_path):
         score_predictions(
             "vqa_soft", predictions, eval_file, answers_file=tmp_path / "TextVQA_0.5.1_val.json"
         )
+
+
+def test_score_command_takes_the_answers_file_or_none(tmp_path, capsys):
+    """The score rule passes `--answers-file` with the task's file, or with nothing when it has none."""
+    from modalprompt.cli import main
+
+    refs = [{"question_id": 7, "text": "q", "answer": "dakota"}]
+    predictions, eval_file = _files(tmp_path, refs, [{"question_id": 7, "prediction": "Dakota"}])
+    answers = tmp_path / "TextVQA_0.5.1_val.json"
+    answers.write_text(json.dumps({"data": [{"question_id": 7, "answers": ["dakota"] + ["nikon"] * 9}]}))
+    common = [
+        "score",
+        "--scorer",
+        "vqa_soft",
+        "--predictions",
+        str(predictions),
+        "--eval-file",
+        str(eval_file),
+    ]
+    assert main([*common, "--answers-file", str(answers)]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(100 * 0.3)  # 1 of 10, x 3 / 10
+    assert main([*common, "--answers-file"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 100.0  # the eval file's one answer

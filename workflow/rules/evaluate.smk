@@ -38,7 +38,6 @@ rule score:
     params:
         scorer=lambda w: str(EXP.task(w.task).scorer),
         max_samples=lambda w: EXP.evaluation_for(w.task).max_samples or 0,
-        answers=lambda w: EXP.task(w.task).answers_file,
     conda:
         CONDA_ENV
     log:
@@ -46,4 +45,4 @@ rule score:
     shell:
         "modalprompt score --scorer {params.scorer:q} --predictions {input.predictions:q}"
         " --eval-file {input.eval_file:q} --task {wildcards.task:q} --stage {wildcards.stage:q}"
-        " --max-samples {params.max_samples:q} --answers-file {params.answers:q} --out {output:q} > {log:q} 2>&1"
+        " --max-samples {params.max_samples:q} --answers-file {input.answers:q} --out {output:q} > {log:q} 2>&1"

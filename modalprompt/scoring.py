@@ -117,9 +117,9 @@ _LETTER = r"\(?([A-Z])\)?"  # "A" or "(A)"
 _LETTER_PATTERNS = [
     # the whole answer is one letter, any case: "A", "b", "(C)", "D.", "e)"
     re.compile(r"^\(?([A-Za-z])\)?[.):]?$"),
-    # a letter that opens the answer and is followed by ". ", ") " or ": ": "A. text", "(B) text"; not an
-    # abbreviation such as "A.I." nor an article ("A cat")
-    re.compile(r"^\(?([A-Z])(?:\)|[.:])\s"),
+    # a letter that opens the answer and is followed by ". ", ") " or ": ": "A. text", "(B) text",
+    # "(C). text"; not an abbreviation such as "A.I." nor an article ("A cat")
+    re.compile(r"^\(?([A-Z])(?:\)|[.:])+\s"),
     # an answer phrase: "The answer is B", "Answer: (C)", "the correct option is d." (a lower-case letter only
     # where it ends the answer or is in brackets, so that "the answer is a triangle" is no letter)
     re.compile(r"\b(?:answer|option|choice)(?: is)?:?\s+" + _LETTER + r"(?!\w|\.\w)", re.IGNORECASE),

@@ -277,6 +277,7 @@ def test_vqa_period_quirk_is_only_in_the_published_score():
         ("the correct option is d.", "D", 1.0, 1.0),
         ("b", "B", 1.0, 1.0),  # a bare lower-case letter
         ("B", "B. a rock", 1.0, 1.0),
+        ("(C). a liquid", "C", 1.0, 1.0),
         ("F", "F", 1.0, 0.0),  # CoIN's options stop at E
     ],
 )

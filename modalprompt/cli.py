@@ -263,7 +263,9 @@ def run(
 
 def score(
     *,
-    scorer: Annotated[str, Arg("option_letter | vqa_soft | exact_match | contains | box_iou")],
+    scorer: Annotated[
+        str, Arg("option_letter | vqa_soft | exact_match | exact_match_strict | contains | box_iou")
+    ],
     predictions: Annotated[Path, Arg("predictions JSONL")],
     eval_file: Annotated[Path, Arg("the task's test.json / val.json")],
     task: Annotated[
@@ -271,12 +273,22 @@ def score(
     ] = None,
     stage: Annotated[int | None, Arg("stage the predictions come from (recorded for the matrix)")] = None,
     max_samples: Annotated[int | None, Arg("the evaluation's max_samples (0 or absent: all)")] = None,
+    answers_file: Annotated[
+        list[Path],
+        Arg(
+            "reference answers per question_id (the task's answers_file, e.g. TextVQA_0.5.1_val.json); "
+            "none given: the eval file's"
+        ),
+    ] = (),
     out: Annotated[Path | None, Arg("write the full result (with per-question scores) as JSON here")] = None,
 ) -> None:
     """score a predictions JSONL against its eval file (joined on question_id)"""
     from modalprompt.scoring.scorers import score_predictions
 
-    result = score_predictions(scorer, predictions, eval_file, task, max_samples or None)
+    if len(answers_file) > 1:  # the rules pass the task's, which may be absent: none or one
+        raise ConfigError(f"--answers-file: one file at most, got {len(answers_file)}")
+    answers = answers_file[0] if answers_file else None
+    result = score_predictions(scorer, predictions, eval_file, task, max_samples or None, answers)
     record = {"task": task, "stage": stage, **result.to_json()}
     if out:
         atomic_write_text(out, json.dumps(record, indent=1, default=str) + "\n")
@@ -285,10 +297,10 @@ def score(
 
 def matrix(
     *,
-    method: Annotated[str, Arg("the method whose matrix this is (modalprompt.methods)")],
     tasks: Annotated[list[str], Arg("task names in training order")],
     scores: Annotated[list[Path], Arg("score JSON files (from score --stage)")],
     out_dir: Annotated[Path, Arg("folder of matrix.csv, selection.csv, metrics.json, heatmap.png")],
+    method: Annotated[str, Arg("the method whose matrix this is (modalprompt.methods)")] = "modalprompt",
     title: Annotated[str, Arg("heatmap title")] = "accuracy (%)",
 ) -> None:
     """matrix.csv, selection.csv, metrics.json and heatmap.png of a method from its score files"""
@@ -322,6 +334,24 @@ def compare(
     from modalprompt.scoring.report import write_comparison
 
     write_comparison(results, methods, out_dir, title)
+
+
+def published(
+    run: Annotated[Path, Arg("the method's results folder, e.g. results/coin-llava7b/modalprompt")],
+    row: Annotated[Path, Arg("the published row, e.g. docs/published/modalprompt-coin-llava-1.5-7b.json")],
+    *,
+    as_json: Annotated[bool, Arg("print JSON instead of the table", flag="--json")] = False,
+) -> None:
+    """a finished run's final accuracies and metrics beside a published row"""
+    from modalprompt.scoring.published import compare_run, format_comparison, load_published
+
+    published_row = load_published(row)
+    comparison = compare_run(run, published_row)
+    if as_json:
+        print(json.dumps({"stage": comparison.stage, "final": comparison.final, "metrics": comparison.metrics,
+                          "columns": ["ours", "ours_coin_scoring", "published"]}, indent=1))  # fmt: skip
+    else:
+        print(format_comparison(comparison, published_row), end="")
 
 
 def confusion(
@@ -423,7 +453,7 @@ def convert_llava(
     clip: Annotated[Path, Arg("local CLIP folder whose vision model is the tower")],
 ) -> None:
     """convert an original LLaVA-1.5 checkpoint to the llava-hf layout"""
-    from modalprompt.bases.backbone import convert_llava as convert
+    from modalprompt.bases.convert import convert_llava as convert
 
     print(convert(src, dst, clip))
 
@@ -501,7 +531,7 @@ def schema() -> None:
     print(yaml.safe_dump(json_schema(), sort_keys=False, width=120), end="")
 
 
-COMMANDS = (train, evaluate, run, submit, score, matrix, metrics, compare, confusion, summary, track, ui,
+COMMANDS = (train, evaluate, run, submit, score, matrix, metrics, compare, published, confusion, summary, track, ui,
             validate, convert_llava, make_tiny_base, make_toy_data, make_minicoin, pretrain_base, schema, warm_server)  # fmt: skip
 
 

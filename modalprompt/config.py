@@ -74,11 +74,14 @@ MethodName = enum.StrEnum("MethodName", {name.upper(): name for name in methods.
 
 
 class Scorer(enum.StrEnum):  # modalprompt.scoring.scorers.SCORERS
-    OPTION_LETTER = "option_letter"
-    VQA_SOFT = "vqa_soft"
-    EXACT_MATCH = "exact_match"
-    CONTAINS = "contains"
-    BOX_IOU = "box_iou"
+    OPTION_LETTER = "option_letter"  # the option letter an answer names (ScienceQA)
+    VQA_SOFT = "vqa_soft"  # VQA soft accuracy over the human answers (TextVQA)
+    EXACT_MATCH = "exact_match"  # case-insensitive, trailing periods dropped (GQA)
+    EXACT_MATCH_STRICT = (
+        "exact_match_strict"  # case-insensitive, nothing else dropped (VizWiz, VQAv2, OCR-VQA)
+    )
+    CONTAINS = "contains"  # the class name occurs in the answer (ImageNet)
+    BOX_IOU = "box_iou"  # IoU > 0.5 with the reference box (Grounding)
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -245,6 +248,12 @@ class TaskConfig:
     eval_file: str = _help("CoIN test.json / val.json, under paths.data.", default="")
     image_root: str = _help("Folder the records' image paths are relative to, under paths.data.", default="")
     scorer: Scorer = _help("Scorer for this task's predictions.", default=Scorer.EXACT_MATCH)
+    answers_file: str = _help(
+        "File with every question's reference answers, when the eval file holds only one (CoIN scores TextVQA "
+        "against the 10 human answers of TextVQA_0.5.1_val.json): {'data': [{question_id, answers}]} or a "
+        "list of such records, joined on question_id; under paths.data. Empty: the eval file's answers.",
+        default="",
+    )
     training: dict[str, Any] = _help(
         "Overrides of `training` keys for this task only.", default_factory=dict, overrides=TrainingConfig
     )
@@ -471,7 +480,9 @@ def train_job(cfg: ExperimentConfig, name: str, method_name: str = "modalprompt"
         raise ConfigError(
             f"method {method.name!r} trains nothing (it evaluates {method.prompts_of!r}'s prompts)"
         )
-    task = dataclasses.replace(_bare(cfg.task(name)), eval_file="", scorer=Scorer.EXACT_MATCH)
+    task = dataclasses.replace(
+        _bare(cfg.task(name)), eval_file="", answers_file="", scorer=Scorer.EXACT_MATCH
+    )
     return TrainJob(MethodName(method.name), cfg.model, method.training_settings(cfg.method),
                     cfg.training_for(name), cfg.data, task)  # fmt: skip
 
@@ -480,7 +491,9 @@ def eval_job(cfg: ExperimentConfig, name: str, method_name: str = "modalprompt")
     """Evaluation reads the eval file and images only; scoring is a later step with its own settings. The
     method keeps only the method settings it evaluates with."""
     method = methods.get(method_name)
-    task = dataclasses.replace(_bare(cfg.task(name)), train_file="", scorer=Scorer.EXACT_MATCH)
+    task = dataclasses.replace(
+        _bare(cfg.task(name)), train_file="", answers_file="", scorer=Scorer.EXACT_MATCH
+    )
     return EvalJob(MethodName(method.name), cfg.model, method.evaluation_settings(cfg.method),
                    cfg.evaluation_for(name), cfg.data, task)  # fmt: skip
 
@@ -620,6 +633,7 @@ def resolve_paths(cfg: ExperimentConfig, config_dir: Path) -> ExperimentConfig:
             train_file=_under(data, t.train_file),
             eval_file=_under(data, t.eval_file),
             image_root=_under(data, t.image_root),
+            answers_file=_under(data, t.answers_file),
         )
         for t in cfg.tasks
     )

@@ -7,6 +7,7 @@ so the files, the contract between jobs, have one definition.
     <results>/<experiment>/<method>/stage-<s>/eval/<task>.jsonl      predictions (stage 0: no prompts)
     <results>/<experiment>/<method>/stage-<s>/eval/<task>.score.json
     <results>/<experiment>/<method>/{matrix.csv, selection.csv, metrics.json, heatmap.png}
+    <results>/<experiment>/<method>/{matrix_published.csv, metrics_published.json}  as the published code scores
     <results>/<experiment>/<method>/selection_confusion.{csv,png}   (methods that select prompts)
     <results>/<experiment>/comparison/{forgetting.png, metrics.csv}  (all methods side by side)
     <results>/<experiment>/{tracking.json, mlflow.db, logs/, benchmarks/}
@@ -91,6 +92,8 @@ def tracking_file(results: Path) -> Path:
     return Path(results) / "tracking.json"
 
 
-SUMMARY_FILES = ("matrix.csv", "selection.csv", "metrics.json", "heatmap.png")
+# the same matrix and metrics with every cell scored as the published evaluation code scores it (bugs included)
+PUBLISHED_FILES = ("matrix_published.csv", "metrics_published.json")
+SUMMARY_FILES = ("matrix.csv", "selection.csv", "metrics.json", "heatmap.png", *PUBLISHED_FILES)
 CONFUSION_FILES = ("selection_confusion.csv", "selection_confusion.png")  # methods that select prompts
 COMPARISON_FILES = ("forgetting.png", "metrics.csv")  # <results>/<experiment>/comparison/: all methods

@@ -1,15 +1,13 @@
 """Loading base models from local folders, and converting the original LLaVA-1.5 layout."""
 
-import json
 import re
 import shutil
 from pathlib import Path
 
 import pytest
-import safetensors.torch
 import torch
-from torch import nn
-from transformers import CLIPModel, LlamaForCausalLM
+from original_checkpoint import write_original_llava
+from transformers import CLIPModel
 
 from modalprompt.bases.backbone import (
     BaseModelError,
@@ -19,51 +17,17 @@ from modalprompt.bases.backbone import (
     resolve_attention,
     resolve_dtype,
 )
-from modalprompt.bench.tiny import build_llm_tokenizer, tiny_configs
 from modalprompt.cli import main
 from modalprompt.config import Attention, DType, ModelConfig
 
 
-def _write_original_llava(folder, clip_dir, as_pickle=False):
-    """A tiny checkpoint in the layout of liuhaotian/llava-v1.5-7b: LlavaLlamaForCausalLM + model.mm_projector."""
-    folder.mkdir()
-    tokenizer = build_llm_tokenizer(llava_hf=False)
-    tokenizer.save_pretrained(folder)
-    llava_cfg, _ = tiny_configs(len(tokenizer), 300, image_token_id=0)
-    text_cfg = llava_cfg.text_config
-    torch.manual_seed(3)
-    llm = LlamaForCausalLM(text_cfg)
-    mm_hidden = llava_cfg.vision_config.hidden_size
-    d = text_cfg.hidden_size
-    projector = nn.Sequential(nn.Linear(mm_hidden, d), nn.GELU(), nn.Linear(d, d))
-    state = {**llm.state_dict(), **{f"model.mm_projector.{k}": v for k, v in projector.state_dict().items()}}
-    config = {
-        **text_cfg.to_dict(),
-        "architectures": ["LlavaLlamaForCausalLM"],
-        "model_type": "llava",
-        "mm_hidden_size": mm_hidden,
-        "mm_projector_type": "mlp2x_gelu",
-        "mm_vision_select_layer": -2,
-        "mm_vision_select_feature": "patch",
-        "mm_vision_tower": "openai/clip-vit-large-patch14-336",
-        "mm_use_im_start_end": False,
-        "image_aspect_ratio": "pad",
-        "tokenizer_model_max_length": 2048,
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    if as_pickle:
-        torch.save(state, folder / "pytorch_model.bin")
-    else:
-        safetensors.torch.save_file(
-            {k: v.contiguous() for k, v in state.items()}, folder / "model.safetensors"
-        )
-    return llm, projector, len(tokenizer)
-
-
-@pytest.mark.parametrize("as_pickle", [False, True])
-def test_convert_original_layout_keeps_logits(tmp_path, tiny_base, as_pickle):
+@pytest.mark.parametrize("weights", ["bin", "safetensors"])
+def test_convert_original_layout_keeps_logits(tmp_path, tiny_base, weights):
+    """The checkpoint as liuhaotian/llava-v1.5-7b ships it (sentencepiece tokenizer.model only, sharded
+    weights with their index) converts, and the converted model gives the original weights' logits."""
     clip_dir = tiny_base[1]
-    llm, projector, old_vocab = _write_original_llava(tmp_path / "orig", clip_dir, as_pickle)
+    llm, projector, old_vocab = write_original_llava(tmp_path / "orig", weights=weights, shards=2)
+    assert not (tmp_path / "orig" / "tokenizer.json").exists()
     with pytest.raises(BaseModelError, match="convert-llava"):
         check_llava_folder(tmp_path / "orig")
     assert main(["convert-llava", str(tmp_path / "orig"), str(tmp_path / "hf"), "--clip", str(clip_dir)]) == 0

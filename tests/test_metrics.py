@@ -131,3 +131,20 @@ def test_selection_confusion_counts_the_prompt_ranked_first(tmp_path):
     )
     assert (tmp_path / "selection_confusion.csv").read_text().splitlines()[1:] == ["a,2,1", "b,0,1"]
     assert (tmp_path / "selection_confusion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_matrix_writes_the_published_matrix_beside_ours(tmp_path):
+    """Each score file's accuracy_published goes to matrix_published.csv and metrics_published.json."""
+    cells = {(1, "a"): (80.0, 80.0), (2, "a"): (70.0, 70.0), (2, "box"): (90.0, 60.0)}
+    scores = []
+    for (stage, task), (ours, published) in cells.items():
+        scores.append(tmp_path / f"{stage}-{task}.score.json")
+        record = {"task": task, "stage": stage, "accuracy": ours, "accuracy_published": published,
+                  "selection_accuracy": None}  # fmt: skip
+        scores[-1].write_text(json.dumps(record))
+    out = tmp_path / "out"
+    assert main(["matrix", "--tasks", "a", "box", "--scores", *map(str, scores), "--out-dir", str(out)]) == 0
+    assert (out / "matrix.csv").read_text().splitlines()[2] == "2,70.0000,90.0000"
+    assert (out / "matrix_published.csv").read_text().splitlines()[2] == "2,70.0000,60.0000"
+    assert json.loads((out / "metrics.json").read_text())["avg"] == pytest.approx(80.0)
+    assert json.loads((out / "metrics_published.json").read_text())["avg"] == pytest.approx(65.0)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from modalprompt.errors import DataError
-from modalprompt.scoring.scorers import normalize_vqa_answer, score, score_predictions
+from modalprompt.scoring.scorers import normalize_vqa_answer, score, score_predictions, score_published
 
 
 @pytest.mark.parametrize(
@@ -226,3 +226,162 @@ def test_score_command(tmp_path, capsys):
     predictions.write_text(json.dumps({"question_id": 1, "prediction": "A"}) + "\n")
     assert main(args) == 2
     assert "no prediction for 1 question(s)" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------ the official tables and rules, case by case
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [
+        ("well", "well"),
+        ("its", "its"),
+        ("shell", "shell"),
+        ("were", "were"),
+        ("id", "id"),  # words that a generated table turned into contractions; the published one has none
+        ("dont", "don't"),
+        ("Whats", "what's"),
+        ("yall'll", "y'all'll"),  # entries of the published table
+        ("Im", "im"),
+        (
+            "somebody'd",
+            "somebodyd",
+        ),  # its quirks: capitalised keys never match, one entry drops the apostrophe
+        ("x-y (-z", "x y z"),  # '-' is decided on the original text, where no space touches it
+        ("The dog's ball", "dog 's ball"),  # "'s" is split off (m4c's word_tokenize)
+        ("what, when?", "what when"),
+    ],
+)
+def test_vqa_normalisation_follows_the_published_processor(raw, normalised):
+    assert normalize_vqa_answer(raw) == normalised
+
+
+def test_vqa_period_quirk_is_only_in_the_published_score():
+    """m4c passes re.UNICODE (32) as the count of periods to remove: ours removes them all."""
+    answer = "." * 40 + "sign"
+    assert normalize_vqa_answer(answer) == "sign"
+    assert normalize_vqa_answer(answer, periods=32) == "." * 8 + "sign"
+    assert score("vqa_soft", answer, ["sign"] * 10) == 1.0
+    assert score_published("vqa_soft", answer, ["sign"] * 10) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "ours", "published"),
+    [
+        ("The answer is a triangle.", "A", 0.0, 1.0),  # an article, read by CoIN as the letter A
+        ("A.I. says C", "A", 0.0, 1.0),  # an abbreviation
+        ("A.I. says C", "C", 0.0, 0.0),
+        ("I think the answer is A.", "A", 1.0, 0.0),  # CoIN reads the first one-letter word, "I"
+        ("Answer: A", "A", 1.0, 1.0),
+        ("answer: (b)", "B", 1.0, 1.0),
+        ("the correct option is d.", "D", 1.0, 1.0),
+        ("b", "B", 1.0, 1.0),  # a bare lower-case letter
+        ("B", "B. a rock", 1.0, 1.0),
+        ("(C). a liquid", "C", 1.0, 1.0),
+        ("F", "F", 1.0, 0.0),  # CoIN's options stop at E
+    ],
+)
+def test_option_letter_against_coins_parser(prediction, reference, ours, published):
+    assert score("option_letter", prediction, reference) == ours
+    assert score_published("option_letter", prediction, reference) == published
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "ours", "published"),
+    [
+        ("", "golden retriever", 0.0, 1.0),  # '' is in every class name
+        ("retriever", "golden retriever", 0.0, 1.0),  # so is any part of it
+        ("Golden Retriever", "golden retriever", 1.0, 0.0),  # CoIN compares case-sensitively
+        ("a golden retriever", "golden retriever", 1.0, 1.0),
+    ],
+)
+def test_contains_against_coins_imagenet(prediction, reference, ours, published):
+    assert score("contains", prediction, reference) == ours
+    assert score_published("contains", prediction, reference) == published
+
+
+@pytest.mark.parametrize(
+    ("scorer", "prediction", "reference", "expected"),
+    [
+        ("exact_match", "yes..", "yes", 1.0),  # GQA: rstrip('.') and lower case
+        ("exact_match", "Left", "left", 1.0),
+        ("exact_match_strict", "Unanswerable", "unanswerable", 1.0),  # VizWiz: upper() on both sides
+        ("exact_match_strict", "yes.", "yes", 0.0),  # VizWiz, VQAv2, OCR-VQA keep the period
+        ("exact_match_strict", "Dr. Seuss", "dr. seuss", 1.0),
+        ("exact_match_strict", "Unanswerable", "Unanswerable", 1.0),  # CoIN's OCR-VQA would count it wrong
+    ],
+)
+def test_exact_match_rules_per_task(scorer, prediction, reference, expected):
+    assert score(scorer, prediction, reference) == expected
+    assert score_published(scorer, prediction, reference) == expected  # CoIN's rule is the same
+
+
+@pytest.mark.parametrize(
+    ("prediction", "reference", "ours", "published"),
+    [
+        ("[0.10, 0.10, 0.50, 0.18]", "[0.1, 0.1, 0.5, 0.18]", 1.0, 0.0),  # CoIN reads y2 = 0.1: height 0
+        ("[0.1, 0.1, 0.5, 0.8]", "[0.1, 0.1, 0.5, 0.8]", 1.0, 0.0),  # "0.8" becomes "0."
+        ("[0.10, 0.10, 0.50, 0.25]", "[0.1, 0.1, 0.5, 0.25]", 1.0, 1.0),  # 0.2 for 0.25 still overlaps enough
+        ("[1, 1, 5, 2]", "[1, 1, 5, 2]", 1.0, 0.0),  # the first number "1" becomes ""
+        ("The box is [0.10, 0.10, 0.50, 0.18].", "[0.1, 0.1, 0.5, 0.18]", 1.0, 0.0),
+        ("[0.6, 0.6, 0.9, 0.9]", "[0.1, 0.1, 0.5, 0.18]", 0.0, 0.0),
+    ],
+)
+def test_box_iou_against_coins_parser(prediction, reference, ours, published):
+    assert score("box_iou", prediction, reference) == ours
+    assert score_published("box_iou", prediction, reference) == published
+
+
+def test_score_file_records_the_published_accuracy_beside_ours(tmp_path):
+    refs = [
+        {"question_id": i, "text": "q", "answer_bbox": box, "size": [640, 480]}
+        for i, box in enumerate(["[0.1, 0.1, 0.5, 0.18]", "[0.2, 0.3, 0.6, 0.8]"])
+    ]
+    rows = [
+        {"question_id": 0, "prediction": "[0.10, 0.10, 0.50, 0.18]"},
+        {"question_id": 1, "prediction": "[0.2, 0.3, 0.6, 0.8]"},
+    ]
+    result = score_predictions("box_iou", *_files(tmp_path, refs, rows))
+    assert result.accuracy == 100.0 and result.accuracy_published == 0.0
+    assert result.to_json()["accuracy_published"] == 0.0
+
+
+def test_answers_file_gives_the_reference_answers(tmp_path):
+    """CoIN scores TextVQA against the 10 human answers of TextVQA_0.5.1_val.json, joined on question_id."""
+    refs = [{"question_id": 34602, "image": "TextVQA/train_images/a.jpg", "text": "q", "answer": "nokia"}]
+    annotations = {"data": [{"question_id": 34602, "answers": ["nokia"] * 2 + ["toshiba"] * 8}]}
+    (tmp_path / "TextVQA_0.5.1_val.json").write_text(json.dumps(annotations))
+    predictions, eval_file = _files(tmp_path, refs, [{"question_id": 34602, "prediction": "Nokia"}])
+    result = score_predictions(
+        "vqa_soft", predictions, eval_file, answers_file=tmp_path / "TextVQA_0.5.1_val.json"
+    )
+    assert result.accuracy == pytest.approx(100 * (8 * 2 / 3 + 2 * 1 / 3) / 10)
+    annotations["data"][0]["question_id"] = 1
+    (tmp_path / "TextVQA_0.5.1_val.json").write_text(json.dumps(annotations))
+    with pytest.raises(DataError, match=r"TextVQA_0.5.1_val.json: no answers for 1 question\(s\)"):
+        score_predictions(
+            "vqa_soft", predictions, eval_file, answers_file=tmp_path / "TextVQA_0.5.1_val.json"
+        )
+
+
+def test_score_command_takes_the_answers_file_or_none(tmp_path, capsys):
+    """The score rule passes `--answers-file` with the task's file, or with nothing when it has none."""
+    from modalprompt.cli import main
+
+    refs = [{"question_id": 7, "text": "q", "answer": "dakota"}]
+    predictions, eval_file = _files(tmp_path, refs, [{"question_id": 7, "prediction": "Dakota"}])
+    answers = tmp_path / "TextVQA_0.5.1_val.json"
+    answers.write_text(json.dumps({"data": [{"question_id": 7, "answers": ["dakota"] + ["nikon"] * 9}]}))
+    common = [
+        "score",
+        "--scorer",
+        "vqa_soft",
+        "--predictions",
+        str(predictions),
+        "--eval-file",
+        str(eval_file),
+    ]
+    assert main([*common, "--answers-file", str(answers)]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(100 * 0.3)  # 1 of 10, x 3 / 10
+    assert main([*common, "--answers-file"]) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == 100.0  # the eval file's one answer

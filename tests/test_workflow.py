@@ -159,6 +159,8 @@ def test_mlflow_holds_one_run_per_stage_and_a_summary(project):
         "selection.csv",
         "metrics.json",
         "heatmap.png",
+        "matrix_published.csv",  # the same cells scored as CoIN's scripts score them
+        "metrics_published.json",
         "selection_confusion.csv",
         "selection_confusion.png",
     }

@@ -1,30 +1,22 @@
-"""The frozen base models, loaded from local folders only: LLaVA (llava-hf layout) and CLIP.
-
-Also the one-time conversion of the original LLaVA-1.5 layout (`LlavaLlamaForCausalLM`, as in
-`liuhaotian/llava-v1.5-7b`) to the llava-hf layout that `LlavaForConditionalGeneration` loads.
-"""
+"""The frozen base models, loaded from local folders only: LLaVA (llava-hf layout) and CLIP. A folder in the
+original LLaVA-1.5 layout is converted once first (bases/convert.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import json
-import shutil
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
 import safetensors
 import torch
-from safetensors import safe_open
 from torch import nn
 from transformers import (
     AutoTokenizer,
-    CLIPConfig,
     CLIPImageProcessorPil,
     CLIPModel,
-    LlamaConfig,
-    LlavaConfig,
     LlavaForConditionalGeneration,
     PreTrainedTokenizerBase,
 )
@@ -84,7 +76,7 @@ def resolve_attention(attention: Attention, device: torch.device) -> str:
     return str(attention)
 
 
-def _read_config(folder: Path, what: str) -> dict:
+def read_model_config(folder: Path, what: str) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise BaseModelError(
@@ -93,7 +85,7 @@ def _read_config(folder: Path, what: str) -> dict:
     return json.loads(path.read_text())
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def weight_files(folder: Path) -> list[Path]:
     return sorted(folder.glob("*.safetensors"))
 
 
@@ -103,7 +95,7 @@ def fingerprint_folder(folder: Path) -> str:
     a 7B model would take a minute; this separates different models and different conversions."""
     digest = hashlib.sha256()
     digest.update(json.dumps(json.loads((folder / "config.json").read_text()), sort_keys=True).encode())
-    for path in _weight_files(folder):
+    for path in weight_files(folder):
         size = path.stat().st_size
         digest.update(f"{path.name}:{size}".encode())
         with path.open("rb") as f:
@@ -132,7 +124,7 @@ def _same_vision_weights(clip_vision: nn.Module, llava_tower: nn.Module) -> bool
 
 
 def check_llava_folder(folder: Path) -> None:
-    config = _read_config(folder, "llava")
+    config = read_model_config(folder, "llava")
     if "LlavaLlamaForCausalLM" in config.get("architectures", []) or "mm_projector_type" in config:
         raise BaseModelError(
             f"{folder} is in the original LLaVA layout (LlavaLlamaForCausalLM); convert it once with "
@@ -142,7 +134,7 @@ def check_llava_folder(folder: Path) -> None:
         raise BaseModelError(
             f"{folder}/config.json has model_type {config.get('model_type')!r}, expected 'llava'"
         )
-    if not _weight_files(folder):
+    if not weight_files(folder):
         raise BaseModelError(f"{folder} has no *.safetensors weights: save the model with save_pretrained")
 
 
@@ -150,7 +142,7 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
     """Load LLaVA and CLIP from local folders (never a hub), frozen, on the configured device and dtype."""
     llava_dir, clip_dir = Path(cfg.llava), Path(cfg.clip)
     check_llava_folder(llava_dir)
-    clip_config = _read_config(clip_dir, "clip")
+    clip_config = read_model_config(clip_dir, "clip")
     if clip_config.get("model_type") != "clip":
         raise BaseModelError(
             f"{clip_dir}/config.json has model_type {clip_config.get('model_type')!r}, expected 'clip'"
@@ -159,7 +151,7 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
     dtype = resolve_dtype(cfg.dtype, device)
     attention = resolve_attention(cfg.attention, device)
 
-    if not _weight_files(clip_dir):
+    if not weight_files(clip_dir):
         raise BaseModelError(
             f"{clip_dir} has no *.safetensors weights: save the CLIP model with save_pretrained"
         )
@@ -193,136 +185,3 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
     if backbone.clip_vision is not None:
         backbone.clip_vision.requires_grad_(False).eval().to(device)
     return backbone
-
-
-# ---------------------------------------------------------------- conversion of the original layout
-
-_SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}
-_PROJECTOR = {"mlp2x_gelu": "gelu"}
-
-
-def _read_original_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of an original LLaVA checkpoint: safetensors, or PyTorch .bin read without pickle code."""
-    tensors: dict[str, torch.Tensor] = {}
-    for path in _weight_files(folder):
-        with safe_open(path, framework="pt") as f:
-            tensors.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118 (safe_open has no iterator)
-    if not tensors:
-        for path in sorted(folder.glob("pytorch_model*.bin")):
-            tensors.update(torch.load(path, map_location="cpu", weights_only=True))
-    if not tensors:
-        raise BaseModelError(f"{folder} holds no weights (*.safetensors or pytorch_model*.bin)")
-    return tensors
-
-
-def convert_llava(src: Path, dst: Path, clip_dir: Path) -> Path:
-    """Convert an original LLaVA-1.5 checkpoint to the llava-hf layout in `dst` (written atomically).
-
-    The vision tower comes from `clip_dir` (the user's local CLIP), never from the path recorded in the
-    checkpoint's config. `<image>` (and `<pad>` if missing) are added to the vocabulary; their new rows are
-    the mean of the existing rows, so logits over the original vocabulary are unchanged.
-    """
-    config = _read_config(src, "llava")
-    if "mm_projector_type" not in config:
-        raise BaseModelError(f"{src}/config.json has no mm_projector_type: not an original LLaVA checkpoint")
-    projector = config["mm_projector_type"]
-    if projector not in _PROJECTOR:
-        raise BaseModelError(
-            f"{src}: mm_projector_type {projector!r} is not supported (supported: {list(_PROJECTOR)})"
-        )
-    strategy = config.get("mm_vision_select_feature", "patch")
-    if strategy not in _SELECT_STRATEGY:
-        raise BaseModelError(f"{src}: mm_vision_select_feature {strategy!r} is not supported")
-    clip_config = CLIPConfig.from_pretrained(clip_dir, local_files_only=True)
-
-    tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    added = {"additional_special_tokens": [IMAGE_TOKEN]} if IMAGE_TOKEN not in tokenizer.get_vocab() else {}
-    if tokenizer.pad_token is None:
-        added["pad_token"] = "<pad>"
-    tokenizer.add_special_tokens(added)
-
-    text_keys = {k: v for k, v in config.items() if not k.startswith("mm_") and k not in _ORIGINAL_ONLY_KEYS}
-    text_config = LlamaConfig(**{**text_keys, "architectures": ["LlamaForCausalLM"], "model_type": "llama"})
-    old_vocab = text_config.vocab_size
-    text_config.vocab_size = max(old_vocab, len(tokenizer))
-    llava_config = LlavaConfig(
-        vision_config=clip_config.vision_config,
-        text_config=text_config,
-        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        projector_hidden_act=_PROJECTOR[projector],
-        vision_feature_layer=config.get("mm_vision_select_layer", -2),
-        vision_feature_select_strategy=_SELECT_STRATEGY[strategy],
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    weights = _read_original_weights(src)
-    state = _map_original_keys(weights, old_vocab, text_config.vocab_size)
-    clip_vision = CLIPModel.from_pretrained(clip_dir, local_files_only=True).vision_model
-    if not any(k.startswith("model.vision_tower.") for k in state):
-        state.update({f"model.vision_tower.{k}": v for k, v in clip_vision.state_dict().items()})
-
-    with torch.device("meta"):
-        model = LlavaForConditionalGeneration(llava_config)
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    missing = [
-        k for k in missing if k != "lm_head.weight" or "model.language_model.embed_tokens.weight" not in state
-    ]
-    if missing or unexpected:
-        raise BaseModelError(
-            f"{src}: weights do not fit LLaVA: missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    processor = CLIPImageProcessorPil.from_pretrained(clip_dir, local_files_only=True)
-    processor.save_pretrained(tmp)
-    (tmp / "conversion.json").write_text(
-        json.dumps(
-            {"source": str(src.resolve()), "clip": str(clip_dir.resolve()), "source_vocab_size": old_vocab}
-        )
-    )
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
-    return dst
-
-
-# Keys of the original config that describe LLaVA-fork training, not the Llama text model.
-_ORIGINAL_ONLY_KEYS = {
-    "architectures",
-    "model_type",
-    "image_aspect_ratio",
-    "freeze_mm_mlp_adapter",
-    "tune_mm_mlp_adapter",
-    "tokenizer_model_max_length",
-    "tokenizer_padding_side",
-    "use_mm_proj",
-    "transformers_version",
-    "_name_or_path",
-}
-
-
-def _map_original_keys(
-    weights: dict[str, torch.Tensor], old_vocab: int, new_vocab: int
-) -> dict[str, torch.Tensor]:
-    state = {}
-    for key, tensor in weights.items():
-        if key.startswith("model.mm_projector."):
-            index = key.split(".")[2]
-            layer = {"0": "linear_1", "2": "linear_2"}[index]
-            state[f"model.multi_modal_projector.{layer}.{key.split('.')[-1]}"] = tensor
-        elif key.startswith("model.vision_tower.vision_tower.vision_model."):
-            state[
-                "model.vision_tower." + key.removeprefix("model.vision_tower.vision_tower.vision_model.")
-            ] = tensor
-        elif key.startswith("model."):
-            state["model.language_model." + key.removeprefix("model.")] = tensor
-        elif key == "lm_head.weight":
-            state[key] = tensor
-    for key in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
-        if key in state and new_vocab > old_vocab:
-            rows = state[key]
-            mean = rows.float().mean(dim=0, keepdim=True).to(rows.dtype)
-            state[key] = torch.cat([rows, mean.expand(new_vocab - old_vocab, -1)], dim=0)
-    return state

@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from modalprompt.errors import DataError
 from modalprompt.data.validation import (
     ImageChecker,
     Problem,
@@ -22,6 +21,7 @@ from modalprompt.data.validation import (
     validate_eval_records,
     validate_train_records,
 )
+from modalprompt.errors import DataError
 
 IMAGE_PLACEHOLDER = "<image>"
 SYSTEM_PROMPT = (
@@ -84,12 +84,27 @@ class ConversationEncoder:
         self.max_length = max_length
         self.clip_max_length = min(int(getattr(clip_tokenizer, "model_max_length", 77) or 77), 77)
 
-    def _tokens(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        expanded: list[int] = []
-        for token in ids:  # one <image> placeholder becomes the image's patch tokens
-            expanded.extend([token] * self.num_image_tokens if token == self.image_token_id else [token])
-        return expanded
+    def _tokens(self, text: str, after_eos: bool = False) -> list[int]:
+        """LLaVA's `tokenizer_image_token`: the text is split at each <image> and every chunk is tokenised as
+        a text of its own (a sentencepiece tokenizer starts each chunk with its '▁', as LLaVA-1.5's slow
+        LlamaTokenizer does); each <image> becomes the image's patch tokens. `after_eos`: the first chunk
+        follows an EOS, as a later turn does in LLaVA's conversation string."""
+        ids: list[int] = []
+        for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
+            if i:
+                ids += [self.image_token_id] * self.num_image_tokens
+            if not chunk:
+                continue
+            ids += self._chunk(chunk, after_eos and i == 0)
+        return ids
+
+    def _chunk(self, text: str, after_eos: bool) -> list[int]:
+        if not after_eos:
+            return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        # tokenised behind the EOS, as in LLaVA's whole conversation string: a sentencepiece tokenizer with
+        # `legacy: false` gives the text no leading '▁' there, one with `legacy: true` does
+        eos = self.tokenizer.eos_token
+        return self.tokenizer(eos + text, add_special_tokens=False)["input_ids"][1:]
 
     def _start(self) -> list[int]:
         bos = self.tokenizer.bos_token_id
@@ -100,14 +115,19 @@ class ConversationEncoder:
         return self.clip_tokenizer(text, truncation=True, max_length=self.clip_max_length)["input_ids"]
 
     def encode_conversation(self, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
-        """turns: (human, assistant) pairs. Returns input ids and labels (answers + EOS only)."""
+        """turns: (human, assistant) pairs. Returns input ids and labels (answers + EOS only).
+
+        The ids are LLaVA-1.5's for "{system} USER: {human} ASSISTANT: {answer}</s>USER: ...": each answer is
+        tokenised together with its prompt, and the labels start where the prompt's own tokens end (LLaVA's
+        instruction length)."""
         ids, labels = self._start(), [IGNORE_INDEX] * len(self._start())
         for i, (human, answer) in enumerate(turns):
             lead = f"{SYSTEM_PROMPT} USER: " if i == 0 else "USER: "
-            question = self._tokens(f"{lead}{human} ASSISTANT:")
-            reply = [*self._tokens(f" {answer}"), self.tokenizer.eos_token_id]
-            ids += question + reply
-            labels += [IGNORE_INDEX] * len(question) + reply
+            prompt = f"{lead}{human} ASSISTANT:"
+            question = self._tokens(prompt, after_eos=i > 0)
+            whole = [*self._tokens(f"{prompt} {answer}", after_eos=i > 0), self.tokenizer.eos_token_id]
+            ids += whole
+            labels += [IGNORE_INDEX] * len(question) + whole[len(question) :]
         if self.image_token_id in ids[self.max_length :]:
             raise DataError(
                 f"max_length {self.max_length} cuts through the image tokens: raise training.max_length"
@@ -168,8 +188,11 @@ class TrainDataset(_ValidatedRecords):
         turns = conversation_turns(record)
         if not record.get("image"):
             return [(h.replace(IMAGE_PLACEHOLDER, "").strip(), a) for h, a in turns]
-        if IMAGE_PLACEHOLDER not in turns[0][0]:
-            turns[0] = (f"{IMAGE_PLACEHOLDER}\n{turns[0][0]}", turns[0][1])
+        # as LLaVA's preprocess_multimodal: the placeholder moves in front of the stripped text
+        first = turns[0][0]
+        if IMAGE_PLACEHOLDER in first:
+            first = first.replace(IMAGE_PLACEHOLDER, "").strip()
+        turns[0] = (f"{IMAGE_PLACEHOLDER}\n{first}", turns[0][1])
         return turns
 
     def lengths(self) -> list[int]:
@@ -214,7 +237,9 @@ class EvalDataset(_ValidatedRecords):
             pixels = self.images(
                 load_image(self.image_root, record["image"], self._where(index, "question_id"))
             )
-            question = f"{IMAGE_PLACEHOLDER}\n{question.replace(IMAGE_PLACEHOLDER, '').strip()}"
+            if IMAGE_PLACEHOLDER in question:
+                question = question.replace(IMAGE_PLACEHOLDER, "").strip()
+            question = f"{IMAGE_PLACEHOLDER}\n{question}"  # as CoIN's model_vqa.py builds it
         ids = self.encoder.encode_question(question)
         return Encoded(ids, None, self.encoder.clip_tokens(record["text"]), pixels, record["question_id"])
 

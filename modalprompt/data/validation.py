@@ -220,14 +220,58 @@ def load_records(path: Path) -> Any:
         raise DataError(f"{path}: not valid JSON ({err})") from err
 
 
+def read_answers(path: Path) -> dict[str, list[str]]:
+    """Reference answers per question_id (as a string) from an annotation file: TextVQA's
+    `{"data": [{"question_id", "answers": [...]}, ...]}` (TextVQA_0.5.1_val.json), or a plain list of such
+    records."""
+    records = load_records(path)
+    if isinstance(records, dict):
+        records = records.get("data")
+    if not isinstance(records, list):
+        raise DataError(
+            f"{path}: expected a list of records with 'question_id' and 'answers' (or {{'data': ...}})"
+        )
+    answers: dict[str, list[str]] = {}
+    for index, record in enumerate(records):
+        if not isinstance(record, dict) or "question_id" not in record:
+            raise DataError(f"{path} record {index}: expected an object with 'question_id' and 'answers'")
+        values = record.get("answers")
+        if not isinstance(values, list) or not values or not all(isinstance(a, str) for a in values):
+            raise DataError(
+                f"{path} record {index} (question_id {record['question_id']!r}): field 'answers': expected a "
+                "non-empty list of strings"
+            )
+        answers[str(record["question_id"])] = values
+    return answers
+
+
+def validate_answers_file(records: Any, eval_file: str, answers_file: Path) -> Report:
+    """Every question of an eval file has its reference answers in `answers_file` (a task's answers_file)."""
+    answers = read_answers(answers_file)
+    report = Report(str(answers_file), len(answers))
+    for i, record in enumerate(records if isinstance(records, list) else []):
+        qid = record.get("question_id") if isinstance(record, dict) else None
+        if isinstance(qid, str | int) and str(qid) not in answers:
+            report.problems.append(
+                Problem(
+                    str(answers_file), i, qid, "answers", f"no answers for question {qid!r} of {eval_file}"
+                )
+            )
+    return report
+
+
 def validate_config_tasks(cfg: Any) -> list[Report]:
-    """Every task file of an experiment config (train and eval), images checked as `data.check_images` says."""
+    """Every task file of an experiment config (train, eval, and a task's answers file), images checked as
+    `data.check_images` says."""
     reports = []
     for task in cfg.tasks:
         images = ImageChecker(Path(task.image_root), open_images=cfg.data.check_images)
         train, test = Path(task.train_file), Path(task.eval_file)
         reports.append(validate_train_records(load_records(train), str(train), images))
-        reports.append(validate_eval_records(load_records(test), str(test), images, task.scorer))
+        test_records = load_records(test)
+        reports.append(validate_eval_records(test_records, str(test), images, task.scorer))
+        if task.answers_file:
+            reports.append(validate_answers_file(test_records, str(test), Path(task.answers_file)))
     return reports
 
 

@@ -66,7 +66,8 @@ def _evaluate_and_score(
     predictions = layout.predictions_file(cfg.results_dir, owner, stage, task)
     evaluate_stage(backbone, job.method, job.evaluation, job.task, checkpoints, predictions, data=job.data,
                    method_name=owner, progress=progress)  # fmt: skip
+    answers = cfg.task(task).answers_file  # e.g. TextVQA's ten human answers per question
     result = score_predictions(cfg.task(task).scorer, predictions, Path(job.task.eval_file), task,
-                               job.evaluation.max_samples)  # fmt: skip
+                               job.evaluation.max_samples, Path(answers) if answers else None)  # fmt: skip
     record = {"task": task, "stage": stage, **result.to_json()}
     atomic_write_text(layout.score_file(cfg.results_dir, owner, stage, task), json.dumps(record) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,28 +23,37 @@ from modalprompt.scoring.metrics import SUMMARY_METRICS, Matrix, compute_metrics
 # ------------------------------------------------------------------------------------- one method
 
 
-def matrices_from_scores(
-    tasks: list[str], score_files: list[Path], repeat_base: bool
-) -> tuple[Matrix, Matrix]:
-    """Accuracy and selection matrices from score files (each names its stage and task). With
-    `repeat_base` (a method that is the base model at every stage) row 0 stands for stages 1..T."""
-    accuracy: Matrix = {}
-    selection: Matrix = {}
+@dataclass
+class Matrices:
+    """A method's matrices, each stage -> one value per task column."""
+
+    accuracy: Matrix
+    selection: Matrix  # percent of samples whose top selected prompt is their task's (None: no selection)
+    published: Matrix  # accuracy as the published evaluation code scores the same predictions
+
+
+def matrices_from_scores(tasks: list[str], score_files: list[Path], repeat_base: bool) -> Matrices:
+    """The matrices of a method from its score files (each names its stage and task). With `repeat_base`
+    (a method that is the base model at every stage) row 0 stands for stages 1..T."""
+    found = Matrices({}, {}, {})
     for path in score_files:
         record = json.loads(Path(path).read_text())
         if record.get("task") not in tasks or not isinstance(record.get("stage"), int):
             raise DataError(
                 f"{path}: needs 'task' (one of {tasks}) and an integer 'stage' (score with --stage)"
             )
-        column = tasks.index(record["task"])
-        accuracy.setdefault(record["stage"], [None] * len(tasks))[column] = record["accuracy"]
-        selection.setdefault(record["stage"], [None] * len(tasks))[column] = record["selection_accuracy"]
+        column, stage = tasks.index(record["task"]), record["stage"]
+        published = record.get("accuracy_published", record["accuracy"])
+        values = (record["accuracy"], record["selection_accuracy"], published)
+        for matrix, value in zip((found.accuracy, found.selection, found.published), values, strict=True):
+            matrix.setdefault(stage, [None] * len(tasks))[column] = value
     if repeat_base:
-        if 0 not in accuracy:
+        if 0 not in found.accuracy:
             raise DataError("a method that repeats the base model needs row 0's score files")
         for stage in range(1, len(tasks) + 1):
-            accuracy[stage], selection[stage] = list(accuracy[0]), [None] * len(tasks)
-    return accuracy, selection
+            found.accuracy[stage], found.published[stage] = list(found.accuracy[0]), list(found.published[0])
+            found.selection[stage] = [None] * len(tasks)
+    return found
 
 
 def mean_selection(row: list[float | None] | None) -> float | None:
@@ -63,18 +73,21 @@ def method_metrics(tasks: list[str], accuracy: Matrix, selection: Matrix) -> dic
 def write_method_summary(
     out_dir: Path, tasks: list[str], score_files: list[Path], title: str, repeat_base: bool = False
 ) -> dict[str, Any]:
-    """matrix.csv, selection.csv, metrics.json and heatmap.png of one method (layout.SUMMARY_FILES)."""
+    """matrix.csv, selection.csv, metrics.json and heatmap.png of one method, and its matrix and metrics
+    as the published evaluation code scores them (layout.SUMMARY_FILES). Returns the metrics."""
     from modalprompt.scoring.plots import heatmap_png
 
-    accuracy, selection = matrices_from_scores(tasks, score_files, repeat_base)
-    metrics = method_metrics(tasks, accuracy, selection)
+    found = matrices_from_scores(tasks, score_files, repeat_base)
+    metrics = method_metrics(tasks, found.accuracy, found.selection)
+    published = method_metrics(tasks, found.published, found.selection)
+    trained = {s: r for s, r in found.selection.items() if s > 0}
     out = Path(out_dir)
-    atomic_write_text(out / "matrix.csv", format_matrix(tasks, accuracy))
-    atomic_write_text(
-        out / "selection.csv", format_matrix(tasks, {s: r for s, r in selection.items() if s > 0})
-    )
+    atomic_write_text(out / "matrix.csv", format_matrix(tasks, found.accuracy))
+    atomic_write_text(out / "selection.csv", format_matrix(tasks, trained))
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-    atomic_write_bytes(out / "heatmap.png", heatmap_png(tasks, accuracy, title))
+    atomic_write_bytes(out / "heatmap.png", heatmap_png(tasks, found.accuracy, title))
+    atomic_write_text(out / "matrix_published.csv", format_matrix(tasks, found.published))
+    atomic_write_text(out / "metrics_published.json", json.dumps(published, indent=1) + "\n")
     return metrics
 
 

@@ -79,8 +79,8 @@ def _check_inputs_exist():
         for i, task in enumerate(EXP.tasks):
             missing += [
                 (f"tasks[{i}].{key}", getattr(task, key))
-                for key in ("train_file", "eval_file")
-                if not Path(getattr(task, key)).is_file()
+                for key in ("train_file", "eval_file", "answers_file")
+                if getattr(task, key) and not Path(getattr(task, key)).is_file()
             ]
     if missing:
         lines = "\n".join(f"  {key}: {path} does not exist" for key, path in missing)

@@ -32,6 +32,8 @@ rule score:
     input:
         predictions=rules.evaluate.output[0],
         eval_file=lambda w: EXP.task(w.task).eval_file,
+        # CoIN's TextVQA answers (TextVQA_0.5.1_val.json); none for the other tasks
+        answers=lambda w: [EXP.task(w.task).answers_file] if EXP.task(w.task).answers_file else [],
     output:
         str(layout.score_file(RESULTS, "{method}", "{stage}", "{task}")),
     log:
@@ -44,4 +46,4 @@ rule score:
     shell:
         "modalprompt score --scorer {params.scorer:q} --predictions {input.predictions:q}"
         " --eval-file {input.eval_file:q} --task {wildcards.task:q} --stage {wildcards.stage:q}"
-        " --max-samples {params.max_samples:q} --out {output:q} > {log:q} 2>&1"
+        " --max-samples {params.max_samples:q} --answers-file {input.answers:q} --out {output:q} > {log:q} 2>&1"

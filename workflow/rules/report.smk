@@ -28,6 +28,9 @@ rule matrix:
             category="Metrics",
             labels={"method": "{method}", "figure": "metrics (JSON)"},
         ),
+        # the same, with every cell scored as the published evaluation code scores it (README: scoring)
+        matrix_published=str(layout.method_dir(RESULTS, "{method}") / "matrix_published.csv"),
+        metrics_published=str(layout.method_dir(RESULTS, "{method}") / "metrics_published.json"),
         heatmap=report(
             str(layout.method_dir(RESULTS, "{method}") / "heatmap.png"),
             caption="../report/heatmap.rst",

@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
+import os
 import sys
+import time
 import types
 import typing
 from dataclasses import asdict, dataclass, replace
@@ -65,6 +67,18 @@ def _progress(
     chosen = experiment.progress if experiment is not None else ProgressConfig()
     return replace(chosen, every_steps=chosen.every_steps if steps is None else steps,
                    every_seconds=chosen.every_seconds if seconds is None else seconds)  # fmt: skip
+
+
+def _process_age() -> float | None:
+    """Seconds since this process started (Linux /proc, 10 ms resolution): the start-up a job reports."""
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        started = int(
+            Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19]
+        )  # field 22: start time
+        return round(uptime - started / os.sysconf("SC_CLK_TCK"), 3)
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _job(settings, config, task, threads, cls, from_config) -> tuple[Any, ExperimentConfig | None]:
@@ -131,6 +145,7 @@ def train(
     from modalprompt.run.resume import Preempted
     from modalprompt.run.train import train_stage
 
+    startup = _process_age()  # the interpreter and the imports above (a warm job: the fork)
     job, experiment = _job(settings, config, task, threads, TrainJob, train_job)
     engine = experiment.engine if experiment is not None else EngineConfig()
     if zero_stage is not None:
@@ -142,7 +157,10 @@ def train(
     live = _LiveCurves(tracking_uri, tracking_experiment)
     rank, _ = init_from_environment()  # torchrun or srun with several tasks: one process per GPU
     try:
-        result = train_stage(load_backbone(job.model), job.method, job.training, job.task, previous, out,
+        loading = time.perf_counter()
+        backbone = load_backbone(job.model)
+        loading = time.perf_counter() - loading
+        result = train_stage(backbone, job.method, job.training, job.task, previous, out,
                              data=job.data, method_name=job.method_name, progress=not quiet,
                              progress_every=_progress(experiment, progress_steps, progress_seconds),
                              state_dir=state_dir, save_every_steps=save_every, engine=engine,
@@ -160,7 +178,8 @@ def train(
     print(json.dumps({"task": result.task, "stage": result.stage, "checkpoint": str(result.checkpoint),
                       "steps": result.steps, "seconds": round(result.seconds, 3),
                       "samples_per_s": round(result.samples_per_s, 2), "skipped_records": len(result.skipped),
-                      "resumed_from_step": result.resumed_from_step}))  # fmt: skip
+                      "resumed_from_step": result.resumed_from_step, "startup_seconds": startup,
+                      "load_seconds": round(loading, 3)}))  # fmt: skip
     return 0
 
 
@@ -238,13 +257,18 @@ def evaluate(
     from modalprompt.bases.backbone import load_backbone
     from modalprompt.run.evaluate import evaluate_stage
 
+    startup = _process_age()  # the interpreter and the imports above (a warm job: the fork)
     job, experiment = _job(settings, config, task, threads, EvalJob, eval_job)
-    result = evaluate_stage(load_backbone(job.model), job.method, job.evaluation, job.task, checkpoints, out,
-                            data=job.data, method_name=job.method_name, progress=not quiet,
+    loading = time.perf_counter()
+    backbone = load_backbone(job.model)
+    loading = time.perf_counter() - loading
+    result = evaluate_stage(backbone, job.method, job.evaluation, job.task, checkpoints, out, data=job.data,
+                            method_name=job.method_name, progress=not quiet,
                             progress_every=_progress(experiment, progress_steps, progress_seconds))  # fmt: skip
     print(json.dumps({"task": result.task, "stage": result.stage, "samples": len(result.predictions),
                       "skipped_records": len(result.skipped), "seconds": round(result.seconds, 3),
-                      "samples_per_s": round(result.samples_per_s, 2)}))  # fmt: skip
+                      "samples_per_s": round(result.samples_per_s, 2), "startup_seconds": startup,
+                      "load_seconds": round(loading, 3)}))  # fmt: skip
 
 
 def run(

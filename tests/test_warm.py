@@ -81,6 +81,11 @@ def test_a_stopped_client_stops_its_job(tiny_base, toy_tasks, tmp_path, private_
     server = subprocess.Popen([sys.executable, "-m", "modalprompt", "warm-server", str(warm.socket_path())],
                               start_new_session=True)  # fmt: skip
     try:
+        # the client must find this server ready, or it starts one of its own (a race on a slow machine)
+        deadline = time.time() + 300
+        while time.time() < deadline and not warm.socket_path().exists():
+            time.sleep(0.2)
+        assert warm.socket_path().exists(), "the server never listened"
         client = subprocess.Popen([sys.executable, "-m", "modalprompt", "--warm", "yes", "train", "--settings",
                                    json.dumps(job), "--out", str(tmp_path / "out"), "--quiet"], cwd=tmp_path)  # fmt: skip
         deadline = time.time() + 300

@@ -163,6 +163,9 @@ def serve(path: Path, command: Command, idle_seconds: float = IDLE_SECONDS) -> N
     """Accept clients on `path` until idle; fork one child per client, which runs `command(argv)` (the CLI's
     `main`) and exits with its status."""
     preload()
+    if (running := _connect(path)) is not None:  # another client started one meanwhile: use that one
+        running.close()
+        return
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     temporary = path.with_name(f"{path.name}.{os.getpid()}")
     listener.bind(str(temporary))

@@ -344,7 +344,7 @@ def _cmd_make_minicoin(args: argparse.Namespace) -> None:
     }
     if args.generic_size:
         folders["generic"] = str(
-            minicoin.generic_corpus(Path(args.out) / "generic", args.generic_size, args.seed)
+            minicoin.generic_corpus(Path(args.out) / "generic", args.generic_size, args.seed, args.test_size)
         )
     print(json.dumps(folders))
 
@@ -577,7 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=int, default=200)
     p.add_argument("--test-size", type=int, default=50)
     p.add_argument(
-        "--generic-size", type=int, default=0, help="also write <out>/generic with this many records"
+        "--generic-size",
+        type=int,
+        default=0,
+        help="also write <out>/generic with this many records, none a test image",
     )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_make_minicoin)

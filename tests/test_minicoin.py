@@ -40,7 +40,7 @@ def test_tasks_differ_in_wording_and_style(tmp_path):
 
 
 def test_generic_corpus_speaks_no_task_wording(tmp_path):
-    folder = minicoin.generic_corpus(tmp_path / "generic", size=21, seed=0)
+    folder = minicoin.generic_corpus(tmp_path / "generic", size=21, seed=0, test_size=5)
     records = json.loads((folder / "train.json").read_text())
     assert validate_folder(folder)[0].ok
     humans = {t["value"].replace("<image>\n", "") for r in records for t in r["conversations"][::2]}
@@ -52,22 +52,30 @@ def test_generic_corpus_speaks_no_task_wording(tmp_path):
 
 
 def test_generic_corpus_teaches_to_say_every_word_of_the_tasks(tmp_path):
-    """Text-only 'Repeat:' records: the base must be able to say 'unanswerable', option letters, numerals."""
-    folder = minicoin.generic_corpus(tmp_path / "generic", size=1500, seed=0)
+    """Text-only records: the base must be able to say 'unanswerable', option letters, numerals, inside
+    phrases of two to four words ('Repeat:'), and a number word's numeral ('three is 3')."""
+    folder = minicoin.generic_corpus(tmp_path / "generic", size=1500, seed=0, test_size=5)
     records = json.loads((folder / "train.json").read_text())
     language = [r for r in records if "image" not in r]
     assert len(language) == 1500 // minicoin.LANGUAGE_EVERY
-    said = set()
+    said, numerals = set(), set()
     for r in language:
         human, answer = (t["value"] for t in r["conversations"])
-        assert human == f"{minicoin.REPEAT_PREFIX} {answer}"
-        said.update(answer.split())
+        if human.startswith(minicoin.REPEAT_PREFIX):
+            assert human == f"{minicoin.REPEAT_PREFIX} {answer}" and 2 <= len(answer.split()) <= 4
+            said.update(answer.split())
+        else:
+            word, _, digit = answer.split()
+            assert human == f"{minicoin.FACT_PREFIX} {word} {minicoin.NUMERAL_QUESTION}?"
+            assert minicoin.NUMBER_WORDS[int(digit)] == word
+            numerals.add(digit)
     assert {"unanswerable", "A", "B", "C", "D", "3"} <= said
     assert len(said) >= 0.9 * len(minicoin.task_vocabulary())
+    assert numerals == set("0123456789")
 
 
 def test_pretrained_base_loads_through_the_production_path(tmp_path):
-    corpus = minicoin.generic_corpus(tmp_path / "generic", size=16, seed=0)
+    corpus = minicoin.generic_corpus(tmp_path / "generic", size=16, seed=0, test_size=5)
     settings = PretrainConfig(hidden=32, layers=1, vision_hidden=16, feature=16, clip_steps=2, caption_steps=2,
                               batch_size=4)  # fmt: skip
     report = pretrain_base(corpus, tmp_path / "llava", tmp_path / "clip", settings, log=lambda _: None)

@@ -227,6 +227,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
+    load_start = os.getloadavg()  # the machine may be shared: its load says how noisy the times are
     with tempfile.TemporaryDirectory() as tmp:
         llava, clip = build_tiny_base(Path(tmp) / "llava", Path(tmp) / "clip", seed=0, hidden=args.hidden,
                                       layers=args.layers, heads=args.heads, image_size=args.image_size)  # fmt: skip
@@ -270,6 +271,7 @@ def main() -> None:
             "platform": platform.platform(),
             "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
             "threads": torch.get_num_threads(),
+            "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
         },
         "base": {
             "llava_parameters": parameters,

@@ -47,14 +47,16 @@ WORDS = ("cat", "sun", "box", "map", "pen", "cup", "hat", "key")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SIZE = 48  # image side in pixels
 BOX_SIDES = (12, 28)  # box_grounding: width and height in pixels, each drawn from this range
+SIGN_FONT_SIZE = 14  # sign_reading: letters about 10 px high, legible to 8-pixel patches
 TASKS = ("shape_choice", "sign_reading", "digit_class", "color_attribute", "blur_query", "dot_count",
          "box_grounding")  # fmt: skip
 GENERIC_INSTRUCTION = "Describe the image."
 FACT_PREFIX = "Short answer:"  # generic questions: "Short answer: color of circle?"
 REPEAT_PREFIX = "Repeat:"  # generic text-only records: "Repeat: cat unanswerable" -> "cat unanswerable"
 NUMERAL_QUESTION = "in digits"  # text-only: "Short answer: three in digits?" -> "three is 3"
+LIST_QUESTION = "label of"  # text-only: "Short answer: label of cat?\nA. red\nB. cat\n..." -> "cat is B"
 LANGUAGE_EVERY = 3  # one text-only record per this many image records in the generic corpus
-NUMERAL_EVERY = 5  # one numeral record per this many text-only records
+LANGUAGE_KINDS = ("repeat", "list", "numeral")  # text-only records cycle through these
 MAX_DRAWS = 100  # draws per held-out image before giving up (a generator with too few distinct images)
 
 
@@ -110,10 +112,10 @@ def sign_reading(rng: random.Random, _: dict) -> Sample:
     word = rng.choice(WORDS)
     image = _canvas(rng, (245, 235, 170))
     draw = ImageDraw.Draw(image)
-    draw.rectangle((4, 14, SIZE - 4, SIZE - 14), outline=(90, 60, 20), width=2)
-    font = ImageFont.load_default()
-    x = rng.randint(10, 16)
-    draw.text((x, 17), word, fill=(20, 20, 20), font=font)
+    draw.rectangle((3, 10, SIZE - 3, SIZE - 10), outline=(90, 60, 20), width=2)
+    font = ImageFont.load_default(size=SIGN_FONT_SIZE)  # Pillow's bundled font: no file needed
+    x = rng.randint(7, SIZE - 7 - int(draw.textlength(word, font=font)))
+    draw.text((x, rng.randint(13, 16)), word, fill=(20, 20, 20), font=font)
     answers = [word] * 10
     return Sample(image, "What is written on the sign? Answer the question using a single word or phrase.", word,
                   f"a sign with the word {word}", {"answers": answers}, (("word", f"the word {word}"),))  # fmt: skip
@@ -345,24 +347,33 @@ def task_vocabulary(seed: int = 0, per_task: int = 40) -> list[str]:
 
 
 def _language_records(rng: random.Random, count: int) -> list[dict]:
-    """Text-only records, no image: "Repeat:" a phrase of two to four words, so that the base model learns
-    to say every word of the world's vocabulary (letters, digits, 'unanswerable', box numbers) as a
-    pretrained LLM can, and (one in NUMERAL_EVERY) a number word's numeral ("three is 3"). Never a phrase
-    that a task would score as its answer (`answers_in_a_task_format`), and no task's instruction. Each
-    word comes from a task drawn first, so the many box numbers do not crowd out the other words."""
+    """Text-only records, no image, in turn (LANGUAGE_KINDS): "Repeat:" a phrase of two to four words, so
+    that the base model learns to say every word of the world's vocabulary (letters, digits,
+    'unanswerable', box numbers) as a pretrained LLM can; reading a labelled list of four things, in random
+    order ("cat is B"); and a number word's numeral ("three is 3"). Never an answer that a task would score
+    as its own (`answers_in_a_task_format`), and no task's instruction. Each Repeat word comes from a task
+    drawn first, so the many box numbers do not crowd out the other words."""
     vocabulary, records = vocabulary_by_task(), []
+    things = (*SHAPES, *COLORS, *WORDS, *NUMBER_WORDS)
     for i in range(count):
-        if i % NUMERAL_EVERY == NUMERAL_EVERY - 1:
+        kind = LANGUAGE_KINDS[i % len(LANGUAGE_KINDS)]
+        if kind == "numeral":
             n = rng.randrange(len(NUMBER_WORDS))
-            human, phrase = (
+            human, answer = (
                 f"{FACT_PREFIX} {NUMBER_WORDS[n]} {NUMERAL_QUESTION}?",
                 f"{NUMBER_WORDS[n]} is {n}",
             )
+        elif kind == "list":
+            listed = rng.sample(things, 4)
+            asked = rng.randrange(4)
+            options = "\n".join(f"{letter}. {thing}" for letter, thing in zip("ABCD", listed, strict=True))
+            human = f"{FACT_PREFIX} {LIST_QUESTION} {listed[asked]}?\n{options}"
+            answer = f"{listed[asked]} is {'ABCD'[asked]}"
         else:
-            phrase = ""
-            while not phrase or answers_in_a_task_format(phrase, about_an_image=False):
-                phrase = " ".join(rng.choice(vocabulary[rng.choice(TASKS)]) for _ in range(rng.randint(2, 4)))
-            human = f"{REPEAT_PREFIX} {phrase}"
+            answer = ""
+            while not answer or answers_in_a_task_format(answer, about_an_image=False):
+                answer = " ".join(rng.choice(vocabulary[rng.choice(TASKS)]) for _ in range(rng.randint(2, 4)))
+            human = f"{REPEAT_PREFIX} {answer}"
         records.append({"id": f"language-{i}", "conversations": [
-            {"from": "human", "value": human}, {"from": "gpt", "value": phrase}]})  # fmt: skip
+            {"from": "human", "value": human}, {"from": "gpt", "value": answer}]})  # fmt: skip
     return records

@@ -24,15 +24,16 @@ test-slow: setup  ## end-to-end tier: the CLI in subprocesses, the real Snakemak
 	$(BIN)/python -m pytest -m slow
 
 SLURM_STATE ?= /tmp/modalprompt-slurm
+# The Slurm and browser tiers set MODALPROMPT_REQUIRE_TIERS: a missing cluster or browser fails them (no skip).
 test-slurm: setup  ## Slurm tier: starts a real single-node cluster (.ci/slurm, needs root and apt), runs, stops it
 	bash .ci/slurm/install.sh
 	bash .ci/slurm/start.sh $(SLURM_STATE)
-	. $(SLURM_STATE)/env.sh && $(BIN)/python -m pytest -m slurm; status=$$?; \
+	. $(SLURM_STATE)/env.sh && MODALPROMPT_REQUIRE_TIERS=slurm $(BIN)/python -m pytest -m slurm; status=$$?; \
 		bash .ci/slurm/stop.sh $(SLURM_STATE); exit $$status
 
 test-browser: setup  ## browser tier: the MLflow UI in Debian's headless Chromium (installs it; screenshots in test-artifacts/)
 	bash .ci/browser/install.sh
-	$(BIN)/python -m pytest -m browser
+	MODALPROMPT_REQUIRE_TIERS=browser $(BIN)/python -m pytest -m browser
 
 test-all: test test-slow
 

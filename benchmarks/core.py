@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write results as JSON here")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()  # the machine may be shared: its load says how noisy the times are
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -92,6 +94,7 @@ def main() -> None:
 
     report = {
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
         "llava_parameters": n_params,
         "hidden": args.hidden,
         "batch_size": args.batch_size,

@@ -2,9 +2,11 @@
 # Every GPU check of the project in one short run on a single-GPU machine with nothing downloaded:
 #   1. the GPU test tier (bf16 stage and batched generation on CUDA; DeepSpeed ZeRO-3 and ZeRO-3 with
 #      offload on CUDA give the plain engine's tensors),
-#   2. benchmarks/gpu_llava7b.py: the LLaVA-1.5-7B-shaped prompt-tuning step and generation (batch 8, 16),
+#   2. benchmarks/gpu_llava7b.py: the package's own training step (ModalPromptModel, stage 8, K = 3) and
+#      generation (ModalPromptModel.generate) on a LLaVA-1.5-7B-shaped base (batch 8, 16), and the bare
+#      LLaVA step as a lower bound,
 #   3. benchmarks/scaling.py on the GPU: latency after T = 1..32 tasks with 576 image tokens.
-#   4. generation alone at batch 32 vs batch 1 (the evaluation's batching).
+#   4. the package's generation at batch 32 vs batch 1 (the evaluation's batching).
 # Usage: [STEPS="gpu-tests scaling"] bash benchmarks/gpu_session.sh OUT_DIR [WHEEL_DIR]
 # WHEEL_DIR: wheels of packages the machine lacks (this project's transformers pin, jsonschema, deepspeed),
 # installed into a private folder first. Each step has its own time limit; a failed step does not stop the

@@ -196,7 +196,7 @@ def main() -> None:
     args = parser.parse_args()
 
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
-              "before": args.before, "after": _head(), "load_average_start": _load()}  # fmt: skip
+              "commits": {"before": args.before, "after": _head()}, "load_average_start": _load()}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         before_root = tmp / "before"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import tempfile
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--bad", type=int, default=5, help="broken records of each kind")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    load_start = os.getloadavg()  # the machine may be shared: its load says how noisy the times are
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         train, test, bad_train, bad_test = _make(root, args.records, args.images, args.bad, seed=0)
@@ -110,7 +112,18 @@ def main() -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(
-            json.dumps({"records": args.records, "images": args.images, "runs": rows}, indent=2)
+            json.dumps(
+                {
+                    "machine": platform.platform(),
+                    "cpus": os.cpu_count(),
+                    "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
+                    "records": args.records,
+                    "images": args.images,
+                    "runs": rows,
+                },
+                indent=2,
+            )
+            + "\n"
         )
 
 

@@ -520,7 +520,9 @@ def make_minicoin(
 
     folders = {t: str(minicoin.write_task(out, t, train_size, test_size, seed)) for t in tasks}
     if generic_size:
-        folders["generic"] = str(minicoin.generic_corpus(Path(out) / "generic", generic_size, seed))
+        folders["generic"] = str(
+            minicoin.generic_corpus(Path(out) / "generic", generic_size, seed, test_size)
+        )
     print(json.dumps(folders))
 
 

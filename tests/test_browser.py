@@ -1,6 +1,7 @@
 """The MLflow UI in a real browser (Debian's Chromium, headless, driven by Selenium with Debian's chromedriver:
 nothing downloaded), over a store that the pipeline produced in this test. `make test-browser` installs
-Chromium and runs it; screenshots go to $MODALPROMPT_SCREENSHOTS (default: test-artifacts/screenshots)."""
+Chromium and runs it; screenshots go to $MODALPROMPT_SCREENSHOTS (default: test-artifacts/screenshots).
+$MODALPROMPT_CHROMIUM and $MODALPROMPT_CHROMEDRIVER override the two programs' paths."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import skip_unless_required
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
+CHROMIUM = os.environ.get("MODALPROMPT_CHROMIUM", "/usr/bin/chromium")
+CHROMEDRIVER = os.environ.get("MODALPROMPT_CHROMEDRIVER", "/usr/bin/chromedriver")
 pytestmark = pytest.mark.browser
 SHOTS = Path(os.environ.get("MODALPROMPT_SCREENSHOTS", ROOT / "test-artifacts" / "screenshots"))
 
@@ -37,7 +40,9 @@ def _env() -> dict[str, str]:
 def project(tmp_path_factory):
     """The toy DAG with three methods, run by the real Snakemake: its MLflow store is what the UI shows."""
     if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.skip("needs Debian's chromium and chromium-driver (make test-browser installs them)")
+        skip_unless_required(
+            "browser", "needs Debian's chromium and chromium-driver (make test-browser installs them)"
+        )
     folder = tmp_path_factory.mktemp("browse")
     raw = yaml.safe_load((ROOT / "config" / "toy.yaml").read_text())
     raw["paths"] = {"models": "models", "data": "data", "results": "results"}

@@ -40,7 +40,7 @@ def test_tasks_differ_in_wording_and_style(tmp_path):
 
 
 def test_generic_corpus_speaks_no_task_wording(tmp_path):
-    folder = minicoin.generic_corpus(tmp_path / "generic", size=21, seed=0)
+    folder = minicoin.generic_corpus(tmp_path / "generic", size=21, seed=0, test_size=5)
     records = json.loads((folder / "train.json").read_text())
     assert validate_folder(folder)[0].ok
     humans = {t["value"].replace("<image>\n", "") for r in records for t in r["conversations"][::2]}
@@ -52,22 +52,38 @@ def test_generic_corpus_speaks_no_task_wording(tmp_path):
 
 
 def test_generic_corpus_teaches_to_say_every_word_of_the_tasks(tmp_path):
-    """Text-only 'Repeat:' records: the base must be able to say 'unanswerable', option letters, numerals."""
-    folder = minicoin.generic_corpus(tmp_path / "generic", size=1500, seed=0)
+    """Text-only records: the base must be able to say 'unanswerable', option letters, numerals, inside
+    phrases of two to four words ('Repeat:'), to read a labelled list ('cat is B'), and a number word's
+    numeral ('three is 3')."""
+    folder = minicoin.generic_corpus(tmp_path / "generic", size=1500, seed=0, test_size=5)
     records = json.loads((folder / "train.json").read_text())
     language = [r for r in records if "image" not in r]
     assert len(language) == 1500 // minicoin.LANGUAGE_EVERY
-    said = set()
+    said, numerals, labels = set(), set(), set()
     for r in language:
         human, answer = (t["value"] for t in r["conversations"])
-        assert human == f"{minicoin.REPEAT_PREFIX} {answer}"
         said.update(answer.split())
-    assert {"unanswerable", "A", "B", "C", "D", "3"} <= said
-    assert len(said) >= 0.9 * len(minicoin.task_vocabulary())
+        if human.startswith(minicoin.REPEAT_PREFIX):
+            assert human == f"{minicoin.REPEAT_PREFIX} {answer}" and 2 <= len(answer.split()) <= 4
+        elif minicoin.NUMERAL_QUESTION in human:
+            word, _, digit = answer.split()
+            assert human == f"{minicoin.FACT_PREFIX} {word} {minicoin.NUMERAL_QUESTION}?"
+            assert minicoin.NUMBER_WORDS[int(digit)] == word
+            numerals.add(digit)
+        else:
+            thing, _, letter = answer.split()
+            question, *options = human.split("\n")
+            assert question == f"{minicoin.FACT_PREFIX} {minicoin.LIST_QUESTION} {thing}?"
+            assert f"{letter}. {thing}" in options and len(options) == 4
+            labels.add(letter)
+    assert {a for answers in minicoin.ANSWER_SPACE.values() for a in answers} <= said  # every bare answer
+    for task, words in minicoin.vocabulary_by_task().items():  # the many box numbers: half of them at least
+        assert len(said & set(words)) >= (0.5 if task == "box_grounding" else 0.8) * len(words), task
+    assert numerals == set("0123456789") and labels == set("ABCD")
 
 
 def test_pretrained_base_loads_through_the_production_path(tmp_path):
-    corpus = minicoin.generic_corpus(tmp_path / "generic", size=16, seed=0)
+    corpus = minicoin.generic_corpus(tmp_path / "generic", size=16, seed=0, test_size=5)
     settings = PretrainConfig(hidden=32, layers=1, vision_hidden=16, feature=16, clip_steps=2, caption_steps=2,
                               batch_size=4)  # fmt: skip
     report = pretrain_base(corpus, tmp_path / "llava", tmp_path / "clip", settings, log=lambda _: None)

@@ -68,9 +68,18 @@ def test_seeded_init_is_reproducible_and_copies_embedding_rows():
 
 
 def test_key_is_mean_of_key_network_over_prompt_rows():
-    task = TaskPrompt(3, 8, 5, 4)
-    task.initialise(torch.randn(20, 8), seed=0)
-    assert torch.allclose(task.key(), task.key_net(task.prompt).mean(0))
+    """k = mean_j W2 silu(W1 P[j] + b1) + b2, worked out by hand on a 2-row prompt (the MLP of the mean
+    row would give 1.5423, the mean of the raw rows something else again)."""
+    task = TaskPrompt(prefix_length=2, hidden_size=2, key_hidden_size=2, feature_size=1)
+    with torch.no_grad():
+        task.prompt.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0]]))
+        task.key_net[0].weight.copy_(torch.eye(2))
+        task.key_net[0].bias.zero_()
+        task.key_net[2].weight.copy_(torch.tensor([[1.0, 1.0]]))
+        task.key_net[2].bias.fill_(0.5)
+    # silu(x) = x / (1 + e^-x): row 1 -> silu(1) + silu(0) + 0.5 = 0.7310586 + 0 + 0.5
+    #                           row 2 -> silu(0) + silu(2) + 0.5 = 0 + 1.7615942 + 0.5
+    assert task.key().tolist() == pytest.approx([(1.2310586 + 2.2615942) / 2], abs=1e-6)
 
 
 def test_store_is_open_ended():

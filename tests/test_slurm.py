@@ -18,6 +18,7 @@ import pytest
 import safetensors.torch
 import torch
 import yaml
+from conftest import skip_unless_required
 
 from modalprompt.config import MethodConfig, ModelConfig, TrainingConfig, TrainJob, job_to_json
 from modalprompt.run.checkpoint import TENSORS_FILE
@@ -41,10 +42,12 @@ def _run(*command: str, timeout: float = 120, **kw) -> subprocess.CompletedProce
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
     if not os.environ.get("SLURM_CONF") or not shutil.which("sbatch"):
-        pytest.skip("no Slurm test cluster: run `make test-slurm` (starts one with .ci/slurm/start.sh)")
+        skip_unless_required(
+            "slurm", "no Slurm test cluster: run `make test-slurm` (starts one with .ci/slurm/start.sh)"
+        )
     info = _run("sinfo", "-h", "-o", "%t")
     if info.returncode != 0 or not info.stdout.strip():
-        pytest.skip(f"the Slurm test cluster does not answer: {info.stderr.strip()}")
+        skip_unless_required("slurm", f"the Slurm test cluster does not answer: {info.stderr.strip()}")
 
 
 def _sacct(*jobs: str) -> list[dict[str, str]]:

@@ -14,10 +14,19 @@ Seven tasks mirror CoIN's kinds, each with its own image style and instruction w
 
 `generic_corpus` writes captions of the same visual world in one generic wording, for pretraining a base
 model that knows the world but not the tasks' instruction formats.
+
+Held out: every task's test set is drawn first (`test_samples`, from its own seed), and no other split and
+no corpus record may show an image with the same pixels as any task's test image (drawn again instead); a
+test set never shows one image twice. The corpus answers in phrases ("the circle is red", "the digit
+three"), never in a task's answer format: no bare option letter, word, digit, colour, count or
+"unanswerable", no box; its text-only records teach the words the tasks need inside longer phrases
+(`answers_in_a_task_format` is the rule, tests/test_minicoin_leaks.py checks the written files).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import random
 from collections.abc import Callable
@@ -27,7 +36,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
+from modalprompt.data.validation import parse_box
 from modalprompt.files import atomic_write_text
+from modalprompt.scoring.scorers import score
 
 COLORS = {"red": (210, 40, 40), "green": (40, 160, 60), "blue": (40, 70, 210), "yellow": (225, 200, 30),
           "purple": (130, 50, 170), "orange": (240, 130, 20)}  # fmt: skip
@@ -35,12 +46,18 @@ SHAPES = ("circle", "square", "triangle", "diamond")
 WORDS = ("cat", "sun", "box", "map", "pen", "cup", "hat", "key")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SIZE = 48  # image side in pixels
+BOX_SIDES = (12, 28)  # box_grounding: width and height in pixels, each drawn from this range
+SIGN_FONT_SIZE = 14  # sign_reading: letters about 10 px high, legible to 8-pixel patches
 TASKS = ("shape_choice", "sign_reading", "digit_class", "color_attribute", "blur_query", "dot_count",
          "box_grounding")  # fmt: skip
 GENERIC_INSTRUCTION = "Describe the image."
 FACT_PREFIX = "Short answer:"  # generic questions: "Short answer: color of circle?"
-REPEAT_PREFIX = "Repeat:"  # generic text-only records: "Repeat: unanswerable" -> "unanswerable"
+REPEAT_PREFIX = "Repeat:"  # generic text-only records: "Repeat: cat unanswerable" -> "cat unanswerable"
+NUMERAL_QUESTION = "in digits"  # text-only: "Short answer: three in digits?" -> "three is 3"
+LIST_QUESTION = "label of"  # text-only: "Short answer: label of cat?\nA. red\nB. cat\n..." -> "cat is B"
 LANGUAGE_EVERY = 3  # one text-only record per this many image records in the generic corpus
+LANGUAGE_KINDS = ("repeat", "list", "numeral")  # text-only records cycle through these
+MAX_DRAWS = 100  # draws per held-out image before giving up (a generator with too few distinct images)
 
 
 @dataclass
@@ -87,7 +104,7 @@ def shape_choice(rng: random.Random, _: dict) -> Sample:
         "ABCD"[SHAPES.index(shape)],
         f"a {color} {shape}",
         {},
-        (("shape", shape), ("color", color), ("initial of the shape", shape[0].upper())),
+        (("shape", f"it is a {shape}"), ("color", f"it is {color}")),
     )
 
 
@@ -95,13 +112,13 @@ def sign_reading(rng: random.Random, _: dict) -> Sample:
     word = rng.choice(WORDS)
     image = _canvas(rng, (245, 235, 170))
     draw = ImageDraw.Draw(image)
-    draw.rectangle((4, 14, SIZE - 4, SIZE - 14), outline=(90, 60, 20), width=2)
-    font = ImageFont.load_default()
-    x = rng.randint(10, 16)
-    draw.text((x, 17), word, fill=(20, 20, 20), font=font)
+    draw.rectangle((3, 10, SIZE - 3, SIZE - 10), outline=(90, 60, 20), width=2)
+    font = ImageFont.load_default(size=SIGN_FONT_SIZE)  # Pillow's bundled font: no file needed
+    x = rng.randint(7, SIZE - 7 - int(draw.textlength(word, font=font)))
+    draw.text((x, rng.randint(13, 16)), word, fill=(20, 20, 20), font=font)
     answers = [word] * 10
     return Sample(image, "What is written on the sign? Answer the question using a single word or phrase.", word,
-                  f"a sign with the word {word}", {"answers": answers}, (("word", word),))  # fmt: skip
+                  f"a sign with the word {word}", {"answers": answers}, (("word", f"the word {word}"),))  # fmt: skip
 
 
 def digit_class(rng: random.Random, state: dict) -> Sample:
@@ -111,7 +128,8 @@ def digit_class(rng: random.Random, state: dict) -> Sample:
     image = Image.fromarray(pixels, "L").resize((SIZE, SIZE), Image.NEAREST).convert("RGB")
     label = int(digits["target"][index])
     return Sample(image, "What number is shown in this image? Answer with the number written in digits.",
-                  str(label), f"a handwritten {NUMBER_WORDS[label]}", {}, (("digit", str(label)),))  # fmt: skip
+                  str(label), f"a handwritten {NUMBER_WORDS[label]}", {},
+                  (("digit", f"the digit {NUMBER_WORDS[label]}"),))  # fmt: skip
 
 
 def _load_digits() -> dict:
@@ -131,7 +149,7 @@ def color_attribute(rng: random.Random, _: dict) -> Sample:
     asked = rng.randrange(2)
     return Sample(image, f"What color is the {shapes[asked]}?", colors[asked],
                   f"a {colors[0]} {shapes[0]} and a {colors[1]} {shapes[1]}", {},
-                  tuple((f"color of {shapes[k]}", colors[k]) for k in range(2)))  # fmt: skip
+                  tuple((f"color of {shapes[k]}", f"the {shapes[k]} is {colors[k]}") for k in range(2)))  # fmt: skip
 
 
 def blur_query(rng: random.Random, _: dict) -> Sample:
@@ -140,7 +158,12 @@ def blur_query(rng: random.Random, _: dict) -> Sample:
         noise = np.array([[rng.randrange(256) for _ in range(SIZE * 3)] for _ in range(SIZE)], dtype=np.uint8)
         image = Image.fromarray(noise.reshape(SIZE, SIZE, 3), "RGB").filter(ImageFilter.GaussianBlur(1))
         return Sample(
-            image, question, "unanswerable", "a blurry photo of nothing", {}, (("thing", "nothing"),)
+            image,
+            question,
+            "unanswerable",
+            "a blurry photo of nothing",
+            {},
+            (("thing", "nothing can be seen"),),
         )
     color = rng.choice(list(COLORS))
     image = _canvas(rng, (120, 110, 100), jitter=30)
@@ -148,7 +171,9 @@ def blur_query(rng: random.Random, _: dict) -> Sample:
     cx, cy = rng.randint(r, SIZE - r), rng.randint(r, SIZE - r)
     ImageDraw.Draw(image).ellipse((cx - r, cy - r, cx + r, cy + r), fill=COLORS[color])
     image = image.filter(ImageFilter.GaussianBlur(1.2))
-    return Sample(image, question, color, f"a blurry photo of a {color} thing", {}, (("color", color),))
+    return Sample(
+        image, question, color, f"a blurry photo of a {color} thing", {}, (("color", f"it is {color}"),)
+    )
 
 
 def dot_count(rng: random.Random, _: dict) -> Sample:
@@ -160,25 +185,28 @@ def dot_count(rng: random.Random, _: dict) -> Sample:
         cx, cy = 8 + 16 * x + rng.randint(-2, 2), 8 + 16 * y + rng.randint(-2, 2)
         draw.ellipse((cx - 5, cy - 5, cx + 5, cy + 5), fill=(30, 30, 30))
     noun = "dot" if n == 1 else "dots"
-    return Sample(
-        image, "How many dots are there in the image?", str(n), f"{NUMBER_WORDS[n]} black {noun}", {}
-    )
+    return Sample(image, "How many dots are there in the image?", str(n), f"{NUMBER_WORDS[n]} black {noun}", {},
+                  (("number of dots", f"{NUMBER_WORDS[n]} {noun}"),))  # fmt: skip
 
 
 def box_grounding(rng: random.Random, _: dict) -> Sample:
+    """One shape anywhere, of any width and height in BOX_SIDES: the box is continuous, not a few choices."""
     shape, color = rng.choice(SHAPES), rng.choice(list(COLORS))
     image = _canvas(rng, (235, 235, 250))
-    col, row = rng.randrange(2), rng.randrange(2)
-    half = SIZE // 2
-    box = (col * half + 2, row * half + 2, col * half + half - 2, row * half + half - 2)
+    w, h = rng.randint(*BOX_SIDES), rng.randint(*BOX_SIDES)
+    x1, y1 = rng.randint(1, SIZE - 1 - w), rng.randint(1, SIZE - 1 - h)
+    box = (x1, y1, x1 + w, y1 + h)
     _draw_shape(ImageDraw.Draw(image), shape, box, COLORS[color])
-    norm = [round(v / SIZE, 2) for v in box]
-    where = f"{'top' if row == 0 else 'bottom'} {'left' if col == 0 else 'right'}"
-    answer = "[" + ", ".join(f"{v:.2f}" for v in norm) + "]"
+    answer = "[" + ", ".join(f"{v / SIZE:.2f}" for v in box) + "]"
+    thirds = ("top", "middle", "bottom"), ("left", "middle", "right")
+    row, col = (min(2, 3 * (a + b) // (2 * SIZE)) for a, b in ((y1, y1 + h), (x1, x1 + w)))
+    where = "center" if row == col == 1 else f"{thirds[0][row]} {thirds[1][col]}"
+    size = "small" if w * h < (sum(BOX_SIDES) / 2) ** 2 else "large"
     question = ("Please provide the bounding box coordinate of the region this sentence describes: "
                 f"the {color} {shape}.")  # fmt: skip
-    return Sample(image, question, answer, f"a {color} {shape} in the {where}",
-                  {"answer_bbox": answer, "size": [SIZE, SIZE]}, ((f"box of {color} {shape}", answer),))  # fmt: skip
+    return Sample(image, question, answer, f"a {size} {color} {shape} in the {where}",
+                  {"answer_bbox": answer, "size": [SIZE, SIZE]},
+                  ((f"where is the {color} {shape}", f"in the {where}"), (f"size of the {shape}", f"it is {size}")))  # fmt: skip
 
 
 GENERATORS: dict[str, Callable[[random.Random, dict], Sample]] = {
@@ -191,14 +219,74 @@ SCORERS = {"shape_choice": "option_letter", "sign_reading": "vqa_soft", "digit_c
            "box_grounding": "box_iou"}  # fmt: skip
 
 
+ANSWER_SPACE: dict[str, tuple[str, ...]] = {  # every bare answer each task can have (boxes: any four numbers)
+    "shape_choice": tuple("ABCD"), "sign_reading": WORDS, "digit_class": tuple("0123456789"),
+    "color_attribute": tuple(COLORS), "blur_query": (*COLORS, "unanswerable"),
+    "dot_count": tuple("12345"), "box_grounding": (),
+}  # fmt: skip
+
+
+def pixel_hash(image: Image.Image) -> str:
+    """Identity of an image's pixels (what a PNG of it decodes to)."""
+    rgb = image.convert("RGB")
+    return hashlib.sha256(f"{rgb.size}".encode() + rgb.tobytes()).hexdigest()
+
+
+def _draw(task: str, rng: random.Random, state: dict, excluded: set[str]) -> tuple[Sample, str]:
+    """The next sample of `task` whose pixels are not in `excluded`."""
+    for _ in range(MAX_DRAWS):
+        sample = GENERATORS[task](rng, state)
+        key = pixel_hash(sample.image)
+        if key not in excluded:
+            return sample, key
+    raise ValueError(f"mini-CoIN {task}: no new image in {MAX_DRAWS} draws; lower benchmark.test_size")
+
+
+@functools.cache
+def test_samples(seed: int, test_size: int) -> dict[str, list[tuple[Sample, str]]]:
+    """Every task's test set, drawn first and from its own seed (independent of train and corpus sizes):
+    each image differs from every earlier test image of any task. The other splits and the corpus leave
+    all of these out."""
+    sets, seen = {}, set()
+    for task in TASKS:
+        rng, state, drawn = random.Random(f"{seed}:{task}:test"), {}, []
+        for _ in range(test_size):
+            sample, key = _draw(task, rng, state, seen)
+            seen.add(key)
+            drawn.append((sample, key))
+        sets[task] = drawn
+    return sets
+
+
+def held_out(seed: int, test_size: int) -> set[str]:
+    """Pixel hashes of every task's test images."""
+    return {key for drawn in test_samples(seed, test_size).values() for _, key in drawn}
+
+
+def answers_in_a_task_format(answer: str, about_an_image: bool) -> list[str]:
+    """The tasks whose scorer would take `answer` as one of their answers (any four numbers: a box). A
+    text-only answer is no answer about an image; there `contains` (a substring rule) counts only when the
+    whole answer is bare, so that phrases such as "cat 3" can teach the digits."""
+    tasks = [t for t in TASKS if t == "box_grounding" and parse_box(answer) is not None]
+    for task, space in ANSWER_SPACE.items():
+        scorer = SCORERS[task]
+        if scorer == "contains" and not about_an_image:
+            scorer = "exact_match"
+        if any(score(scorer, answer, [r] * 10 if scorer == "vqa_soft" else r) for r in space):
+            tasks.append(task)
+    return tasks
+
+
 def write_task(out: Path, task: str, train_size: int, test_size: int, seed: int) -> Path:
-    """One task folder in CoIN's format: train.json, test.json and images/; JSON files written atomically."""
-    rng, state = random.Random(f"{seed}:{task}"), {}
+    """One task folder in CoIN's format: train.json, test.json and images/; JSON files written atomically.
+    The test set is `test_samples`' one; train images are drawn apart from every task's test images."""
+    rng, state, excluded = random.Random(f"{seed}:{task}:train"), {}, held_out(seed, test_size)
     folder = Path(out) / task
     (folder / "images").mkdir(parents=True, exist_ok=True)
     train, test = [], []
-    for i in range(train_size + test_size):
-        sample = GENERATORS[task](rng, state)
+    samples = [_draw(task, rng, state, excluded)[0] for _ in range(train_size)]
+    samples += [sample for sample, _ in test_samples(seed, test_size)[task]]
+    for i, sample in enumerate(samples):
         name = f"images/{task}_{i:05d}.png"
         sample.image.save(folder / name)
         if i < train_size:
@@ -213,16 +301,17 @@ def write_task(out: Path, task: str, train_size: int, test_size: int, seed: int)
     return folder
 
 
-def generic_corpus(out: Path, size: int, seed: int) -> Path:
+def generic_corpus(out: Path, size: int, seed: int, test_size: int) -> Path:
     """Captions and generic short questions about the same visual world, as multi-turn CoIN train.json
-    records: the base model learns the world and to answer briefly, in wordings no task uses."""
-    rng, state = random.Random(f"{seed}:generic"), {}
+    records: the base model learns the world and to answer in phrases, in wordings no task uses. No image
+    is one of the tasks' test images (`test_size` of them per task, from `seed`)."""
+    rng, state, excluded = random.Random(f"{seed}:generic"), {}, held_out(seed, test_size)
     folder = Path(out)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     records = []
     for i in range(size):
         task = TASKS[i % len(TASKS)]
-        sample = GENERATORS[task](rng, state)
+        sample, _ = _draw(task, rng, state, excluded)
         name = f"images/generic_{i:05d}.png"
         sample.image.save(folder / name)
         turns = [(GENERIC_INSTRUCTION, sample.caption)] + [
@@ -239,24 +328,52 @@ def generic_corpus(out: Path, size: int, seed: int) -> Path:
     return folder
 
 
-def task_vocabulary(seed: int = 0, per_task: int = 40) -> list[str]:
-    """The words of the tasks' instructions and answers (what a pretrained LLM would know how to say)."""
-    rng, words = random.Random(f"{seed}:vocabulary"), set()
+def vocabulary_by_task(seed: int = 0, per_task: int = 40) -> dict[str, list[str]]:
+    """Each task's words of its instructions and answers (what a pretrained LLM would know how to say)."""
+    rng, words = random.Random(f"{seed}:vocabulary"), {}
     for task in TASKS:
         state: dict = {}
+        said = set()
         for _ in range(per_task):
             sample = GENERATORS[task](rng, state)
-            words.update(sample.question.split() + sample.answer.split())
-    return sorted(words)
+            said.update(sample.question.split() + sample.answer.split())
+        words[task] = sorted(said)
+    return words
+
+
+def task_vocabulary(seed: int = 0, per_task: int = 40) -> list[str]:
+    """The words of all tasks' instructions and answers."""
+    return sorted({w for words in vocabulary_by_task(seed, per_task).values() for w in words})
 
 
 def _language_records(rng: random.Random, count: int) -> list[dict]:
-    """Text-only records that ask to repeat a few words: the base model learns to read and to say every
-    word of the world's vocabulary (letters, digits, 'unanswerable', box numbers), as a pretrained LLM can.
-    No task's instruction is used, so zero-shot answers stay in the generic format."""
-    vocabulary, records = task_vocabulary(), []
+    """Text-only records, no image, in turn (LANGUAGE_KINDS): "Repeat:" a phrase of two to four words, so
+    that the base model learns to say every word of the world's vocabulary (letters, digits,
+    'unanswerable', box numbers) as a pretrained LLM can; reading a labelled list of four things, in random
+    order ("cat is B"); and a number word's numeral ("three is 3"). Never an answer that a task would score
+    as its own (`answers_in_a_task_format`), and no task's instruction. Each Repeat word comes from a task
+    drawn first, so the many box numbers do not crowd out the other words."""
+    vocabulary, records = vocabulary_by_task(), []
+    things = (*SHAPES, *COLORS, *WORDS, *NUMBER_WORDS)
     for i in range(count):
-        phrase = " ".join(rng.choice(vocabulary) for _ in range(rng.randint(1, 3)))
+        kind = LANGUAGE_KINDS[i % len(LANGUAGE_KINDS)]
+        if kind == "numeral":
+            n = rng.randrange(len(NUMBER_WORDS))
+            human, answer = (
+                f"{FACT_PREFIX} {NUMBER_WORDS[n]} {NUMERAL_QUESTION}?",
+                f"{NUMBER_WORDS[n]} is {n}",
+            )
+        elif kind == "list":
+            listed = rng.sample(things, 4)
+            asked = rng.randrange(4)
+            options = "\n".join(f"{letter}. {thing}" for letter, thing in zip("ABCD", listed, strict=True))
+            human = f"{FACT_PREFIX} {LIST_QUESTION} {listed[asked]}?\n{options}"
+            answer = f"{listed[asked]} is {'ABCD'[asked]}"
+        else:
+            answer = ""
+            while not answer or answers_in_a_task_format(answer, about_an_image=False):
+                answer = " ".join(rng.choice(vocabulary[rng.choice(TASKS)]) for _ in range(rng.randint(2, 4)))
+            human = f"{REPEAT_PREFIX} {answer}"
         records.append({"id": f"language-{i}", "conversations": [
-            {"from": "human", "value": f"{REPEAT_PREFIX} {phrase}"}, {"from": "gpt", "value": phrase}]})  # fmt: skip
+            {"from": "human", "value": human}, {"from": "gpt", "value": answer}]})  # fmt: skip
     return records

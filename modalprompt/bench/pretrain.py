@@ -2,8 +2,10 @@
 
 Two steps, both seeded: a tiny CLIP learns image-caption matching (contrastive), then a tiny LLaVA whose
 vision tower is that CLIP's vision model (frozen, so the image query reuses LLaVA's vision pass) learns to
-caption images after one generic instruction. The result knows the world (colours, shapes, words, digits,
-counts, positions) but none of the tasks' instruction formats: that is what the prompts must learn.
+caption images after one generic instruction and to answer generic short questions in phrases. The result
+knows the world (colours, shapes, words, digits, counts, positions) and can say every word the tasks need,
+but none of the tasks' instructions or answer formats (the corpus holds none of their test images and
+no answer in their formats: modalprompt.bench.minicoin): that is what the prompts must learn.
 Both folders load through the production path (`load_backbone`).
 """
 

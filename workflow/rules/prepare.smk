@@ -82,9 +82,11 @@ if EXP.model.source == ModelSource.PRETRAIN:
         params:
             out=lambda w, output: Path(output[0]).parent.parent,
             size=EXP.benchmark.generic_size,
+            test_size=EXP.benchmark.test_size,
             seed=EXP.benchmark.seed,
         shell:
-            "modalprompt make-minicoin {params.out:q} --generic-size {params.size:q} --seed {params.seed:q}"
+            "modalprompt make-minicoin {params.out:q} --generic-size {params.size:q} --test-size {params.test_size:q}"
+            " --seed {params.seed:q}"
             " > {log:q} 2>&1"
 
     rule pretrain_base:

@@ -193,12 +193,14 @@ def main() -> None:
         "--dag", action="store_true", help="also run the default DAG from nothing, both versions"
     )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep the projects' results")
     args = parser.parse_args()
 
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
               "commits": {"before": args.before, "after": _head()}, "load_average_start": _load()}  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
         before_root = tmp / "before"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before_root), args.before],
                        check=True, capture_output=True)  # fmt: skip

@@ -9,8 +9,8 @@ where the prompts go.
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import NamedTuple
 
@@ -85,7 +85,9 @@ def eval_data(backbone: Backbone, task: TaskConfig) -> EvalDataset:
 
 
 def collate(backbone: Backbone, samples, left: bool):
-    return Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=left)(samples)
+    return Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=left)(
+        samples
+    )
 
 
 def own_image_features(family: str, backbone: Backbone, batch) -> list[torch.Tensor]:
@@ -136,7 +138,40 @@ def test_the_family_is_detected_and_another_configured_one_is_named(base):
     assert base.backbone.family == base.family
     other = next(f for f in FAMILIES if f != base.family)
     with pytest.raises(BaseModelError, match=f"model.family is {other} but .*model_type '{base.family}'"):
-        load_backbone(ModelConfig(llava=str(base.model_dir), clip=str(base.clip_dir), family=other, device="cpu"))
+        load_backbone(
+            ModelConfig(llava=str(base.model_dir), clip=str(base.clip_dir), family=other, device="cpu")
+        )
+
+
+def test_a_folder_the_family_cannot_use_is_named_with_the_fix(base, tmp_path):
+    def copy(change_config=None) -> Path:
+        folder = tmp_path / f"copy{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(base.model_dir, folder)
+        config = json.loads((folder / "config.json").read_text())
+        if change_config:
+            change_config(config)
+        (folder / "config.json").write_text(json.dumps(config))
+        return folder
+
+    def load(folder: Path) -> None:
+        load_backbone(ModelConfig(llava=str(folder), clip=str(base.clip_dir), device="cpu"))
+
+    with pytest.raises(
+        BaseModelError, match=r"model_type 'foo', expected one of 'llava' \(llava\), 'llava_next'"
+    ):
+        load(copy(lambda c: c.update(model_type="foo")))
+    if base.family == "llava_next":
+        with pytest.raises(
+            BaseModelError, match=r"a 'mistral' LLM uses its own chat template.*llava-v1\.6-vicuna"
+        ):
+            load(copy(lambda c: c["text_config"].update(model_type="mistral")))
+        with pytest.raises(BaseModelError, match="vision_feature_select_strategy 'full'"):
+            load(copy(lambda c: c.update(vision_feature_select_strategy="full")))
+    if base.family == "qwen2_5_vl":
+        folder = copy()
+        (folder / "chat_template.jinja").unlink()
+        with pytest.raises(BaseModelError, match="has no chat template"):
+            load(folder)
 
 
 def test_image_tokens_are_the_models_own_feature_count(base, sized_task):
@@ -203,11 +238,15 @@ def test_prompts_land_after_the_lead_with_mask_labels_and_positions(base, sized_
         assert torch.equal(new_embeds[i, start : start + plen], prompt[i])
         real = list(range(first, start)) + list(range(start + plen, start + plen + n - len(lead)))
         assert torch.equal(new_embeds[i, real], embeds[i, first : first + n])  # the sample's tokens, in order
-        assert mask[i].tolist() == [1 if j in real or start <= j < start + plen else 0 for j in range(len(mask[i]))]
+        assert mask[i].tolist() == [
+            1 if j in real or start <= j < start + plen else 0 for j in range(len(mask[i]))
+        ]
         assert labels[i, start : start + plen].eq(IGNORE_INDEX).all()
         assert torch.equal(labels[i, real], batch.labels[i, first : first + n])
         # the positions the model's own numbering gives the sample with P text tokens in the prompt's place
-        filled = torch.cat([ids[: len(lead)], torch.full((plen,), b.tokenizer.pad_token_id), ids[len(lead) :]])
+        filled = torch.cat(
+            [ids[: len(lead)], torch.full((plen,), b.tokenizer.pad_token_id), ids[len(lead) :]]
+        )
         if base.family == "qwen2_5_vl":
             sample = collate(b, [data[[3, 0, len(SIZES)][i]]], left=False)
             expected = _own_positions(b, filled[None], None, sample)[:, 0]  # (3, n + P)
@@ -227,14 +266,22 @@ def test_a_stage_trains_only_its_prompt_and_key_network(base, toy_tasks, tmp_pat
     b = base.backbone
     method = _method()
     training = TrainingConfig(epochs=1, batch_size=2, lr=1e-2, warmup_ratio=0.0, max_steps=1)
-    frozen = {n: p.detach().clone() for n, p in [*b.llava.named_parameters(), *b.clip_text.named_parameters()]}
+    frozen = {
+        n: p.detach().clone() for n, p in [*b.llava.named_parameters(), *b.clip_text.named_parameters()]
+    }
     first = train_stage(b, method, training, toy_tasks["colors"], [], tmp_path / "s1", progress=False)
     before = (first.checkpoint / TENSORS_FILE).read_bytes()
     second = train_stage(b, method, training, toy_tasks["count"], [first.checkpoint], tmp_path / "s2",
                          progress=False)  # fmt: skip
     assert (first.checkpoint / TENSORS_FILE).read_bytes() == before
     trained = safetensors.torch.load_file(second.checkpoint / TENSORS_FILE)
-    assert set(trained) == {"prompt", "key_net.0.weight", "key_net.0.bias", "key_net.2.weight", "key_net.2.bias"}
+    assert set(trained) == {
+        "prompt",
+        "key_net.0.weight",
+        "key_net.0.bias",
+        "key_net.2.weight",
+        "key_net.2.bias",
+    }
     init = ModalPromptModel(b, method)
     init.prompts.add_task("prev")
     start = init.add_task("x", stage_seed(method.prompt_init_seed, 2)).state_dict()
@@ -275,7 +322,9 @@ def test_generation_with_prompts_equals_a_hand_composed_forward(base, sized_task
             prefix = model._prefix(generated.selected)  # (1, k * L, d): the selection is the method's
             lead, plen = model.lead, prefix.shape[1]
             ids = batch.input_ids
-            filled = torch.cat([ids[:, :lead], torch.full((1, plen), b.tokenizer.pad_token_id), ids[:, lead:]], 1)
+            filled = torch.cat(
+                [ids[:, :lead], torch.full((1, plen), b.tokenizer.pad_token_id), ids[:, lead:]], 1
+            )
             tokens: list[int] = []
             for _ in range(new_tokens):
                 if base.family == "qwen2_5_vl":
@@ -334,7 +383,9 @@ def test_the_image_query_comes_from_where_the_readme_says(base, sized_task):
         pixels = batch.pixel_values
     elif base.family == "llava_next":
         assert b.clip_vision is None
-        tiles = [int(v) for v in torch.tensor([len(data[i].pixel_values) for i in range(len(SIZES))]).cumsum(0)]
+        tiles = [
+            int(v) for v in torch.tensor([len(data[i].pixel_values) for i in range(len(SIZES))]).cumsum(0)
+        ]
         pixels = batch.pixel_values[[0, *tiles[:-1]]]  # each image's first tile: the base tile
     else:
         assert b.clip_vision is not None
@@ -352,7 +403,9 @@ def test_the_image_query_comes_from_where_the_readme_says(base, sized_task):
 def test_stage_files_record_the_family_and_refuse_another(base, toy_tasks, tmp_path):
     b, method = base.backbone, _method()
     training = TrainingConfig(epochs=1, batch_size=4, lr=1e-2, warmup_ratio=0.0, max_steps=1)
-    folder = train_stage(b, method, training, toy_tasks["colors"], [], tmp_path / "s1", progress=False).checkpoint
+    folder = train_stage(
+        b, method, training, toy_tasks["colors"], [], tmp_path / "s1", progress=False
+    ).checkpoint
     meta_path = folder / META_FILE
     meta = json.loads(meta_path.read_text())
     assert meta["family"] == base.family
@@ -392,7 +445,7 @@ def test_chat_template_ids_are_the_templates_own_with_loss_on_answers(tmp_path):
     image = tokenizer.convert_tokens_to_ids("<|image_pad|>")
     at = own.index(image)
     assert ids == own[:at] + [image] * 3 + own[at + 1 :]  # the template's ids, the image expanded
-    answers = [tokenizer.decode([t for t, l in zip(ids, labels, strict=True) if l != IGNORE_INDEX])]
+    answers = [tokenizer.decode([t for t, label in zip(ids, labels, strict=True) if label != IGNORE_INDEX])]
     assert answers == ["red<|im_end|>a circle<|im_end|>"]  # each answer and the EOS that closes its turn
     question = encoder.encode_question("<image>\nWhat color?", image_tokens=3)
     assert ids[: len(question)] == question  # evaluation's prompt is training's prefix

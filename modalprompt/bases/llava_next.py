@@ -71,6 +71,12 @@ class LlavaNextAdapter(LlavaAdapter):
                 f"{config.get('vision_feature_select_strategy')!r}: LLaVA-NeXT's tiles are packed without CLS "
                 "('default') only"
             )
+        llm = config.get("text_config", {}).get("model_type", "llama")
+        if llm != "llama":  # e.g. llava-v1.6-mistral: its [INST] template is not vicuna_v1
+            raise BaseModelError(
+                f"{folder}/config.json: a LLaVA-NeXT with a {llm!r} LLM uses its own chat template, not LLaVA-1.5's "
+                "vicuna_v1 that this adapter writes: use a Vicuna-based LLaVA-NeXT (llava-v1.6-vicuna-7b/13b)"
+            )
         super().check_folder(folder, config)
 
     @classmethod

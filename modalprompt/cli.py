@@ -487,11 +487,14 @@ def make_tiny_base(
     clip: Annotated[Path, Arg("CLIP folder to write")],
     *,
     seed: Annotated[int, Arg("seed of the random weights")] = 0,
+    family: Annotated[
+        Literal["llava", "llava_next", "qwen2_5_vl"], Arg("the model family (model.family)")
+    ] = "llava",
 ) -> None:
-    """write tiny random LLaVA and CLIP folders (for tests and the demo)"""
+    """write tiny random LLaVA (or LLaVA-NeXT, Qwen2.5-VL) and CLIP folders (for tests and the demo)"""
     from modalprompt.bench.tiny import build_tiny_base
 
-    llava, clip = build_tiny_base(llava, clip, seed=seed)
+    llava, clip = build_tiny_base(llava, clip, seed=seed, family=family)
     print(json.dumps({"llava": str(llava), "clip": str(clip)}))
 
 

@@ -63,6 +63,13 @@ class ModelSource(enum.StrEnum):
     PRETRAIN = "pretrain"  # the pipeline pretrains a small base on mini-CoIN's generic corpus (CPU benchmark)
 
 
+class ModelFamily(enum.StrEnum):  # modalprompt.bases: one adapter per family
+    AUTO = "auto"  # from the model_type in model.llava's config.json
+    LLAVA = "llava"  # LlavaForConditionalGeneration (LLaVA-1.5)
+    LLAVA_NEXT = "llava_next"  # LlavaNextForConditionalGeneration (LLaVA-NeXT / 1.6, any-resolution tiles)
+    QWEN2_5_VL = "qwen2_5_vl"  # Qwen2_5_VLForConditionalGeneration
+
+
 class Generator(enum.StrEnum):
     NONE = "none"  # the task files are given
     TOY = "toy"  # three toy tasks under <paths.data>/toy (the quick demo)
@@ -139,7 +146,16 @@ class ModelConfig:
     source: ModelSource = _help(
         "How model.llava comes to be: hf (given), original (converted), tiny (built).", default=ModelSource.HF
     )
-    llava: str = _help("Folder of the base LLaVA in the transformers (llava-hf) layout.", default="")
+    llava: str = _help(
+        "Folder of the base model in the transformers layout (a llava-hf LLaVA-1.5 or LLaVA-NeXT folder, or a "
+        "Qwen2.5-VL folder; the key keeps its first name).",
+        default="",
+    )
+    family: ModelFamily = _help(
+        "Model family of model.llava: auto (detected from its config.json), llava, llava_next or qwen2_5_vl. "
+        "With source: tiny, the family of the tiny model built (auto: llava).",
+        default=ModelFamily.AUTO,
+    )
     clip: str = _help("Folder of the CLIP model (text tower and projections) used for selection.", default="")
     original_llava: str = _help("Folder of an original-layout LLaVA-1.5 (source: original only).", default="")
     dtype: DType = _help(
@@ -659,11 +675,24 @@ def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Experim
             f"{source}: engine.offload is true but engine.zero_stage is {cfg.engine.zero_stage}: offloading "
             "the base's shards needs zero_stage 3 (or set offload: false)"
         )
+    if cfg.model.source in (ModelSource.ORIGINAL, ModelSource.PRETRAIN) and cfg.model.family not in (
+        ModelFamily.AUTO,
+        ModelFamily.LLAVA,
+    ):
+        raise ConfigError(
+            f"{source}: model.source is {cfg.model.source.value!r}, which makes a LLaVA-1.5 base, but model.family "
+            f"is {cfg.model.family.value!r}: set model.family to auto or llava"
+        )
     if cfg.model.source == ModelSource.ORIGINAL and not cfg.model.original_llava:
         raise ConfigError(
             f"{source}: model.source is 'original' but model.original_llava is empty: give its folder"
         )
     return cfg
+
+
+def tiny_family(family: ModelFamily) -> str:
+    """The family of the tiny base that `model.source: tiny` builds: the configured one, LLaVA-1.5 for auto."""
+    return ModelFamily.LLAVA.value if family == ModelFamily.AUTO else family.value
 
 
 def to_jsonable(obj: Any) -> Any:

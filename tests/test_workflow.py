@@ -128,6 +128,30 @@ def test_full_run_produces_matrix_metrics_and_heatmap(project):
     assert (project / RESULTS / "benchmarks" / "modalprompt" / "train-stage-1.tsv").is_file()
 
 
+@pytest.mark.parametrize("family", ["llava_next", "qwen2_5_vl"])
+def test_toy_dag_runs_end_to_end_on_another_base_family(family, tmp_path):
+    """The toy DAG from an empty folder with `model.family` set: the tiny base of that family is built, every
+    stage trains on it, is evaluated and scored. (LLaVA-1.5: the `project` fixture's run.)"""
+    raw = base_config(tmp_path)
+    raw["model"]["family"] = family
+    write_config(tmp_path, raw)
+    snakemake(tmp_path, "--cores", "2")
+    model_config = json.loads((tmp_path / "models" / "tiny" / "llava" / "config.json").read_text())
+    assert model_config["model_type"] == family
+    method = tmp_path / RESULTS / "modalprompt"
+    matrix = (method / "matrix.csv").read_text().splitlines()
+    assert matrix[0] == "stage,colors,shapes,count"
+    assert [row.split(",")[0] for row in matrix[1:]] == ["0", "1", "2", "3"]
+    for stage in (1, 2, 3):
+        meta = json.loads((method / f"stage-{stage}" / "checkpoint" / "stage.json").read_text())
+        assert meta["family"] == family
+    for s, task in cells():
+        owner = tmp_path / RESULTS / ("zero_shot" if s == 0 else "modalprompt")
+        rows = (owner / f"stage-{s}" / "eval" / f"{task}.jsonl").read_text().splitlines()
+        assert len(rows) == 8 and all("prediction" in json.loads(row) for row in rows)
+    assert "Nothing to be done" in snakemake(tmp_path, "-n", "--cores", "2").stdout
+
+
 def test_mlflow_holds_one_run_per_stage_and_a_summary(project):
     from mlflow.tracking import MlflowClient
 

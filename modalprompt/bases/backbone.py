@@ -1,4 +1,5 @@
-"""The frozen base models, loaded from local folders only: LLaVA (llava-hf layout) and CLIP. A folder in the
+"""The frozen base models, loaded from local folders only: the base model of one family (LLaVA-1.5 in the
+llava-hf layout, LLaVA-NeXT or Qwen2.5-VL; one adapter each, bases/adapter.py) and CLIP. A folder in the
 original LLaVA-1.5 layout is converted once first (bases/convert.py)."""
 
 from __future__ import annotations
@@ -8,7 +9,9 @@ import importlib.util
 import json
 import struct
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import safetensors
 import torch
@@ -21,17 +24,28 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from modalprompt.config import Attention, DType, ModelConfig
+from modalprompt.bases.adapter import BaseAdapter
+from modalprompt.bases.llava import LlavaAdapter
+from modalprompt.bases.llava_next import LlavaNextAdapter
+from modalprompt.bases.qwen2_5_vl import Qwen2_5_VLAdapter
+from modalprompt.config import Attention, DType, ModelConfig, ModelFamily
 from modalprompt.errors import BaseModelError
 
 IMAGE_TOKEN = "<image>"
 
+# model.family -> its adapter; adding a family: its module in bases/ and its line here
+ADAPTERS: dict[str, type[BaseAdapter]] = {
+    a.family: a for a in (LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter)
+}
+
 
 @dataclass
 class Backbone:
-    """Everything frozen: LLaVA, CLIP's text tower and projections, tokenizers and image preprocessing."""
+    """Everything frozen: the base model (named `llava` for every family), CLIP's text tower and projections,
+    tokenizers and image preprocessing, and the family's adapter (`base`) that the wrapper and the stage
+    functions go through."""
 
-    llava: LlavaForConditionalGeneration
+    llava: LlavaForConditionalGeneration  # or the LlavaNext / Qwen2_5_VL model of the family
     clip_text: nn.Module  # CLIP text transformer (returns pooler_output)
     text_projection: nn.Linear
     visual_projection: nn.Linear
@@ -44,17 +58,40 @@ class Backbone:
     fingerprint: str
     device: torch.device
     dtype: torch.dtype
+    base: BaseAdapter | None = None  # the family's adapter around `llava`; None: LLaVA-1.5's
+    # the CLIP folder's image processor, when a separate CLIP vision pass needs pixels of its own
+    clip_image_processor: Any | None = None
+
+    def __post_init__(self):
+        if self.base is None:
+            self.base = LlavaAdapter(self.llava)
+
+    @property
+    def family(self) -> str:
+        return self.base.family
 
     @property
     def image_token_id(self) -> int:
         return self.llava.config.image_token_id
 
     @property
-    def num_image_tokens(self) -> int:
-        """LLM tokens per image: the patch grid, plus CLS with the 'full' feature strategy."""
-        vision = self.llava.config.vision_config
-        patches = (vision.image_size // vision.patch_size) ** 2
-        return patches + (1 if self.llava.config.vision_feature_select_strategy == "full" else 0)
+    def num_image_tokens(self) -> int | None:
+        """LLM tokens per image (LLaVA-1.5: the patch grid, plus CLS with the 'full' feature strategy); None for
+        families where it depends on the image (the image preprocessing gives each image's count)."""
+        return self.base.fixed_image_tokens
+
+    def conversation_encoder(self, max_length: int) -> Any:
+        """The family's template (encode_conversation, encode_question, clip_tokens, lead)."""
+        return self.base.conversation_encoder(self.tokenizer, self.clip_tokenizer, max_length)
+
+    def image_preprocessor(self) -> Any:
+        """The family's image preprocessing: PIL image -> PreparedImage, the same in training and evaluation."""
+        return self.base.image_preprocessor(self.image_processor, self.clip_image_processor)
+
+    @cached_property
+    def prompt_lead(self) -> int:
+        """Tokens of every sequence that stay before the prompts: BOS, or the template's system turn."""
+        return self.conversation_encoder(max_length=8).lead
 
 
 def resolve_device(name: str) -> torch.device:
@@ -123,25 +160,53 @@ def _same_vision_weights(clip_vision: nn.Module, llava_tower: nn.Module) -> bool
     )
 
 
-def check_llava_folder(folder: Path) -> None:
+def detect_family(folder: Path, family: ModelFamily | str = ModelFamily.AUTO) -> str:
+    """The family of the model folder: from its config.json's model_type, which must agree with a configured
+    family. The original LLaVA-1.5 layout (model_type 'llava', LlavaLlamaForCausalLM) is 'llava'."""
     config = read_model_config(folder, "llava")
-    if "LlavaLlamaForCausalLM" in config.get("architectures", []) or "mm_projector_type" in config:
+    model_type = config.get("model_type")
+    found = next((name for name, adapter in ADAPTERS.items() if adapter.model_type == model_type), None)
+    if found is None and "mm_projector_type" in config:
+        found = LlavaAdapter.family  # an original LLaVA layout: its check names the conversion
+    if family != ModelFamily.AUTO and found != str(family):
         raise BaseModelError(
-            f"{folder} is in the original LLaVA layout (LlavaLlamaForCausalLM); convert it once with "
-            f"`modalprompt convert-llava {folder} CONVERTED_DIR --clip CLIP_DIR` and set model.llava to CONVERTED_DIR"
+            f"model.family is {family!s} but {folder}/config.json has model_type {model_type!r}: set "
+            f"model.family to {found or 'auto'}, or point model.llava at a {family!s} folder"
         )
-    if config.get("model_type") != "llava":
+    if found is None:
+        known = ", ".join(f"{a.model_type!r} ({a.family})" for a in ADAPTERS.values())
         raise BaseModelError(
-            f"{folder}/config.json has model_type {config.get('model_type')!r}, expected 'llava'"
+            f"{folder}/config.json has model_type {model_type!r}, expected one of {known}; "
+            "README 'Supported base models' says how to add a family"
         )
-    if not weight_files(folder):
-        raise BaseModelError(f"{folder} has no *.safetensors weights: save the model with save_pretrained")
+    return found
+
+
+def _image_processor(loader: Any, folder: Path) -> Any:
+    """`loader.load_image_processor` (an adapter) or `loader.from_pretrained` (a processor class) on the folder,
+    with a missing preprocessor_config.json named."""
+    if not (folder / "preprocessor_config.json").is_file():
+        raise BaseModelError(
+            f"{folder} has no preprocessor_config.json (the image processor): copy the model folder again with "
+            "its processor files"
+        )
+    if hasattr(loader, "load_image_processor"):
+        return loader.load_image_processor(folder)
+    return loader.from_pretrained(folder, local_files_only=True)
+
+
+def check_llava_folder(folder: Path, family: ModelFamily | str = ModelFamily.AUTO) -> str:
+    """Refuse a folder the configured family cannot load, naming the fix; returns its family."""
+    found = detect_family(folder, family)
+    ADAPTERS[found].check_folder(folder, read_model_config(folder, "llava"))
+    return found
 
 
 def load_backbone(cfg: ModelConfig) -> Backbone:
-    """Load LLaVA and CLIP from local folders (never a hub), frozen, on the configured device and dtype."""
+    """Load the base model and CLIP from local folders (never a hub), frozen, on the configured device and
+    dtype, behind the adapter of the model's family."""
     llava_dir, clip_dir = Path(cfg.llava), Path(cfg.clip)
-    check_llava_folder(llava_dir)
+    adapter_class = ADAPTERS[check_llava_folder(llava_dir, cfg.family)]
     clip_config = read_model_config(clip_dir, "clip")
     if clip_config.get("model_type") != "clip":
         raise BaseModelError(
@@ -156,7 +221,7 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
             f"{clip_dir} has no *.safetensors weights: save the CLIP model with save_pretrained"
         )
     try:
-        llava = LlavaForConditionalGeneration.from_pretrained(
+        llava = adapter_class.model_class.from_pretrained(
             llava_dir, dtype=dtype, attn_implementation=attention, local_files_only=True
         )
         clip = CLIPModel.from_pretrained(clip_dir, dtype=dtype, local_files_only=True)
@@ -165,19 +230,26 @@ def load_backbone(cfg: ModelConfig) -> Backbone:
             f"cannot load the base model from {llava_dir} and {clip_dir}: {type(err).__name__}: {err} "
             "(weights missing, truncated or not matching config.json: copy or save the model again)"
         ) from err
-    shared_tower = _same_vision_weights(clip.vision_model, llava.model.vision_tower)
+    adapter = adapter_class(llava)
+    tower = adapter.clip_like_tower()
+    shared_tower = tower is not None and _same_vision_weights(clip.vision_model, tower)
+    tokenizer = AutoTokenizer.from_pretrained(llava_dir, local_files_only=True)
+    adapter.check_tokenizer(tokenizer, llava_dir)
+    clip_pixels = not shared_tower and adapter.reads_clip_pixels
     backbone = Backbone(
         llava=llava,
         clip_text=clip.text_model,
         text_projection=clip.text_projection,
         visual_projection=clip.visual_projection,
         clip_vision=None if shared_tower else clip.vision_model,
-        tokenizer=AutoTokenizer.from_pretrained(llava_dir, local_files_only=True),
+        tokenizer=tokenizer,
         clip_tokenizer=AutoTokenizer.from_pretrained(clip_dir, local_files_only=True),
-        image_processor=CLIPImageProcessorPil.from_pretrained(llava_dir, local_files_only=True),
+        image_processor=_image_processor(adapter_class, llava_dir),
         fingerprint=base_fingerprint(llava_dir, clip_dir),
         device=device,
         dtype=dtype,
+        base=adapter,
+        clip_image_processor=_image_processor(CLIPImageProcessorPil, clip_dir) if clip_pixels else None,
     )
     del clip  # keep only the parts above; the vision tower is dropped when LLaVA's is the same
     for module in (backbone.llava, backbone.clip_text, backbone.text_projection, backbone.visual_projection):

@@ -1,6 +1,8 @@
 """Tiny local base models, built offline and deterministically: `build_tiny_base` writes a llava-hf folder
 and a CLIP folder (random weights, tokenizers trained here, the same vision tower in both) that load through
-the production code path. Tests, the toy config and the benchmarks use them (with the toy tasks of toy.py).
+the production code path; with `family`, a tiny LLaVA-NeXT (the same CLIP tower, any-resolution tiles) or
+Qwen2.5-VL (its own vision encoder, a ChatML chat template) instead. Tests, the toy config and the benchmarks
+use them (with the toy tasks of toy.py).
 """
 
 from __future__ import annotations
@@ -17,7 +19,13 @@ from transformers import (
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaNextConfig,
+    LlavaNextForConditionalGeneration,
+    LlavaNextImageProcessorPil,
     PreTrainedTokenizerFast,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
 )
 
 from modalprompt.bench.toy import COLORS, QUESTIONS, SHAPES
@@ -128,18 +136,28 @@ def tiny_configs(
 
 
 def save_base(
-    llava, clip, tokenizer, clip_tokenizer, llava_dir: Path, clip_dir: Path, notes: dict | None = None
+    llava,
+    clip,
+    tokenizer,
+    clip_tokenizer,
+    llava_dir: Path,
+    clip_dir: Path,
+    notes: dict | None = None,
+    model_processor=None,
 ):
-    """Write the llava-hf folder and the CLIP folder (with the shared image processor), each under a temporary
-    name renamed at the end, so a killed job leaves no half-written model."""
+    """Write the llava-hf folder and the CLIP folder (with the shared image processor, or `model_processor` in
+    the model folder), each under a temporary name renamed at the end, so a killed job leaves no half-written
+    model."""
     size = clip.config.vision_config.image_size
     processor = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    for folder, model, tok in ((Path(llava_dir), llava, tokenizer), (Path(clip_dir), clip, clip_tokenizer)):
+    folders = ((Path(llava_dir), llava, tokenizer, model_processor or processor),
+               (Path(clip_dir), clip, clip_tokenizer, processor))  # fmt: skip
+    for folder, model, tok, folder_processor in folders:
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
+        folder_processor.save_pretrained(tmp)
         for name, text in (notes or {}).items():
             (tmp / name).write_text(text)
         shutil.rmtree(folder, ignore_errors=True)
@@ -148,10 +166,13 @@ def save_base(
 
 
 def build_tiny_base(
-    llava_dir: Path, clip_dir: Path, seed: int = 0, hidden: int = 64, **shape
+    llava_dir: Path, clip_dir: Path, seed: int = 0, hidden: int = 64, family: str = "llava", **shape
 ) -> tuple[Path, Path]:
     """A random tiny LLaVA and CLIP; LLaVA's vision tower is CLIP's vision model. `shape`: more
-    `tiny_configs` sizes (layers, image_size, ...), e.g. for benchmarks at a less tiny size."""
+    `tiny_configs` sizes (layers, image_size, ...), e.g. for benchmarks at a less tiny size. `family`
+    (model.family): llava, llava_next or qwen2_5_vl."""
+    if family != "llava":
+        return TINY_FAMILIES[family](Path(llava_dir), Path(clip_dir), seed=seed, hidden=hidden, **shape)
     tokenizer, clip_tokenizer = build_llm_tokenizer(), build_clip_tokenizer()
     llava_cfg, clip_cfg = tiny_configs(
         len(tokenizer),
@@ -165,3 +186,98 @@ def build_tiny_base(
     llava = LlavaForConditionalGeneration(llava_cfg).eval()
     llava.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
     return save_base(llava, clip, tokenizer, clip_tokenizer, llava_dir, clip_dir)
+
+
+def build_tiny_llava_next(
+    llava_dir: Path, clip_dir: Path, seed: int = 0, hidden: int = 64, **shape
+) -> tuple[Path, Path]:
+    """A random tiny LLaVA-NeXT and CLIP: LLaVA-1.5's tiny shape, its tower CLIP's vision model, with tiles of
+    the tower's size on grids of 1 x 2, 2 x 1 and 2 x 2 tiles (the toy images pick 2 x 2: 5 tiles)."""
+    tokenizer, clip_tokenizer = build_llm_tokenizer(), build_clip_tokenizer()
+    llava_cfg, clip_cfg = tiny_configs(
+        len(tokenizer),
+        len(clip_tokenizer),
+        tokenizer.convert_tokens_to_ids("<image>"),
+        hidden=hidden,
+        **shape,
+    )
+    size = llava_cfg.vision_config.image_size
+    grids = [[size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
+    next_cfg = LlavaNextConfig(vision_config=llava_cfg.vision_config, text_config=llava_cfg.text_config,
+                               image_token_id=llava_cfg.image_token_id, image_grid_pinpoints=grids,
+                               vision_feature_layer=llava_cfg.vision_feature_layer,
+                               vision_feature_select_strategy="default", pad_token_id=3)  # fmt: skip
+    torch.manual_seed(seed)
+    clip = CLIPModel(clip_cfg).eval()
+    model = LlavaNextForConditionalGeneration(next_cfg).eval()
+    model.model.vision_tower.load_state_dict(clip.vision_model.state_dict())
+    processor = LlavaNextImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
+                                           image_grid_pinpoints=grids)  # fmt: skip
+    return save_base(model, clip, tokenizer, clip_tokenizer, llava_dir, clip_dir, model_processor=processor)
+
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
+                 "<|image_pad|>", "<|video_pad|>"]  # fmt: skip
+
+# ChatML as Qwen2.5-VL's template writes it: a default system turn, an image as
+# <|vision_start|><|image_pad|><|vision_end|> before the text, each turn closed by <|im_end|> and a newline
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if loop.first and message['role'] != 'system' -%}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}"
+    "{%- endif -%}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' }}"
+    "{%- if message['content'] is string -%}{{ message['content'] }}"
+    "{%- else -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
+    "{%- elif part['type'] == 'text' -%}{{ part['text'] }}{%- endif -%}"
+    "{%- endfor -%}{%- endif -%}"
+    "{{ '<|im_end|>\\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\\n' }}{%- endif -%}"
+)
+
+
+def build_chatml_tokenizer() -> PreTrainedTokenizerFast:
+    """Qwen-style: byte-level BPE, no BOS, <|im_end|> ends a turn (EOS), <|endoftext|> pads; the chat template
+    above."""
+    words = ["You are a helpful assistant.", "system user assistant", *_corpus()]
+    tok = _train_tokenizer(QWEN_SPECIALS, vocab_size=420, lowercase=False, texts=words)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                        model_max_length=4096)  # fmt: skip
+    tokenizer.chat_template = CHATML_TEMPLATE
+    return tokenizer
+
+
+def build_tiny_qwen2_5_vl(
+    llava_dir: Path, clip_dir: Path, seed: int = 0, hidden: int = 64, layers: int = 2, heads: int = 4, **shape
+) -> tuple[Path, Path]:
+    """A random tiny Qwen2.5-VL (a 2-block vision encoder of 4-pixel patches merged 2 x 2, images resized to at
+    most 32 x 32 pixels) and the tiny CLIP, whose vision model is the image query's (not the base's)."""
+    tokenizer, clip_tokenizer = build_chatml_tokenizer(), build_clip_tokenizer()
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIALS}
+    _, clip_cfg = tiny_configs(
+        len(tokenizer), len(clip_tokenizer), ids["<|image_pad|>"], hidden=hidden, **shape
+    )
+    half_head = hidden // heads // 2  # rotary frequencies per head, split over temporal, height, width
+    sections = [half_head - 2 * (half_head * 3 // 8), half_head * 3 // 8, half_head * 3 // 8]
+    text = {"vocab_size": len(tokenizer), "hidden_size": hidden, "intermediate_size": 2 * hidden,
+            "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": max(1, heads // 2),
+            "max_position_embeddings": 1024, "bos_token_id": None, "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"], "initializer_range": INIT_RANGE,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": sections}}  # fmt: skip
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 4, "patch_size": 4,
+              "spatial_merge_size": 2, "temporal_patch_size": 2, "window_size": 16, "out_hidden_size": hidden,
+              "fullatt_block_indexes": [1]}  # fmt: skip
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
+                              video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
+                              vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)  # fmt: skip
+    torch.manual_seed(seed)
+    clip = CLIPModel(clip_cfg).eval()
+    model = Qwen2_5_VLForConditionalGeneration(config).eval()
+    processor = Qwen2VLImageProcessorPil(patch_size=4, merge_size=2, temporal_patch_size=2,
+                                         size={"shortest_edge": 16 * 16, "longest_edge": 32 * 32})  # fmt: skip
+    return save_base(model, clip, tokenizer, clip_tokenizer, llava_dir, clip_dir, model_processor=processor)
+
+
+TINY_FAMILIES = {"llava_next": build_tiny_llava_next, "qwen2_5_vl": build_tiny_qwen2_5_vl}

@@ -1,7 +1,10 @@
 """CoIN-format data: records, one image preprocessing, the LLaVA-1.5 conversation template, the collator.
 
 The pipeline produces both the LLM tokens and the CLIP text tokens of the instruction, so the model never
-decodes and re-tokenises. Train and eval share `ImagePreprocessor` (pad to square, then the processor).
+decodes and re-tokenises. Train and eval share one image preprocessing: `ImagePreprocessor` (pad to square,
+then the processor) for LLaVA-1.5, the base family's own for the others (modalprompt/bases/), each giving a
+`PreparedImage`. The encoders here and in chat_template.py share one interface: `encode_conversation`,
+`encode_question`, `clip_tokens` and `lead` (the tokens of every sequence that stay before the prompts).
 """
 
 from __future__ import annotations
@@ -31,6 +34,19 @@ SYSTEM_PROMPT = (
 IGNORE_INDEX = -100
 
 
+@dataclass
+class PreparedImage:
+    """One image as the base model reads it."""
+
+    # rows the collator concatenates: (1, 3, H, W) for LLaVA-1.5, (tiles, 3, H, W) for LLaVA-NeXT,
+    # (patches, C * T * P * P) for Qwen2.5-VL
+    pixel_values: torch.Tensor
+    tokens: int | None  # LLM positions the image takes; None: the encoder's fixed count
+    image_size: tuple[int, int] | None = None  # (H, W) the image had: LLaVA-NeXT's image_sizes
+    grid_thw: tuple[int, int, int] | None = None  # Qwen2.5-VL's image_grid_thw
+    clip_pixel_values: torch.Tensor | None = None  # (1, 3, h, w) for a separate CLIP vision pass, if needed
+
+
 class ImagePreprocessor:
     """LLaVA-1.5's 'pad' preprocessing: pad to a square with the processor's mean colour, then resize and
     normalise with the CLIP processor. The single code path for training and evaluation."""
@@ -52,6 +68,19 @@ class ImagePreprocessor:
         square = self.pad_to_square(image.convert("RGB"))
         return self.processor(images=square, return_tensors="pt")["pixel_values"][0]
 
+    def prepare(self, image: Image.Image) -> PreparedImage:
+        return PreparedImage(self(image)[None], tokens=None)
+
+    def tokens_for_size(self, width: int, height: int) -> int | None:
+        """LLM tokens of an image of this size; None: the same for every image (the encoder knows it)."""
+        return None
+
+
+def image_size(root: Path, relative: str) -> tuple[int, int]:
+    """(width, height) from the file's header, without decoding the pixels."""
+    with Image.open(root / relative) as image:
+        return image.size
+
 
 def load_image(root: Path, relative: str, where: str) -> Image.Image:
     path = root / relative
@@ -67,8 +96,26 @@ class Encoded:
     input_ids: list[int]
     labels: list[int] | None
     clip_ids: list[int]
-    pixel_values: torch.Tensor | None
+    pixel_values: torch.Tensor | None  # PreparedImage.pixel_values
     key: Any  # record id (train) or question_id (eval)
+    image_size: tuple[int, int] | None = None  # PreparedImage's family-specific fields
+    grid_thw: tuple[int, int, int] | None = None
+    clip_pixel_values: torch.Tensor | None = None
+
+
+def encoded(
+    ids: list[int], labels: list[int] | None, clip_ids: list[int], image: PreparedImage | None, key: Any
+) -> Encoded:
+    if image is None:
+        return Encoded(ids, labels, clip_ids, None, key)
+    return Encoded(ids, labels, clip_ids, image.pixel_values, key, image.image_size, image.grid_thw,
+                   image.clip_pixel_values)  # fmt: skip
+
+
+def instruction_clip_tokens(clip_tokenizer, instruction: str, max_length: int) -> list[int]:
+    """CLIP tokens of the instruction alone (no placeholder, no template), for the text query f_q."""
+    text = instruction.replace(IMAGE_PLACEHOLDER, "").strip()
+    return clip_tokenizer(text, truncation=True, max_length=max_length)["input_ids"]
 
 
 class ConversationEncoder:
@@ -84,15 +131,23 @@ class ConversationEncoder:
         self.max_length = max_length
         self.clip_max_length = min(int(getattr(clip_tokenizer, "model_max_length", 77) or 77), 77)
 
-    def _tokens(self, text: str, after_eos: bool = False) -> list[int]:
+    @property
+    def lead(self) -> int:
+        """Tokens of every sequence that stay before the prompts: the BOS, if the tokenizer has one."""
+        return len(self._start())
+
+    def _tokens(self, text: str, after_eos: bool = False, image_tokens: int | None = None) -> list[int]:
         """LLaVA's `tokenizer_image_token`: the text is split at each <image> and every chunk is tokenised as
         a text of its own (a sentencepiece tokenizer starts each chunk with its '▁', as LLaVA-1.5's slow
-        LlamaTokenizer does); each <image> becomes the image's patch tokens. `after_eos`: the first chunk
-        follows an EOS, as a later turn does in LLaVA's conversation string."""
+        LlamaTokenizer does); each <image> becomes the image's patch tokens (`image_tokens` of them, by
+        default the fixed count). `after_eos`: the first chunk follows an EOS, as a later turn does in
+        LLaVA's conversation string."""
         ids: list[int] = []
         for i, chunk in enumerate(text.split(IMAGE_PLACEHOLDER)):
             if i:
-                ids += [self.image_token_id] * self.num_image_tokens
+                ids += [self.image_token_id] * (
+                    self.num_image_tokens if image_tokens is None else image_tokens
+                )
             if not chunk:
                 continue
             ids += self._chunk(chunk, after_eos and i == 0)
@@ -111,10 +166,11 @@ class ConversationEncoder:
         return [] if bos is None else [bos]
 
     def clip_tokens(self, instruction: str) -> list[int]:
-        text = instruction.replace(IMAGE_PLACEHOLDER, "").strip()
-        return self.clip_tokenizer(text, truncation=True, max_length=self.clip_max_length)["input_ids"]
+        return instruction_clip_tokens(self.clip_tokenizer, instruction, self.clip_max_length)
 
-    def encode_conversation(self, turns: list[tuple[str, str]]) -> tuple[list[int], list[int]]:
+    def encode_conversation(
+        self, turns: list[tuple[str, str]], image_tokens: int | None = None
+    ) -> tuple[list[int], list[int]]:
         """turns: (human, assistant) pairs. Returns input ids and labels (answers + EOS only).
 
         The ids are LLaVA-1.5's for "{system} USER: {human} ASSISTANT: {answer}</s>USER: ...": each answer is
@@ -124,8 +180,8 @@ class ConversationEncoder:
         for i, (human, answer) in enumerate(turns):
             lead = f"{SYSTEM_PROMPT} USER: " if i == 0 else "USER: "
             prompt = f"{lead}{human} ASSISTANT:"
-            question = self._tokens(prompt, after_eos=i > 0)
-            whole = [*self._tokens(f"{prompt} {answer}", after_eos=i > 0), self.tokenizer.eos_token_id]
+            question = self._tokens(prompt, i > 0, image_tokens)
+            whole = [*self._tokens(f"{prompt} {answer}", i > 0, image_tokens), self.tokenizer.eos_token_id]
             ids += whole
             labels += [IGNORE_INDEX] * len(question) + whole[len(question) :]
         if self.image_token_id in ids[self.max_length :]:
@@ -134,9 +190,11 @@ class ConversationEncoder:
             )
         return ids[: self.max_length], labels[: self.max_length]
 
-    def encode_question(self, question: str) -> list[int]:
+    def encode_question(self, question: str, image_tokens: int | None = None) -> list[int]:
         """The evaluation prompt: identical to the training prefix up to 'ASSISTANT:'."""
-        return self._start() + self._tokens(f"{SYSTEM_PROMPT} USER: {question} ASSISTANT:")
+        return self._start() + self._tokens(
+            f"{SYSTEM_PROMPT} USER: {question} ASSISTANT:", False, image_tokens
+        )
 
 
 def conversation_turns(record: dict[str, Any]) -> list[tuple[str, str]]:
@@ -195,18 +253,29 @@ class TrainDataset(_ValidatedRecords):
         turns[0] = (f"{IMAGE_PLACEHOLDER}\n{first}", turns[0][1])
         return turns
 
+    def _image_tokens(self, record: dict) -> int | None:
+        """The record's image tokens from the image file's header (None: the fixed count, or no image)."""
+        if not record.get("image"):
+            return None
+        return self.images.tokens_for_size(*image_size(self.image_root, record["image"]))
+
     def lengths(self) -> list[int]:
-        """LLM tokens of each sample (image tokens included), without loading any image."""
-        return [len(self.encoder.encode_conversation(self._turns(r))[0]) for r in self.records]
+        """LLM tokens of each sample (image tokens included), without decoding any image."""
+        return [
+            len(self.encoder.encode_conversation(self._turns(r), self._image_tokens(r))[0])
+            for r in self.records
+        ]
 
     def __getitem__(self, index: int) -> Encoded:
         record = self.records[index]
         turns = self._turns(record)
-        pixels = None
+        image = None
         if record.get("image"):
-            pixels = self.images(load_image(self.image_root, record["image"], self._where(index, "id")))
-        ids, labels = self.encoder.encode_conversation(turns)
-        return Encoded(ids, labels, self.encoder.clip_tokens(turns[0][0]), pixels, record.get("id", index))
+            image = self.images.prepare(
+                load_image(self.image_root, record["image"], self._where(index, "id"))
+            )
+        ids, labels = self.encoder.encode_conversation(turns, None if image is None else image.tokens)
+        return encoded(ids, labels, self.encoder.clip_tokens(turns[0][0]), image, record.get("id", index))
 
 
 class EvalDataset(_ValidatedRecords):
@@ -232,16 +301,16 @@ class EvalDataset(_ValidatedRecords):
 
     def __getitem__(self, index: int) -> Encoded:
         record = self.records[index]
-        question, pixels = record["text"], None
+        question, image = record["text"], None
         if record.get("image"):
-            pixels = self.images(
+            image = self.images.prepare(
                 load_image(self.image_root, record["image"], self._where(index, "question_id"))
             )
             if IMAGE_PLACEHOLDER in question:
                 question = question.replace(IMAGE_PLACEHOLDER, "").strip()
             question = f"{IMAGE_PLACEHOLDER}\n{question}"  # as CoIN's model_vqa.py builds it
-        ids = self.encoder.encode_question(question)
-        return Encoded(ids, None, self.encoder.clip_tokens(record["text"]), pixels, record["question_id"])
+        ids = self.encoder.encode_question(question, None if image is None else image.tokens)
+        return encoded(ids, None, self.encoder.clip_tokens(record["text"]), image, record["question_id"])
 
 
 @dataclass
@@ -249,11 +318,16 @@ class Batch:
     input_ids: torch.Tensor  # (B, N)
     attention_mask: torch.Tensor  # (B, N)
     labels: torch.Tensor | None  # (B, N), IGNORE_INDEX outside answers
-    pixel_values: torch.Tensor | None  # (M, 3, H, W), M = samples with an image, in batch order
+    # the images of the samples that have one, in batch order (M images): (M, 3, H, W) for LLaVA-1.5;
+    # every image's tiles (LLaVA-NeXT) or patches (Qwen2.5-VL) one after another for the others
+    pixel_values: torch.Tensor | None
     has_image: torch.Tensor  # (B,) bool
     clip_input_ids: torch.Tensor  # (B, C)
     clip_attention_mask: torch.Tensor  # (B, C)
     keys: list[Any]
+    image_sizes: torch.Tensor | None = None  # (M, 2) (H, W) per image, LLaVA-NeXT
+    image_grid_thw: torch.Tensor | None = None  # (M, 3) per image, Qwen2.5-VL
+    clip_pixel_values: torch.Tensor | None = None  # (M, 3, h, w) for a separate CLIP vision pass
 
     @property
     def answer_tokens(self) -> int:
@@ -283,14 +357,24 @@ class Collator:
         labels = (
             None if samples[0].labels is None else _pad([s.labels for s in samples], IGNORE_INDEX, self.left)
         )
-        pixels = [s.pixel_values for s in samples if s.pixel_values is not None]
+        images = [s for s in samples if s.pixel_values is not None]
+
+        def joined(name: str) -> torch.Tensor | None:
+            values = [getattr(s, name) for s in images]
+            if not values or values[0] is None:
+                return None
+            return torch.cat(values) if isinstance(values[0], torch.Tensor) else torch.tensor(values)
+
         return Batch(
             input_ids=_pad(ids, self.pad, self.left),
             attention_mask=_pad(mask, 0, self.left),
             labels=labels,
-            pixel_values=torch.stack(pixels) if pixels else None,
+            pixel_values=joined("pixel_values"),
             has_image=torch.tensor([s.pixel_values is not None for s in samples]),
             clip_input_ids=_pad([s.clip_ids for s in samples], self.clip_pad, left=False),
             clip_attention_mask=_pad([[1] * len(s.clip_ids) for s in samples], 0, left=False),
             keys=[s.key for s in samples],
+            image_sizes=joined("image_size"),
+            image_grid_thw=joined("grid_thw"),
+            clip_pixel_values=joined("clip_pixel_values"),
         )

@@ -1,8 +1,10 @@
-"""The ModalPrompt wrapper: a frozen LLaVA plus CLIP queries plus the learned per-task prompts.
+"""The ModalPrompt wrapper: a frozen base model plus CLIP queries plus the learned per-task prompts.
 
 Composition only: the wrapper builds `inputs_embeds` (image features scattered into the image tokens,
-selected prompts inserted right after BOS), extends the attention mask, labels and positions, and calls
-LLaVA's own forward / generate. It returns the CE loss and both alignment terms separately.
+selected prompts inserted after the base's lead: BOS, or the template's system turn), extends the attention
+mask, labels and positions, and runs the base model's own forward / generate. Everything family-specific
+goes through the base's adapter (`backbone.base`, bases/adapter.py). It returns the CE loss and both
+alignment terms separately.
 """
 
 from __future__ import annotations
@@ -84,16 +86,21 @@ def insert_prompts(
     labels: torch.Tensor | None,  # (B, N)
     prompt: torch.Tensor,  # (B, P, d)
     after_bos: bool = True,
+    *,
+    lead: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Insert `prompt` right after each sample's BOS (its first attended token), for left or right padding.
+    """Insert `prompt` right after each sample's BOS (its first attended token), for left or right padding;
+    `lead` > 1 keeps that many first attended tokens (a template's system turn) before it instead.
 
     Returns embeds (B, N + P, d), attention mask with ones over the prompt, labels with IGNORE_INDEX over
-    the prompt, and position ids that run on through the prompt.
+    the prompt, and position ids that run on through the prompt (1D; a base with other positions computes its
+    own, `backbone.base.positions`).
     """
     batch, length, _ = embeds.shape
     plen = prompt.shape[1]
     first = attention_mask.long().argmax(dim=-1, keepdim=True)  # (B, 1) first real token
-    start = first + 1 if after_bos else first  # (B, 1) first prompt position
+    lead = (1 if after_bos else 0) if lead is None else lead
+    start = first + lead  # (B, 1) first prompt position
     pos = torch.arange(length + plen, device=embeds.device).expand(batch, -1)  # (B, N + P)
     in_prompt = (pos >= start) & (pos < start + plen)
     source = torch.where(pos < start, pos, pos - plen).clamp(0, length - 1)  # (B, N + P)
@@ -144,6 +151,16 @@ class ModalPromptModel(nn.Module):
     def after_bos(self) -> bool:
         return self.backbone.tokenizer.bos_token_id is not None
 
+    @property
+    def lead(self) -> int:
+        """Tokens of every sequence before the prompts (BOS, or the base template's system turn)."""
+        return self.backbone.prompt_lead
+
+    def _insert(self, embeds, batch: Batch, prompt: torch.Tensor, labels: torch.Tensor | None = None):
+        """The prompt rows in place: embeds, mask, labels and the base's own position ids."""
+        embeds, mask, labels, _ = insert_prompts(embeds, batch.attention_mask, labels, prompt, lead=self.lead)
+        return embeds, mask, labels, self.backbone.base.positions(batch, mask, self.lead, prompt.shape[1])
+
     def add_task(self, name: str, seed: int | None = None) -> TaskPrompt:
         """Append a task's prompt and key network: with a seed, initialised and made the only trainable
         tensors (the stage being trained); without, frozen, for a stage file to be loaded into."""
@@ -161,19 +178,19 @@ class ModalPromptModel(nn.Module):
     def encode(self, batch: Batch) -> Queries:
         """Token embeddings with image features, and both CLIP queries, from one vision forward."""
         b = self.backbone
-        embeds = self.llava.get_input_embeddings()(batch.input_ids)  # (B, N, d)
+        embeds = b.base.embed(batch.input_ids)  # (B, N, d)
         feature_dim = b.visual_projection.out_features
         image_query = torch.zeros(len(batch.input_ids), feature_dim, device=embeds.device)
         if batch.pixel_values is not None:
             pixels = batch.pixel_values.to(b.device, b.dtype)
-            vision = self.llava.model.get_image_features(pixels, return_dict=True)
-            features = torch.cat(vision.pooler_output, dim=0).to(embeds.dtype)  # (M * patches, d)
+            features, tower_pooled = b.base.image_features(batch, pixels)  # (image tokens, d), (M, h) | None
             mask = (batch.input_ids == b.image_token_id)[..., None]
-            embeds = embeds.masked_scatter(mask, features)
-            if b.clip_vision is None:  # LLaVA's tower is CLIP's: pool its last layer as CLIP does
-                pooled = self.llava.model.vision_tower.post_layernorm(vision.last_hidden_state[:, 0])
-            else:
-                pooled = b.clip_vision(pixels).pooler_output
+            embeds = embeds.masked_scatter(mask, features.to(embeds.dtype))
+            if b.clip_vision is None:  # the base's tower is CLIP's: its pooled pass is CLIP's
+                pooled = tower_pooled
+            else:  # CLIP's own pass: on the base's pixels (LLaVA-1.5) or on the CLIP folder's
+                clip_pixels = pixels if batch.clip_pixel_values is None else batch.clip_pixel_values
+                pooled = b.clip_vision(clip_pixels.to(b.device, b.dtype)).pooler_output
             image_query[batch.has_image] = b.visual_projection(pooled).float()  # (M, e)
         text = b.clip_text(
             input_ids=batch.clip_input_ids, attention_mask=batch.clip_attention_mask
@@ -205,9 +222,7 @@ class ModalPromptModel(nn.Module):
         with torch.no_grad():
             scores = task_scores(q.image, q.text, keys[:-1], self.method.lam, q.has_image)  # (B, t - 1)
             selected = select_for_training(scores, self.method.transfer_num)  # (B, min(t, K))
-        embeds, mask, labels, positions = insert_prompts(
-            q.embeds, batch.attention_mask, batch.labels, self._prefix(selected), self.after_bos
-        )
+        embeds, mask, labels, positions = self._insert(q.embeds, batch, self._prefix(selected), batch.labels)
         ce_sum, tokens = self._cross_entropy_sum(embeds, mask, labels, positions)
         current = keys[-1].float()
         text_gap = 1.0 - F.cosine_similarity(q.text, current[None], dim=-1)  # (B,)
@@ -226,7 +241,7 @@ class ModalPromptModel(nn.Module):
         )
 
     def _cross_entropy_sum(self, embeds, mask, labels, positions) -> tuple[torch.Tensor, int]:
-        logits = self.llava(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        logits = self.backbone.base.logits(embeds, mask, positions)
         shift_logits = logits[:, :-1].float()  # (B, N + P - 1, V)
         shift_labels = labels[:, 1:]
         tokens = int((shift_labels != IGNORE_INDEX).sum())
@@ -248,6 +263,7 @@ class ModalPromptModel(nn.Module):
             scores = torch.zeros(batch_size, 0, device=q.embeds.device)
             selected = torch.zeros(batch_size, 0, dtype=torch.long, device=q.embeds.device)
             embeds, mask = q.embeds, batch.attention_mask
+            positions = self.backbone.base.positions(batch, mask, self.lead, 0)
         else:
             keys, prompts = self.frozen_keys_and_prompts()
             scores = task_scores(q.image, q.text, keys, self.method.lam, q.has_image)  # (B, t)
@@ -258,17 +274,9 @@ class ModalPromptModel(nn.Module):
                 rows = torch.nonzero(forced >= 0).flatten()
                 ranking[rows, forced[rows]] = float("inf")
             selected = select_for_inference(ranking, self.method.transfer_num)
-            embeds, mask, _, _ = insert_prompts(
-                q.embeds, batch.attention_mask, None, self._prefix(selected, prompts), self.after_bos
-            )
+            embeds, mask, _, positions = self._insert(q.embeds, batch, self._prefix(selected, prompts))
         tokenizer = self.backbone.tokenizer
-        out = self.llava.generate(
-            inputs_embeds=embeds,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+        out = self.backbone.base.generate(
+            embeds, mask, positions, max_new_tokens, tokenizer.pad_token_id, tokenizer.eos_token_id
         )
         return Generation(token_ids=out, selected=selected, scores=scores)

@@ -2,8 +2,8 @@
 
 A stage folder holds `task.safetensors` and `stage.json`. Both are written atomically (temp file, fsync,
 rename), the JSON last: a folder without a JSON that matches its tensors is not a checkpoint. Loading
-stage s reads the folders of tasks 1..s in order and refuses files from another base model, an
-incompatible method config, or a chain whose earlier stages were retrained since.
+stage s reads the folders of tasks 1..s in order and refuses files from another model family or base model,
+an incompatible method config, or a chain whose earlier stages were retrained since.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ class StageMeta:
     torch_version: str = torch.__version__
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    family: str = "llava"  # the base's model family (files written before it was recorded are LLaVA-1.5's)
 
 
 def save_stage(task: TaskPrompt, folder: Path, meta: StageMeta) -> Path:
@@ -91,7 +92,14 @@ def read_stage_tensors(folder: Path, meta: StageMeta) -> dict[str, torch.Tensor]
     return safetensors.torch.load_file(path)
 
 
-def check_compatible(folder: Path, meta: StageMeta, fingerprint: str, structure: dict[str, Any]) -> None:
+def check_compatible(
+    folder: Path, meta: StageMeta, fingerprint: str, structure: dict[str, Any], family: str | None = None
+) -> None:
+    if family is not None and meta.family != family:
+        raise CheckpointError(
+            f"{folder} was trained on a {meta.family} base model, but the loaded base model is a {family}: "
+            f"set model.family and model.llava to the {meta.family} base it was trained with, or retrain the stages"
+        )
     if meta.base_fingerprint != fingerprint:
         raise CheckpointError(
             f"{folder} was trained on base model {meta.base_fingerprint}, but the loaded base model is "
@@ -128,7 +136,9 @@ def load_stages(model: ModalPromptModel, folders: list[Path], only_last: bool = 
     check_chain(folders, metas)
     pairs = list(zip(folders, metas, strict=True))
     for folder, meta in pairs[-1:] if only_last else pairs:
-        check_compatible(folder, meta, model.backbone.fingerprint, model.method.structure())
+        check_compatible(
+            folder, meta, model.backbone.fingerprint, model.method.structure(), model.backbone.family
+        )
         tensors = read_stage_tensors(folder, meta)
         task = model.add_task(meta.task)  # frozen
         try:

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from modalprompt import methods
 from modalprompt.bases.backbone import Backbone
 from modalprompt.config import DataConfig, EvaluationConfig, MethodConfig, ProgressConfig, TaskConfig
-from modalprompt.data.datasets import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
+from modalprompt.data.datasets import Collator, EvalDataset
 from modalprompt.data.validation import Problem
 from modalprompt.files import atomic_write_text
 from modalprompt.model.wrapper import ModalPromptModel
@@ -64,18 +64,12 @@ def evaluate_stage(
     method_impl.load_for_evaluation(model, [Path(c) for c in checkpoints])
     names = model.prompts.names
     forced = method_impl.forced_task(names, task.name)  # e.g. the oracle's own task, ranked first
-    encoder = ConversationEncoder(
-        backbone.tokenizer,
-        backbone.clip_tokenizer,
-        backbone.image_token_id,
-        backbone.num_image_tokens,
-        max_length=10**9,
-    )
+    encoder = backbone.conversation_encoder(max_length=10**9)  # the base family's template
     dataset = EvalDataset(
         Path(task.eval_file),
         Path(task.image_root),
         encoder,
-        ImagePreprocessor(backbone.image_processor),
+        backbone.image_preprocessor(),
         evaluation.max_samples,
         skip_bad=data.skip_bad_records,
         check_images=data.check_images,

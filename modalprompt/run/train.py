@@ -40,7 +40,7 @@ from modalprompt.config import (
     config_hash,
     to_jsonable,
 )
-from modalprompt.data.datasets import Batch, Collator, ConversationEncoder, ImagePreprocessor, TrainDataset
+from modalprompt.data.datasets import Batch, Collator, TrainDataset
 from modalprompt.data.validation import Problem
 from modalprompt.model.prompts import TaskPrompt
 from modalprompt.model.wrapper import ModalPromptModel
@@ -196,11 +196,9 @@ def _set_up(backbone, method_impl, method, training, task, previous, data, engin
     current, earlier = method_impl.start_stage(model, [Path(p) for p in previous], task.name)
     params = _require_only_current_trainable(model, current)
 
-    encoder = ConversationEncoder(backbone.tokenizer, backbone.clip_tokenizer, backbone.image_token_id,
-                                  backbone.num_image_tokens, training.max_length)  # fmt: skip
-    dataset = TrainDataset(Path(task.train_file), Path(task.image_root), encoder,
-                           ImagePreprocessor(backbone.image_processor), skip_bad=data.skip_bad_records,
-                           check_images=data.check_images)  # fmt: skip
+    encoder = backbone.conversation_encoder(training.max_length)  # the base family's template
+    dataset = TrainDataset(Path(task.train_file), Path(task.image_root), encoder, backbone.image_preprocessor(),
+                           skip_bad=data.skip_bad_records, check_images=data.check_images)  # fmt: skip
     # validated up front: bad records stopped the job above, before the first step, unless skipped
     if dataset.report.problems and rank == 0:
         print(f"modalprompt: skipping bad records as configured\n{dataset.report.summary()}", file=sys.stderr)
@@ -389,6 +387,7 @@ def _record(stage: _Stage, done: _Done, out_dir: Path) -> None:
         previous=[{"task": m.task, "tensors_sha256": m.tensors_sha256} for m in stage.earlier],
         shapes={},
         extra=extra,
+        family=stage.model.backbone.family,
     )
     save_stage(stage.current, out_dir, meta)
 

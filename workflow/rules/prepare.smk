@@ -1,6 +1,7 @@
 # Base-model preparation and the demo's data: steps of the DAG like any other.
 from modalprompt.bench import minicoin
 from modalprompt.bench.toy import TOY_TASKS
+from modalprompt.config import tiny_family
 
 MINICOIN_DIR = Path(EXP.paths.data) / "minicoin"
 
@@ -22,8 +23,9 @@ if EXP.model.source == ModelSource.TINY:
         params:
             llava=lambda w, output: Path(output.llava).parent,
             clip=lambda w, output: Path(output.clip).parent,
+            family=tiny_family(EXP.model.family),
         shell:
-            "modalprompt make-tiny-base {params.llava:q} {params.clip:q} > {log:q} 2>&1"
+            "modalprompt make-tiny-base {params.llava:q} {params.clip:q} --family {params.family:q} > {log:q} 2>&1"
 
 
 if EXP.model.source == ModelSource.ORIGINAL:

@@ -103,6 +103,11 @@ def test_lora_ft_continues_from_the_previous_stage(
     assert any(first[k].abs().sum() > 0 for k in lora_b)  # stage 1 moved B away from its zero start
     assert all(torch.allclose(first[k], second[k], atol=1e-4) for k in first)  # one tiny step from there
     assert read_meta(s2.checkpoint).stage == 2
+    env = read_meta(s2.checkpoint).extra["environment"]  # the fingerprint every stage records
+    assert env["device"] == "cpu" and env["gpu"] is None and env["gpu_count"] == 0 and env["world_size"] == 1
+    assert env["dtype"] == "float32" and env["attention"] == "sdpa"
+    assert env["versions"]["peft"] == "0.21.2" and env["versions"]["torch"] == torch.__version__
+    assert {"cuda", "driver", "python", "platform"} <= set(env) and "flash-attn" in env["versions"]
 
 
 def test_replay_adds_a_seeded_share_of_each_earlier_task(

@@ -154,14 +154,23 @@ def score_files(method, seed=None):
     zero_shot/, in the first seed's run)."""
     cells = methods.get(method).cells(TASKS, EXP.pipeline.zero_shot)
     return [
-        str(layout.score_file(layout.run_dir(RESULTS, layout.cell_seed(seed, SEEDS, s)), layout.cell_method(method, s), s, task))
+        str(
+            layout.score_file(
+                layout.run_dir(RESULTS, layout.cell_seed(seed, SEEDS, s)),
+                layout.cell_method(method, s),
+                s,
+                task,
+            )
+        )
         for s, task in cells
     ]
 
 
 def summary_files(method, seed=None):
     """A method's matrix files (of one seed's run)."""
-    return [str(layout.method_dir(layout.run_dir(RESULTS, seed), method) / name) for name in layout.SUMMARY_FILES]
+    return [
+        str(layout.method_dir(layout.run_dir(RESULTS, seed), method) / name) for name in layout.SUMMARY_FILES
+    ]
 
 
 def final_files(method):

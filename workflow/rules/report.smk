@@ -87,14 +87,16 @@ if SEEDS:
             lambda w: [f for seed in SEEDS for f in summary_files(w.method, seed)],
         output:
             [
-                report(
-                    str(layout.method_dir(RESULTS, "{method}") / name),
-                    caption="../report/aggregate.rst",
-                    category="Over seeds",
-                    labels={"method": "{method}", "figure": name},
+                (
+                    report(
+                        str(layout.method_dir(RESULTS, "{method}") / name),
+                        caption="../report/aggregate.rst",
+                        category="Over seeds",
+                        labels={"method": "{method}", "figure": name},
+                    )
+                    if name in ("metrics.json", "heatmap.png")
+                    else str(layout.method_dir(RESULTS, "{method}") / name)
                 )
-                if name in ("metrics.json", "heatmap.png")
-                else str(layout.method_dir(RESULTS, "{method}") / name)
                 for name in layout.AGGREGATE_FILES
             ],
         log:

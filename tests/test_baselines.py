@@ -3,6 +3,7 @@ methods l2p, dualprompt, coda_prompt. For each: it learns a toy task, what must 
 a stage file holds only what the stage trained."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -14,6 +15,7 @@ from modalprompt.run.checkpoint import META_FILE, TENSORS_FILE, read_meta
 from modalprompt.run.evaluate import evaluate_stage
 from modalprompt.run.train import train_stage
 
+ROOT = Path(__file__).resolve().parents[1]
 QUICK = {"max_steps": 2}  # what a test of files and frozen tensors needs
 LORA = LoraSettings(rank=4, alpha=8.0, dropout=0.0)
 OPTIONS = {
@@ -178,3 +180,42 @@ def test_dualprompt_selects_the_task_whose_key_matches(
                        "dualprompt")  # fmt: skip
     assert all(len(p.selected) == 1 and p.selected[0] in ("colors", "shapes") for p in result.predictions)
     assert all(set(p.scores) == {"colors", "shapes"} for p in result.predictions)
+
+
+@pytest.mark.slow  # 12 stages and 26 evaluations in one process
+def test_run_in_one_process_over_seeds_with_the_baselines(tiny_base, tmp_path):
+    """`modalprompt run` (run_experiment) with pipeline.seeds: each seed's run in seed-<s>/, row 0 once, and
+    each method over the seeds."""
+    import json
+
+    import yaml
+
+    from modalprompt.bench.toy import write_toy_tasks
+    from modalprompt.config import load_experiment
+    from modalprompt.run.experiment import run_experiment
+
+    llava, clip = tiny_base
+    write_toy_tasks(tmp_path / "data" / "toy", seed=0, train_size=8, test_size=2)
+    raw = yaml.safe_load((ROOT / "config" / "toy.yaml").read_text())
+    raw["paths"] = {"models": "/", "data": "data", "results": "results"}
+    raw["model"].update(source="hf", llava=str(llava), clip=str(clip), device="cpu")
+    raw["tasks"] = raw["tasks"][:2]
+    raw["training"].update(max_steps=1, batch_size=4)
+    raw["lora"] = {"rank": 2, "alpha": 4.0}
+    raw["pipeline"].update(methods=["lora_ft", "multitask", "dualprompt", "zero_shot"], seeds=[1, 2],
+                           generate_data="none")  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw))
+    summaries = run_experiment(load_experiment(tmp_path / "config.yaml"), progress=False)
+    results = tmp_path / "results" / "tiny-demo"
+    assert set(summaries) == {"lora_ft", "multitask", "dualprompt", "zero_shot"}
+    assert all(summaries[m]["seeds"] == [1, 2] and "std" in summaries[m] for m in summaries)
+    for seed in (1, 2):
+        meta = read_meta(results / f"seed-{seed}" / "multitask" / "stage-2" / "checkpoint")
+        assert meta.extra["settings"]["training"]["seed"] == seed and meta.extra["trained_on"] == [
+            "colors",
+            "shapes",
+        ]
+    assert (results / "seed-1" / "zero_shot" / "stage-0" / "eval" / "colors.jsonl").is_file()
+    assert not (results / "seed-2" / "zero_shot" / "stage-0").exists()
+    assert json.loads((results / "dualprompt" / "metrics.json").read_text())["seeds"] == [1, 2]
+    assert "avg_std" in (results / "comparison" / "metrics.csv").read_text().splitlines()[0]

@@ -3,9 +3,10 @@ deviation per metric).
 
     python benchmarks/methods_table.py --config config/ci-all.yaml --out benchmarks/results/ci-all-cpu-2core.json
 
-Reads what the DAG wrote for the config (`snakemake --configfile CONFIG` first): each method's metrics.json
-over the seeds (results/<experiment>/<method>/), the environment fingerprint of one stage, and the job times
-of Snakemake's benchmark files. Prints a Markdown table and writes JSON.
+Reads what `snakemake --configfile CONFIG` (or `modalprompt run --config CONFIG`, which writes the same files)
+wrote: each method's metrics.json over the seeds (results/<experiment>/<method>/), the environment
+fingerprint of one stage, and the job times of Snakemake's benchmark files (none after `modalprompt run`; give
+its wall time with --wall-seconds). Prints a Markdown table and writes JSON.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--wall-seconds", type=float, help="wall time of the run, as measured")
+    parser.add_argument("--command", help="the command that made the results, as run")
     args = parser.parse_args()
     cfg = load_experiment(args.config)
     if not cfg.pipeline.seeds:
@@ -59,6 +62,8 @@ def main() -> None:
         "tasks": [t.name for t in cfg.tasks],
         "seeds": list(cfg.pipeline.seeds),
         "methods": table,
+        "command": args.command,
+        "wall_seconds": args.wall_seconds,
         "job_seconds": job_seconds(results),
         "environment": environment,
     }

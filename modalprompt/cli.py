@@ -51,6 +51,7 @@ class Arg:
 Settings = Annotated[str | None, Arg("the job's resolved settings as JSON (what the pipeline passes)")]
 Config = Annotated[Path | None, Arg("config.yaml to take the settings from (with --task)")]
 Task = Annotated[str | None, Arg("task name from the config's task list")]
+MethodArg = Annotated[str, Arg("the method (with --config; --settings names its own)")]
 Quiet = Annotated[bool, Arg("no progress lines (or bar on a terminal)")]
 Threads = Annotated[int | None, Arg("CPU threads for torch (default: torch's own choice)")]
 ProgressSteps = Annotated[
@@ -138,15 +139,25 @@ def train(
         Arg("MLflow store that gets the stage's curves live, step by step (the pipeline passes one)"),
     ] = None,
     tracking_experiment: Annotated[str | None, Arg("MLflow experiment of the live run")] = None,
+    method: MethodArg = "modalprompt",
+    seed: Annotated[
+        int | None,
+        Arg(
+            "this stage's seed in a DAG with pipeline.seeds (its MLflow run's key; with --config, it also "
+            "replaces training.seed and method.prompt_init_seed)"
+        ),
+    ] = None,
 ) -> int:
-    """train one stage: the task's prompt and key network"""
+    """train one stage: what the method trains (ModalPrompt: the task's prompt and key network)"""
     from modalprompt.bases.backbone import load_backbone
+    from modalprompt.config import parse_options
     from modalprompt.run.distributed import init_from_environment, shutdown
     from modalprompt.run.resume import Preempted
     from modalprompt.run.train import train_stage
 
     startup = _process_age()  # the interpreter and the imports above (a warm job: the fork)
-    job, experiment = _job(settings, config, task, threads, TrainJob, train_job)
+    job, experiment = _job(settings, config, task, threads, TrainJob,
+                           lambda cfg, name: train_job(cfg, name, method, seed))  # fmt: skip
     engine = experiment.engine if experiment is not None else EngineConfig()
     if zero_stage is not None:
         engine = replace(engine, zero_stage=None if zero_stage == "none" else int(zero_stage))
@@ -154,7 +165,8 @@ def train(
         engine = replace(engine, offload=offload == "yes")
     if engine.offload and engine.zero_stage != 3:
         raise ConfigError("--offload yes needs --zero-stage 3 (ZeRO-Offload moves the base's ZeRO-3 shards)")
-    live = _LiveCurves(tracking_uri, tracking_experiment)
+    live = _LiveCurves(tracking_uri, tracking_experiment, seed)
+    options = parse_options(job.options)
     rank, _ = init_from_environment()  # torchrun or srun with several tasks: one process per GPU
     try:
         loading = time.perf_counter()
@@ -164,7 +176,8 @@ def train(
                              data=job.data, method_name=job.method_name, progress=not quiet,
                              progress_every=_progress(experiment, progress_steps, progress_seconds),
                              state_dir=state_dir, save_every_steps=save_every, engine=engine,
-                             on_start=live.start, on_step=live.step)  # fmt: skip
+                             on_start=live.start, on_step=live.step, options=options,
+                             earlier_tasks=job.earlier_tasks)  # fmt: skip
     except Preempted as stopped:
         print(f"modalprompt: {stopped}; run the same command again to continue", file=sys.stderr)
         return EXIT_PREEMPTED
@@ -187,8 +200,8 @@ class _LiveCurves:
     """The training job's side of live MLflow curves: opens the stage's run when it starts (tracking.LiveRun),
     queues each step's metrics; nothing at all without a tracking URI."""
 
-    def __init__(self, uri: str | None, experiment: str | None):
-        self.uri, self.experiment, self.run = uri, experiment, None
+    def __init__(self, uri: str | None, experiment: str | None, seed: int | None = None):
+        self.uri, self.experiment, self.seed, self.run = uri, experiment, seed, None
 
     def start(self, stage) -> None:
         if self.uri:
@@ -196,7 +209,7 @@ class _LiveCurves:
 
             warn = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
             self.run = LiveRun(self.uri, self.experiment or "modalprompt", stage.method_name, stage.stage,
-                               stage.task, stage.identity, warn=warn)  # fmt: skip
+                               stage.task, stage.identity, warn=warn, seed=self.seed)  # fmt: skip
 
     def step(self, metrics) -> None:
         if self.run is not None:
@@ -252,19 +265,24 @@ def evaluate(
     out: Annotated[Path, Arg("predictions JSONL to write")],
     progress_steps: ProgressSteps = None,
     progress_seconds: ProgressSeconds = None,
+    method: MethodArg = "modalprompt",
 ) -> None:
     """generate answers for a task's eval file after stage s"""
     from modalprompt.bases.backbone import load_backbone
+    from modalprompt.config import parse_options
     from modalprompt.run.evaluate import evaluate_stage
 
     startup = _process_age()  # the interpreter and the imports above (a warm job: the fork)
-    job, experiment = _job(settings, config, task, threads, EvalJob, eval_job)
+    job, experiment = _job(
+        settings, config, task, threads, EvalJob, lambda cfg, name: eval_job(cfg, name, method)
+    )
     loading = time.perf_counter()
     backbone = load_backbone(job.model)
     loading = time.perf_counter() - loading
     result = evaluate_stage(backbone, job.method, job.evaluation, job.task, checkpoints, out, data=job.data,
                             method_name=job.method_name, progress=not quiet,
-                            progress_every=_progress(experiment, progress_steps, progress_seconds))  # fmt: skip
+                            progress_every=_progress(experiment, progress_steps, progress_seconds),
+                            options=parse_options(job.options))  # fmt: skip
     print(json.dumps({"task": result.task, "stage": result.stage, "samples": len(result.predictions),
                       "skipped_records": len(result.skipped), "seconds": round(result.seconds, 3),
                       "samples_per_s": round(result.samples_per_s, 2), "startup_seconds": startup,
@@ -333,6 +351,24 @@ def matrix(
 
     result = write_method_summary(out_dir, tasks, scores, title, methods.get(method).repeats_base)
     print((Path(out_dir) / "matrix.csv").read_text(), end="")
+    print(json.dumps(result))
+
+
+def aggregate(
+    *,
+    seeds: Annotated[list[int], Arg("the seeds, in order")],
+    folders: Annotated[
+        list[Path], Arg("each seed's method folder (matrix.csv, metrics.json, ...), same order")
+    ],
+    out_dir: Annotated[Path, Arg("the method's folder over the seeds")],
+    title: Annotated[str, Arg("heatmap title")] = "accuracy (%)",
+) -> None:
+    """a method over its seeds: mean and standard deviation of its matrix and metrics"""
+    from modalprompt.scoring.report import write_seed_summary
+
+    if len(seeds) != len(folders):
+        raise ConfigError(f"{len(seeds)} seeds for {len(folders)} folders: give one folder per seed")
+    result = write_seed_summary(out_dir, dict(zip(seeds, folders, strict=True)), title)
     print(json.dumps(result))
 
 
@@ -411,11 +447,14 @@ def track(
     methods: Annotated[list[str], Arg("methods whose results to record")],
     tasks: Annotated[list[str], Arg("task names in training order")],
     out: Annotated[Path | None, Arg("write the run ids as JSON here")] = None,
+    seeds: Annotated[
+        list[int], Arg("pipeline.seeds: each seed's run is under seed-<s>/ (none: one run)")
+    ] = (),
 ) -> None:
     """record the methods' results in MLflow (replacing what changed)"""
     from modalprompt.tracking import sync_all
 
-    result = sync_all(uri, experiment, results, methods, tasks)
+    result = sync_all(uri, experiment, results, methods, tasks, list(seeds) or None)
     if result.get("pending"):
         print(f"modalprompt: warning: MLflow at {uri} does not answer ({result['error']}); the results are "
               "complete on disk, and the next `snakemake` run tracks them", file=sys.stderr)  # fmt: skip
@@ -560,7 +599,7 @@ def schema() -> None:
     print(yaml.safe_dump(json_schema(), sort_keys=False, width=120), end="")
 
 
-COMMANDS = (train, evaluate, run, submit, score, matrix, metrics, compare, published, confusion, summary, track, ui,
+COMMANDS = (train, evaluate, run, submit, score, matrix, aggregate, metrics, compare, published, confusion, summary, track, ui,
             validate, convert_llava, make_tiny_base, make_toy_data, make_minicoin, pretrain_base, schema, warm_server)  # fmt: skip
 
 

@@ -80,6 +80,13 @@ class Generator(enum.StrEnum):
 MethodName = enum.StrEnum("MethodName", {name.upper(): name for name in methods.REGISTRY})
 
 
+class Query(enum.StrEnum):
+    """What a prompt-pool method matches its keys against (a frozen encoder's feature of the sample)."""
+
+    IMAGE = "image"  # the CLIP image feature, as the papers' frozen image encoder; text-only samples: the text one
+    TEXT = "text"  # the CLIP text feature of the instruction (method.text_feature)
+
+
 class Scorer(enum.StrEnum):  # modalprompt.scoring.scorers.SCORERS
     OPTION_LETTER = "option_letter"  # the option letter an answer names (ScienceQA)
     VQA_SOFT = "vqa_soft"  # VQA soft accuracy over the human answers (TextVQA)
@@ -102,6 +109,7 @@ def _help(text: str, **kwargs: Any) -> Any:
         "pattern",
         "overrides",
         "internal",
+        "training_only",
     )
     metadata = {"help": text, **{k: kwargs.pop(k) for k in meta_keys if k in kwargs}}
     return field(metadata=metadata, **kwargs)
@@ -235,6 +243,142 @@ class TrainingConfig:
     )
 
 
+# ----------------------------------------------------------------------------- the baselines' own settings
+# Each method names the sections it reads (methods.Method.sections); its jobs carry exactly those. Fields
+# marked training_only are held at their defaults in evaluation jobs (inference never reads them).
+
+
+def _training_overrides(who: str) -> Any:
+    return _help(
+        f"Overrides of `training` keys for {who} (applied after the task's own overrides).",
+        default_factory=dict,
+        overrides=TrainingConfig,
+        training_only=True,
+    )
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    """LoRA on every linear layer of the LLM (lora_ft, replay, multitask). Defaults: CoIN's LoRA scripts
+    (`--lora_r 128 --lora_alpha 256`) and LLaVA's train.py (lora_dropout 0.05, all linear layers of the LLM)."""
+
+    rank: int = _help("LoRA rank r.", default=128, minimum=1)
+    alpha: float = _help(
+        "LoRA alpha: the update is scaled by alpha / r.", default=256.0, exclusive_minimum=0.0
+    )
+    dropout: float = _help(
+        "Dropout on the LoRA branch's input while training.", default=0.05, minimum=0.0, exclusive_maximum=1.0,
+        training_only=True,
+    )  # fmt: skip
+    target_modules: tuple[str, ...] = _help(
+        "Names of the LLM's linear layers that get LoRA (LLaMA's names: every linear layer of the LLM).",
+        default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    )
+    training: dict[str, Any] = _training_overrides("the LoRA methods (e.g. their learning rate)")
+
+    def structure(self) -> dict[str, Any]:
+        return {"rank": self.rank, "alpha": self.alpha, "target_modules": list(self.target_modules)}
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    buffer_size: int = _help(
+        "Training records of earlier tasks replayed with each stage, split evenly over those tasks; each task's "
+        "share is a seeded prefix of a fixed permutation of its records (training.seed).",
+        default=1000,
+        minimum=0,
+        training_only=True,
+    )
+
+
+@dataclass(frozen=True)
+class L2PConfig:
+    """L2P (Wang et al., CVPR 2022): one shared pool of prompts with keys; the top-k keys by cosine to the
+    query pick the prompts. Defaults: the paper and its official code (pool 10, length 5, top 5, pull 0.1)."""
+
+    pool_size: int = _help("M: prompts in the pool.", default=10, minimum=1)
+    prompt_length: int = _help("L_p: rows per prompt.", default=5, minimum=1)
+    top_k: int = _help("N: prompts selected per sample.", default=5, minimum=1)
+    pull_weight: float = _help(
+        "lambda: weight of the surrogate loss pulling the selected keys to the query.", default=0.1,
+        minimum=0.0, training_only=True,
+    )  # fmt: skip
+    query: Query = _help("The feature keys are matched against.", default=Query.IMAGE)
+    training: dict[str, Any] = _training_overrides("l2p")
+
+    def structure(self) -> dict[str, Any]:
+        return {"pool_size": self.pool_size, "prompt_length": self.prompt_length}
+
+
+@dataclass(frozen=True)
+class DualPromptConfig:
+    """DualPrompt (Wang et al., ECCV 2022): a G-prompt shared by all tasks and one E-prompt with a key per
+    task (chosen by the query at inference). Defaults: the official code (G length 5, E length 5, pull 1.0)."""
+
+    g_length: int = _help("L_g: rows of the shared G-prompt.", default=5, minimum=1)
+    e_length: int = _help("L_e: rows of each task's E-prompt.", default=5, minimum=1)
+    pull_weight: float = _help(
+        "lambda: weight of the matching loss pulling the task's key to the query.", default=1.0, minimum=0.0,
+        training_only=True,
+    )  # fmt: skip
+    query: Query = _help("The feature keys are matched against.", default=Query.IMAGE)
+    training: dict[str, Any] = _training_overrides("dualprompt")
+
+    def structure(self) -> dict[str, Any]:
+        return {"g_length": self.g_length, "e_length": self.e_length}
+
+
+@dataclass(frozen=True)
+class CodaPromptConfig:
+    """CODA-Prompt (Smith et al., CVPR 2023): prompt components with keys and attention vectors, summed with
+    weights cos(query * A_m, K_m); each task adds its own components. Defaults: the official code (100
+    components over 10 tasks = 10 per task, length 8, orthogonality weight 0)."""
+
+    components_per_task: int = _help("Prompt components each task adds.", default=10, minimum=1)
+    prompt_length: int = _help("L_p: rows of the weighted prompt.", default=8, minimum=1)
+    ortho_weight: float = _help(
+        "Weight of the orthogonality penalty on the current components (0 in the official code).", default=0.0,
+        minimum=0.0, training_only=True,
+    )  # fmt: skip
+    query: Query = _help("The feature keys are matched against.", default=Query.IMAGE)
+    training: dict[str, Any] = _training_overrides("coda_prompt")
+
+    def structure(self) -> dict[str, Any]:
+        return {"components_per_task": self.components_per_task, "prompt_length": self.prompt_length}
+
+
+# the config sections of the baselines, by the name a method lists in `sections`
+METHOD_SECTIONS: dict[str, type] = {
+    "lora": LoraSettings,
+    "replay": ReplayConfig,
+    "l2p": L2PConfig,
+    "dualprompt": DualPromptConfig,
+    "coda_prompt": CodaPromptConfig,
+}
+
+
+def for_evaluation(section: T) -> T:
+    """The section with its training-only fields at their defaults: what inference reads."""
+    defaults = type(section)()
+    kept = {
+        f.name: getattr(defaults, f.name)
+        for f in dataclasses.fields(section)
+        if f.metadata.get("training_only")
+    }
+    return dataclasses.replace(section, **kept)
+
+
+def parse_options(options: dict[str, Any], where: str = "--settings") -> dict[str, Any]:
+    """A job's `options` (the sections its method reads, as JSON) as their typed settings."""
+    unknown = sorted(set(options) - set(METHOD_SECTIONS))
+    if unknown:
+        raise ConfigError(f"{where}: options {unknown} are no method's settings ({sorted(METHOD_SECTIONS)})")
+    return {
+        name: from_dict(METHOD_SECTIONS[name], value, f"{where}: options.{name}")
+        for name, value in options.items()
+    }
+
+
 @dataclass(frozen=True)
 class EvaluationConfig:
     batch_size: int = _help("Samples per generation batch.", default=16, minimum=1)
@@ -366,6 +510,13 @@ class PipelineConfig:
         + ".",
         default=(MethodName("modalprompt"),),
     )
+    seeds: tuple[int, ...] | None = _help(
+        "Seeds as a dimension of the DAG: every method's stages and evaluations run once per seed (each seed "
+        "replaces training.seed and method.prompt_init_seed), in <results>/<experiment>/seed-<s>/, and each "
+        "method's metrics are reported as mean and standard deviation over the seeds. null: one run with the "
+        "configured seeds, in <results>/<experiment>/.",
+        default=None,
+    )
     generate_data: Generator = _help(
         "Write the task files as a pipeline step: none (given), toy (the demo) or minicoin.",
         default=Generator.NONE,
@@ -389,6 +540,17 @@ class ExperimentConfig:
     model: ModelConfig = _help("The frozen base models.", default_factory=ModelConfig)
     method: MethodConfig = _help("ModalPrompt's knobs.", default_factory=MethodConfig)
     training: TrainingConfig = _help("Training defaults for every task.", default_factory=TrainingConfig)
+    lora: LoraSettings = _help(
+        "LoRA of the LLM (methods lora_ft, replay, multitask).", default_factory=LoraSettings
+    )
+    replay: ReplayConfig = _help("The replay buffer (method replay).", default_factory=ReplayConfig)
+    l2p: L2PConfig = _help("The L2P prompt pool (method l2p).", default_factory=L2PConfig)
+    dualprompt: DualPromptConfig = _help(
+        "DualPrompt's G- and E-prompts (method dualprompt).", default_factory=DualPromptConfig
+    )
+    coda_prompt: CodaPromptConfig = _help(
+        "CODA-Prompt's components (method coda_prompt).", default_factory=CodaPromptConfig
+    )
     evaluation: EvaluationConfig = _help(
         "Evaluation defaults for every task.", default_factory=EvaluationConfig
     )
@@ -469,6 +631,14 @@ class TrainJob:
     )
     data: DataConfig = _help("Validation settings.", default_factory=DataConfig)
     task: TaskConfig = _help("The task, paths resolved.", default_factory=TaskConfig)
+    options: dict[str, Any] = _help(
+        "The settings of the method's own config sections (lora, replay, l2p, ...) it trains with.",
+        default_factory=dict,
+    )
+    earlier_tasks: tuple[TaskConfig, ...] = _help(
+        "Tasks 1..t-1, paths resolved, for a method that trains on their records too (replay, multitask).",
+        default=(),
+    )
 
 
 @dataclass(frozen=True)
@@ -486,32 +656,61 @@ class EvalJob:
     )
     data: DataConfig = _help("Validation settings.", default_factory=DataConfig)
     task: TaskConfig = _help("The task, paths resolved.", default_factory=TaskConfig)
+    options: dict[str, Any] = _help(
+        "The settings of the method's own config sections it evaluates with (training-only ones at defaults).",
+        default_factory=dict,
+    )
 
 
-def train_job(cfg: ExperimentConfig, name: str, method_name: str = "modalprompt") -> TrainJob:
+def train_job(
+    cfg: ExperimentConfig, name: str, method_name: str = "modalprompt", seed: int | None = None
+) -> TrainJob:
     """Training reads the train file and images only: the eval file and the scorer are left out, so
-    changing them does not retrain. The method keeps only the method settings it trains with."""
+    changing them does not retrain. The method keeps only the method settings it trains with, its own
+    sections (`options`, their `training` overrides applied) and, when it trains on them, the earlier tasks.
+    A `seed` (pipeline.seeds) replaces training.seed and method.prompt_init_seed."""
     method = methods.get(method_name)
     if not method.trains:
         raise ConfigError(
             f"method {method.name!r} trains nothing (it evaluates {method.prompts_of!r}'s prompts)"
         )
-    task = dataclasses.replace(
-        _bare(cfg.task(name)), eval_file="", answers_file="", scorer=Scorer.EXACT_MATCH
+    task = _for_training(cfg.task(name))
+    training = cfg.training_for(name)
+    for section in method.sections:
+        overrides = getattr(getattr(cfg, section), "training", {})
+        if overrides:
+            merged = {**dataclasses.asdict(training), **overrides}
+            training = from_dict(TrainingConfig, merged, f"{cfg.source}: {section}.training (with overrides)")
+    knobs = cfg.method
+    if seed is not None:
+        training = dataclasses.replace(training, seed=seed)
+        knobs = dataclasses.replace(knobs, prompt_init_seed=seed)
+    options = {section: to_jsonable(getattr(cfg, section)) for section in method.sections}
+    earlier = (
+        tuple(_for_training(t) for t in cfg.tasks[: cfg.stage_of(name) - 1])
+        if method.reads_earlier_tasks
+        else ()
     )
-    return TrainJob(MethodName(method.name), cfg.model, method.training_settings(cfg.method),
-                    cfg.training_for(name), cfg.data, task)  # fmt: skip
+    return TrainJob(MethodName(method.name), cfg.model, method.training_settings(knobs), training, cfg.data, task,
+                    options, earlier)  # fmt: skip
 
 
 def eval_job(cfg: ExperimentConfig, name: str, method_name: str = "modalprompt") -> EvalJob:
     """Evaluation reads the eval file and images only; scoring is a later step with its own settings. The
-    method keeps only the method settings it evaluates with."""
+    method keeps only the method settings it evaluates with (its own sections without the training-only
+    fields). No seed reaches an evaluation: it reads the checkpoints that seed trained."""
     method = methods.get(method_name)
     task = dataclasses.replace(
         _bare(cfg.task(name)), train_file="", answers_file="", scorer=Scorer.EXACT_MATCH
     )
+    options = {section: to_jsonable(for_evaluation(getattr(cfg, section))) for section in method.sections}
     return EvalJob(MethodName(method.name), cfg.model, method.evaluation_settings(cfg.method),
-                   cfg.evaluation_for(name), cfg.data, task)  # fmt: skip
+                   cfg.evaluation_for(name), cfg.data, task, options)  # fmt: skip
+
+
+def _for_training(task: TaskConfig) -> TaskConfig:
+    """What training reads of a task: its train file and image root."""
+    return dataclasses.replace(_bare(task), eval_file="", answers_file="", scorer=Scorer.EXACT_MATCH)
 
 
 def _bare(task: TaskConfig) -> TaskConfig:
@@ -682,6 +881,11 @@ def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Experim
         raise ConfigError(
             f"{source}: model.source is {cfg.model.source.value!r}, which makes a LLaVA-1.5 base, but model.family "
             f"is {cfg.model.family.value!r}: set model.family to auto or llava"
+        )
+    seeds = cfg.pipeline.seeds
+    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+        raise ConfigError(
+            f"{source}: pipeline.seeds = {list(seeds)}: give distinct seeds, at least one (or null for one run)"
         )
     if cfg.model.source == ModelSource.ORIGINAL and not cfg.model.original_llava:
         raise ConfigError(

@@ -12,6 +12,12 @@ so the files, the contract between jobs, have one definition.
     <results>/<experiment>/comparison/{forgetting.png, metrics.csv}  (all methods side by side)
     <results>/<experiment>/{tracking.json, mlflow.db, logs/, benchmarks/}
 
+With seeds as a dimension of the DAG (pipeline.seeds), each seed's run has the layout above under
+<results>/<experiment>/seed-<s>/ (its own logs/ and benchmarks/ too), row 0 (the base model, which no seed
+changes) is evaluated once under the first seed's zero_shot/, and each method's results over the seeds sit
+in <results>/<experiment>/<method>/ (AGGREGATE_FILES: the mean matrix, its standard deviation, metrics as
+mean and standard deviation); comparison/, tracking.json and mlflow.db stay in <results>/<experiment>/.
+
 Functions take the stage and method as values or as Snakemake wildcards ("{stage}", "{method}"): the rules
 build their outputs here too.
 """
@@ -23,6 +29,18 @@ from pathlib import Path
 TENSORS_FILE = "task.safetensors"  # a stage checkpoint's trained tensors
 META_FILE = "stage.json"  # and its metadata, written last
 BASE_METHOD = "zero_shot"  # row 0 (the base model without prompts) is evaluated once, under this method
+
+
+def run_dir(results: Path, seed: int | str | None) -> Path:
+    """The folder of one seed's run: <results>/<experiment>/seed-<s>/, or the experiment's folder itself
+    without pipeline.seeds. `seed` may be a Snakemake wildcard ("{seed}")."""
+    return Path(results) if seed is None else Path(results) / f"seed-{seed}"
+
+
+def cell_seed(seed: int | None, seeds: list[int] | None, stage: int) -> int | None:
+    """Whose run holds cell (stage, task) of seed `seed`'s matrix: row 0 is evaluated once, in the first
+    seed's run (None without seeds)."""
+    return seeds[0] if seeds and int(stage) == 0 else seed
 
 
 def cell_method(method: str, stage: int) -> str:
@@ -97,3 +115,6 @@ PUBLISHED_FILES = ("matrix_published.csv", "metrics_published.json")
 SUMMARY_FILES = ("matrix.csv", "selection.csv", "metrics.json", "heatmap.png", *PUBLISHED_FILES)
 CONFUSION_FILES = ("selection_confusion.csv", "selection_confusion.png")  # methods that select prompts
 COMPARISON_FILES = ("forgetting.png", "metrics.csv")  # <results>/<experiment>/comparison/: all methods
+# <results>/<experiment>/<method>/ with pipeline.seeds: the method over its seeds (the mean matrix is matrix.csv)
+AGGREGATE_FILES = ("matrix.csv", "matrix_std.csv", "selection.csv", "metrics.json", "metrics_published.json",
+                   "heatmap.png")  # fmt: skip

@@ -4,7 +4,10 @@
 (settings as params, per-step curves, samples/s, peak memory, checkpoint path, git commit, versions) and a
 summary run (the accuracy matrix as `acc/<task>` with step = stage, the metrics, the matrix files and the
 heatmap as artifacts). Each run carries a key tag and a hash of the files it came from: a rerun that finds
-the same hash keeps the run, a changed hash replaces it, so reruns never duplicate.
+the same hash keeps the run, a changed hash replaces it, so reruns never duplicate. With seeds
+(pipeline.seeds) every seed's stage and summary runs carry the seed in their key and tags (its summary runs
+are `kind=seed_summary`), and the method's `kind=summary` run holds the metrics over the seeds: the mean
+under each metric's name and the standard deviation as `<metric>_std`.
 """
 
 from __future__ import annotations
@@ -123,13 +126,18 @@ def _is_live(run: Any) -> bool:
     return run.data.tags.get(LIVE_TAG) == "true" and HASH_TAG not in run.data.tags
 
 
-def stage_key(method: str, stage: int) -> str:
+def _seeded(method: str, seed: int | None) -> str:
+    return method if seed is None else f"{method}/seed-{seed}"
+
+
+def stage_key(method: str, stage: int, seed: int | None = None) -> str:
     """The key tag of a stage's run: the training job's live run and the `track` step's are the same run."""
-    return f"{method}/stage-{stage}"
+    return f"{_seeded(method, seed)}/stage-{stage}"
 
 
-def stage_tags(method: str, stage: int, task: str) -> dict[str, str]:
-    return {"method": method, "stage": str(stage), "task": task, "kind": "train"}
+def stage_tags(method: str, stage: int, task: str, seed: int | None = None) -> dict[str, str]:
+    tags = {"method": method, "stage": str(stage), "task": task, "kind": "train"}
+    return tags if seed is None else {**tags, "seed": str(seed)}
 
 
 class LiveRun:
@@ -143,7 +151,7 @@ class LiveRun:
     deleted."""
 
     def __init__(self, uri: str, experiment: str, method: str, stage: int, task: str, identity: str,
-                 warn=print):  # fmt: skip
+                 warn=print, seed: int | None = None):  # fmt: skip
         import queue
         import threading
 
@@ -151,7 +159,7 @@ class LiveRun:
         self.queue: queue.Queue = queue.Queue()
         self.opened = threading.Event()
         self.thread = threading.Thread(
-            target=self._work, args=(experiment, method, stage, task, identity), daemon=True
+            target=self._work, args=(experiment, method, stage, task, identity, seed), daemon=True
         )
         self.thread.start()
 
@@ -174,13 +182,13 @@ class LiveRun:
             self.warn(f"modalprompt: warning: live curves to MLflow at {self.uri} stopped ({reason}); the "
                       "stage trains on, and the `track` step records its curves from history.jsonl")  # fmt: skip
 
-    def _work(self, experiment, method, stage, task, identity) -> None:
+    def _work(self, experiment, method, stage, task, identity, seed) -> None:
         try:
             reason = unreachable(self.uri)
             if reason:
                 raise ConnectionError(reason)
             tracker = _tracker(self.uri, experiment)
-            key = stage_key(method, stage)
+            key = stage_key(method, stage, seed)
             run_id = None
             for run in tracker.runs_with_key(key):
                 if _is_live(run) and run.data.tags.get(IDENTITY_TAG) == identity and run_id is None:
@@ -192,7 +200,7 @@ class LiveRun:
                     KEY_TAG: key,
                     LIVE_TAG: "true",
                     IDENTITY_TAG: identity,
-                    **stage_tags(method, stage, task),
+                    **stage_tags(method, stage, task, seed),
                 }
                 run_id = tracker.client.create_run(tracker.experiment_id, run_name=_stage_run_name(key, task),
                                                    tags=tags).info.run_id  # fmt: skip
@@ -239,14 +247,28 @@ def unreachable(uri: str, timeout: float = 5.0) -> str | None:
 
 
 def sync_all(
-    uri: str, experiment: str, results: Path, methods: list[str], tasks: list[str]
+    uri: str,
+    experiment: str,
+    results: Path,
+    methods: list[str],
+    tasks: list[str],
+    seeds: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Every method's runs; when the server is down or fails, {"pending": true, ...} instead of an error:
-    the results are complete on disk, and the next `snakemake` run tracks them (it reruns `track`)."""
+    """Every method's runs (with `seeds`: each seed's, and each method's over the seeds); when the server is
+    down or fails, {"pending": true, ...} instead of an error: the results are complete on disk, and the next
+    `snakemake` run tracks them (it reruns `track`)."""
     reason = unreachable(uri)
     if reason is None:
         try:
-            summary = {m: sync_method(uri, experiment, results, m, tasks) for m in methods}
+            if seeds:
+                summary: dict[str, Any] = {
+                    f"{m}/seed-{s}": sync_method(uri, experiment, layout.run_dir(results, s), m, tasks, s)
+                    for s in seeds
+                    for m in methods
+                }
+                summary.update({m: sync_aggregate(uri, experiment, results, m, tasks) for m in methods})
+            else:
+                summary = {m: sync_method(uri, experiment, results, m, tasks) for m in methods}
             summary["comparison"] = sync_comparison(uri, experiment, results, methods)
             return summary
         except Exception as err:  # any MLflow or network failure while the server is gone: pending
@@ -266,8 +288,11 @@ def _tracker(uri: str, experiment: str) -> Tracker:
     return Tracker(uri, experiment, artifacts)
 
 
-def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: list[str]) -> dict[str, Any]:
-    """Make MLflow match the files of `method` under `results`; returns the run ids and what was (re)logged."""
+def sync_method(
+    uri: str, experiment: str, results: Path, method: str, tasks: list[str], seed: int | None = None
+) -> dict[str, Any]:
+    """Make MLflow match the files of `method` under `results` (one seed's run folder with `seed`); returns
+    the run ids and what was (re)logged."""
     tracker = _tracker(uri, experiment)
     summary: dict[str, Any] = {
         "experiment": experiment,
@@ -281,11 +306,11 @@ def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: li
         meta_file, history_file = checkpoint / layout.META_FILE, layout.history_file(results, method, stage)
         if not meta_file.is_file():
             continue
-        key = stage_key(method, stage)
+        key = stage_key(method, stage, seed)
         meta = json.loads(meta_file.read_text())
         extra = meta.get("extra", {})
         run_id, new = tracker.replace_run(key, _hash_files([meta_file, history_file]), _stage_run_name(key, task),
-                                          stage_tags(method, stage, task), extra.get("run_identity"))  # fmt: skip
+                                          stage_tags(method, stage, task, seed), extra.get("run_identity"))  # fmt: skip
         summary["runs"][key] = run_id
         if not new:
             continue
@@ -294,6 +319,7 @@ def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: li
                        "torch_version": meta["torch_version"], "modalprompt_version": meta["package_version"],
                        "transformers_version": extra.get("transformers_version", "unknown"),
                        "base_fingerprint": meta["base_fingerprint"]})  # fmt: skip
+        params.update(_flatten("env", extra.get("environment", {}), {}))  # GPU, driver, versions, dtype, ...
         history = _read_jsonl(history_file)
         logged = {name: tracker.logged_steps(run_id, name) for name in _CURVES}  # live ones are not repeated
         metrics = [(name, row[name], row["step"]) for row in history for name in _CURVES
@@ -307,16 +333,37 @@ def sync_method(uri: str, experiment: str, results: Path, method: str, tasks: li
     files = [folder / name for name in layout.SUMMARY_FILES]
     files += [folder / name for name in layout.CONFUSION_FILES if (folder / name).is_file()]
     if (folder / "metrics.json").is_file():
-        key = f"{method}/summary"
-        run_id, new = tracker.replace_run(
-            key, _hash_files(files), f"{method} summary", {"method": method, "kind": "summary"}
-        )
+        key = f"{_seeded(method, seed)}/summary"
+        tags = {"method": method, "kind": "summary"} if seed is None else {
+            "method": method, "kind": "seed_summary", "seed": str(seed)}  # fmt: skip
+        run_id, new = tracker.replace_run(key, _hash_files(files), f"{_seeded(method, seed)} summary", tags)
         summary["runs"][key] = run_id
         if new:
             tracker.log(run_id, {"method": method, "tasks": ",".join(tasks)}, _summary_metrics(folder, tasks))
             tracker.finish(run_id, files)
             summary["logged"].append(key)
     return summary
+
+
+def sync_aggregate(uri: str, experiment: str, results: Path, method: str, tasks: list[str]) -> dict[str, Any]:
+    """The method over its seeds: a `kind=summary` run with each metric's mean and `<metric>_std`, the mean
+    matrix as `acc/<task>` (step = stage) and the aggregate files as artifacts."""
+    folder = layout.method_dir(results, method)
+    files = [folder / name for name in layout.AGGREGATE_FILES]
+    if not (folder / "metrics.json").is_file():
+        return {}
+    tracker = _tracker(uri, experiment)
+    key = f"{method}/summary"
+    run_id, new = tracker.replace_run(key, _hash_files(files), f"{method} summary over seeds",
+                                      {"method": method, "kind": "summary"})  # fmt: skip
+    if new:
+        metrics = json.loads((folder / "metrics.json").read_text())
+        values = _summary_metrics(folder, tasks)
+        values += [(f"{name}_std", value, 0) for name, value in metrics["std"].items() if value is not None]
+        params = {"method": method, "tasks": ",".join(tasks), "seeds": ",".join(map(str, metrics["seeds"]))}
+        tracker.log(run_id, params, values)
+        tracker.finish(run_id, files)
+    return {"runs": {key: run_id}, "logged": [key] if new else []}
 
 
 def sync_comparison(uri: str, experiment: str, results: Path, methods: list[str]) -> dict[str, Any]:

@@ -553,3 +553,64 @@ def test_snakemake_report_holds_every_view_with_its_caption(project, tmp_path):
     for name in ("heatmap.png", "selection_confusion.png", "forgetting.png", "metrics.csv", "metrics.json"):
         assert f'"filename": "{name}"' in html, name
     assert html.count("iVBORw0KGgo") >= 3  # the PNGs themselves are inside the file (base64), not links
+
+
+def test_seeds_and_the_baselines_run_through_the_dag(tmp_path):
+    """pipeline.seeds with LoRA and prompt-pool baselines: every stage and evaluation once per seed, row 0
+    once, each method's metrics as mean and standard deviation, MLflow runs per seed and over the seeds with
+    the environment fingerprint, and a second run does nothing."""
+    from mlflow.tracking import MlflowClient
+
+    raw = base_config(tmp_path)
+    raw["tasks"] = raw["tasks"][:2]
+    raw["training"].update(epochs=1)
+    raw["lora"] = {"rank": 4, "alpha": 8.0, "training": {"lr": 0.005}}
+    raw["l2p"] = {"pool_size": 4, "prompt_length": 2, "top_k": 2}
+    raw["replay"] = {"buffer_size": 4}
+    raw["pipeline"].update(methods=["replay", "multitask", "l2p"], seeds=[3, 5], warm_start=True)
+    write_config(tmp_path, raw)
+    jobs = planned_jobs(tmp_path)
+    assert {j for j in jobs if j[0] == "train"} == {
+        ("train", s, None) for s in (1, 2)
+    }  # (x2 seeds, 3 methods)
+    done = snakemake(tmp_path, "--cores", "2")
+    results = tmp_path / RESULTS
+    for seed in (3, 5):
+        run = results / f"seed-{seed}"
+        for method in ("replay", "multitask", "l2p"):
+            meta = json.loads((run / method / "stage-2" / "checkpoint" / "stage.json").read_text())
+            assert meta["extra"]["settings"]["training"]["seed"] == seed
+            env = meta["extra"]["environment"]
+            assert (
+                env["world_size"] == 1 and env["dtype"] == "float32" and env["versions"]["peft"] == "0.21.2"
+            )
+        multitask = json.loads((run / "multitask" / "stage-2" / "checkpoint" / "stage.json").read_text())
+        assert multitask["extra"]["trained_on"] == ["colors", "shapes"]
+        replay = json.loads((run / "replay" / "stage-2" / "checkpoint" / "stage.json").read_text())
+        assert replay["extra"]["records_per_task"]["colors"] == 4
+    assert (results / "seed-3" / "zero_shot" / "stage-0" / "eval" / "colors.jsonl").is_file()
+    assert not (results / "seed-5" / "zero_shot").exists()  # row 0 (the base) is evaluated once
+    for method in ("replay", "multitask", "l2p"):
+        metrics = json.loads((results / method / "metrics.json").read_text())
+        per_seed = [json.loads((results / f"seed-{s}" / method / "metrics.json").read_text()) for s in (3, 5)]
+        assert metrics["seeds"] == [3, 5]
+        assert metrics["avg"] == pytest.approx((per_seed[0]["avg"] + per_seed[1]["avg"]) / 2, abs=1e-5)
+        assert metrics["std"]["avg"] == pytest.approx(
+            abs(per_seed[0]["avg"] - per_seed[1]["avg"]) / 2**0.5, abs=1e-5
+        )
+        assert (results / method / "matrix_std.csv").is_file()
+    assert "+-" in done.stdout + done.stderr  # the printed table: mean +- standard deviation
+    header = (results / "comparison" / "metrics.csv").read_text().splitlines()[0]
+    assert "avg_std" in header
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny-demo").experiment_id])
+    summaries = {r.data.tags["method"]: r for r in runs if r.data.tags["kind"] == "summary"}
+    assert set(summaries) == {"replay", "multitask", "l2p"}
+    over = json.loads((results / "l2p" / "metrics.json").read_text())
+    assert summaries["l2p"].data.metrics["avg_std"] == pytest.approx(over["std"]["avg"])
+    trains = [r for r in runs if r.data.tags["kind"] == "train"]
+    assert len(trains) == 2 * 3 * 2 and {r.data.tags["seed"] for r in trains} == {"3", "5"}
+    assert all(
+        r.data.params["env.versions.peft"] == "0.21.2" and "env.world_size" in r.data.params for r in trains
+    )
+    assert planned_jobs(tmp_path) == set()

@@ -7,8 +7,14 @@ torch (the Snakefile reads the registry).
 from __future__ import annotations
 
 from modalprompt.methods.base import Method
+from modalprompt.methods.coda_prompt import CodaPrompt
+from modalprompt.methods.dualprompt import DualPrompt
+from modalprompt.methods.l2p import L2P
+from modalprompt.methods.lora_ft import LoraFT
 from modalprompt.methods.modalprompt import ModalPrompt
+from modalprompt.methods.multitask import Multitask
 from modalprompt.methods.oracle import Oracle
+from modalprompt.methods.replay import Replay
 from modalprompt.methods.seq_prompt import SeqPrompt
 from modalprompt.methods.zero_shot import ZeroShot
 
@@ -19,6 +25,12 @@ REGISTRY: dict[str, Method] = {
         SeqPrompt(),
         Oracle(),
         ZeroShot(),
+        LoraFT(),
+        Replay(),
+        Multitask(),
+        L2P(),
+        DualPrompt(),
+        CodaPrompt(),
     )
 }
 

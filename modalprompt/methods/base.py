@@ -1,25 +1,33 @@
 """The method interface: what the stage functions and the DAG ask of a continual-learning method.
 
-A method answers four questions, so that no stage function or rule tests a method's name:
+A method answers five questions, so that no stage function or rule tests a method's name:
 - what it trains: `prompts_of` names whose stage checkpoints its evaluations load (its own name when it
-  trains them, another method's, or None for none), and `start_stage` sets up stage t's trainable tensors;
+  trains them, another method's, or None for none); `model_kind` names the model a stage trains or
+  evaluates (modalprompt.model.build: ModalPrompt's wrapper by default), `start_stage` sets up stage t's
+  trainable tensors (what its stage
+  file holds), `load_for_evaluation` loads what an evaluation after stage s uses, and `release` undoes what
+  it changed inside the frozen base (LoRA layers) once a stage or evaluation is done;
+- which stages depend on which: `training_inputs` / `evaluation_inputs` (the checkpoints a stage's
+  training or evaluation reads), and `reads_earlier_tasks` (whether a stage also trains on the records of
+  tasks 1..t-1, as replay and multitask do);
 - how it selects prompts: `selects` (per sample, by score: selection accuracy and confusion are reported),
   `forced_task` (a task that must rank first at inference) and the selection knobs it keeps;
-- which settings affect its jobs: `training_settings` / `evaluation_settings` return exactly the method
-  settings it uses, knobs it ignores set to fixed values, so its jobs' rerun keys and its stage.json record
-  what ran;
+- which settings affect its jobs: `training_settings` / `evaluation_settings` return exactly the `method`
+  settings it uses, knobs it ignores set to fixed values, and `sections` names its own config sections
+  (lora, replay, l2p, ...), so its jobs' rerun keys and its stage.json record what ran;
 - which cells of the accuracy matrix it needs: `cells`, and `repeats_base` for a method whose every stage
   is the base model.
 
 Importing a method needs no torch (the Snakefile asks methods about jobs and cells); the hooks that touch a
-model import what they need when called.
+model import what they need when called. `options` below are a job's sections as typed settings
+(config.parse_options), keyed by section name.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from modalprompt import layout
 
@@ -40,6 +48,10 @@ class Method:
     prompts_of: ClassVar[str | None]
     selects: ClassVar[bool] = True
     repeats_base: ClassVar[bool] = False
+    sections: ClassVar[tuple[str, ...]] = ()  # its own config sections (config.METHOD_SECTIONS)
+    reads_earlier_tasks: ClassVar[bool] = False  # a stage also trains on tasks 1..t-1's records
+    adapts_base: ClassVar[bool] = False  # what it trains sits inside the frozen base (no DeepSpeed engine)
+    model_kind: ClassVar[str] = "prompts"  # the model it runs (modalprompt.model.build.MODELS)
 
     @property
     def trains(self) -> bool:
@@ -61,24 +73,47 @@ class Method:
         """(stage, task) cells its matrix needs; row 0 (the base model) is evaluated once, under zero_shot/."""
         return layout.evaluation_cells(tasks, zero_shot)
 
+    def training_inputs(self, stage: int) -> list[int]:
+        """The stages (of its own) whose checkpoints training stage `stage` reads: every earlier one."""
+        return list(range(1, stage))
+
+    def evaluation_inputs(self, stage: int) -> list[int]:
+        """The stages (of `prompts_of`) whose checkpoints an evaluation after `stage` reads: 1..stage."""
+        return list(range(1, stage + 1))
+
+    def earlier_records(self, options: dict[str, Any], earlier_tasks: int) -> int | None:
+        """How many training records of each earlier task a stage adds to its own (None: all of them);
+        only asked of a method that `reads_earlier_tasks`."""
+        return None
+
     # ------------------------------------------------------------------ the model (stage functions)
 
     def start_stage(
-        self, model: ModalPromptModel, previous: list[Path], task: str
+        self, model: ModalPromptModel, previous: list[Path], task: str, seed: int
     ) -> tuple[TaskPrompt, list[StageMeta]]:
         """Load stages 1..t-1 (frozen) and add stage t's seeded prompt and key network, the only trainable
-        tensors. Returns them and the metadata of the stages loaded."""
+        tensors. Returns them (anything with parameters(), state_dict() and load_state_dict(): what the stage
+        file holds) and the metadata of the stages loaded. `seed` is training.seed (ModalPrompt seeds its
+        prompts with method.prompt_init_seed)."""
         from modalprompt.model.prompts import stage_seed
         from modalprompt.run.checkpoint import load_stages
 
         metas = load_stages(model, previous)
         return model.add_task(task, stage_seed(model.method.prompt_init_seed, len(metas) + 1)), metas
 
-    def load_for_evaluation(self, model: ModalPromptModel, checkpoints: list[Path]) -> None:
-        """The prompts an evaluation after stage len(checkpoints) selects from."""
+    def load_for_evaluation(self, model: ModalPromptModel, checkpoints: list[Path]) -> list[str]:
+        """Load what an evaluation after stage len(checkpoints) uses; returns the learned tasks, in order."""
         from modalprompt.run.checkpoint import load_stages
 
         load_stages(model, checkpoints)
+        return list(model.prompts.names)
+
+    def structure(self, model: Any) -> dict[str, Any]:
+        """What defines the meaning of its stage files' tensors; loading refuses a file with another."""
+        return model.method.structure()
+
+    def release(self, model: Any) -> None:
+        """Undo what `build` or `start_stage` changed inside the frozen base (nothing, for prompts)."""
 
     def forced_task(self, learned: list[str], task: str) -> int | None:
         """Index (in `learned`) of a task whose prompt must rank first for every sample of `task`."""

@@ -35,7 +35,7 @@ class SeqPrompt(Method):
         return super().evaluation_settings(self._single_prompt(method))
 
     def start_stage(
-        self, model: ModalPromptModel, previous: list[Path], task: str
+        self, model: ModalPromptModel, previous: list[Path], task: str, seed: int
     ) -> tuple[TaskPrompt, list[StageMeta]]:
         """The shared prompt continues from stage t-1's tensors (the chain of earlier stages is checked)."""
         from modalprompt.model.prompts import stage_seed
@@ -53,7 +53,8 @@ class SeqPrompt(Method):
             current.load_state_dict(start)
         return current, metas
 
-    def load_for_evaluation(self, model: ModalPromptModel, checkpoints: list[Path]) -> None:
+    def load_for_evaluation(self, model: ModalPromptModel, checkpoints: list[Path]) -> list[str]:
         from modalprompt.run.checkpoint import load_stages
 
-        load_stages(model, checkpoints, only_last=True)
+        metas = load_stages(model, checkpoints, only_last=True)
+        return [m.task for m in metas]

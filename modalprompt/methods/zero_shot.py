@@ -26,6 +26,7 @@ class ZeroShot(Method):
     def cells(self, tasks: list[str], zero_shot: bool) -> list[tuple[int, str]]:
         return [(0, task) for task in tasks]
 
-    def load_for_evaluation(self, model: ModalPromptModel, checkpoints: list[Path]) -> None:
+    def load_for_evaluation(self, model: ModalPromptModel, checkpoints: list[Path]) -> list[str]:
         if checkpoints:
             raise ValueError("zero_shot evaluates the base model: give no checkpoints")
+        return []

@@ -47,14 +47,19 @@ class ModalPromptOutput:
     text_weight: float  # w_q
     selected: torch.Tensor  # (B, k) task indices, ascending score, current task last
     scores: torch.Tensor  # (B, t - 1) scores of the previous tasks
+    regulariser: torch.Tensor | None = None  # a weighted penalty on the trained tensors (CODA-Prompt's)
 
     def normalised_loss(self, tokens: int, images: int, samples: int) -> torch.Tensor:
-        """This batch's share of CE + w_v * align_image + w_q * align_text over a larger set of batches."""
-        return (
+        """This batch's share of CE + w_v * align_image + w_q * align_text (+ the regulariser, once per set)
+        over a larger set of batches."""
+        loss = (
             self.ce_sum / max(tokens, 1)
             + self.image_weight * self.align_image_sum / max(images, 1)
             + self.text_weight * self.align_text_sum / max(samples, 1)
         )
+        if self.regulariser is not None:
+            loss = loss + self.regulariser * self.samples / max(samples, 1)
+        return loss
 
     @property
     def loss(self) -> torch.Tensor:  # CE + w_v * align_image + w_q * align_text, means over this batch
@@ -280,3 +285,33 @@ class ModalPromptModel(nn.Module):
             embeds, mask, positions, max_new_tokens, tokenizer.pad_token_id, tokenizer.eos_token_id
         )
         return Generation(token_ids=out, selected=selected, scores=scores)
+
+    # ------------------------------------------------------------------ methods that make their own prefix
+    # (prompt pools, LoRA): the same embedding, placement and LLM calls, with a prefix they computed
+
+    def prefixed_cross_entropy(
+        self, batch: Batch, queries: Queries, prefix: torch.Tensor | None
+    ) -> tuple[torch.Tensor, int]:
+        """Summed CE over the answer tokens and their count, with `prefix` (B, P, d) inserted after the lead
+        (BOS, or the base template's system turn; None: no prefix, e.g. a base whose LLM carries LoRA)."""
+        if prefix is None:
+            mask = batch.attention_mask
+            positions = self.backbone.base.positions(batch, mask, self.lead, 0)
+            return self._cross_entropy_sum(queries.embeds, mask, batch.labels, positions)
+        embeds, mask, labels, positions = self._insert(queries.embeds, batch, prefix, batch.labels)
+        return self._cross_entropy_sum(embeds, mask, labels, positions)
+
+    @torch.no_grad()
+    def generate_with_prefix(
+        self, batch: Batch, queries: Queries, prefix: torch.Tensor | None, max_new_tokens: int
+    ) -> torch.Tensor:
+        """Greedy decoding (left-padded batch, KV cache) with `prefix` (B, P, d) after the lead; (B, new) ids."""
+        embeds, mask = queries.embeds, batch.attention_mask
+        if prefix is None:
+            positions = self.backbone.base.positions(batch, mask, self.lead, 0)
+        else:
+            embeds, mask, _, positions = self._insert(embeds, batch, prefix)
+        tokenizer = self.backbone.tokenizer
+        return self.backbone.base.generate(
+            embeds, mask, positions, max_new_tokens, tokenizer.pad_token_id, tokenizer.eos_token_id
+        )

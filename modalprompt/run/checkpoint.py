@@ -1,4 +1,5 @@
-"""Stage checkpoints: only what a stage trained (P_t, MLP_t) in safetensors, plus a self-describing JSON.
+"""Stage checkpoints: only what a stage trained (ModalPrompt: P_t, MLP_t; other methods: their LoRA
+adapter, prompt pool or prompt components) in safetensors, plus a self-describing JSON.
 
 A stage folder holds `task.safetensors` and `stage.json`. Both are written atomically (temp file, fsync,
 rename), the JSON last: a folder without a JSON that matches its tensors is not a checkpoint. Loading
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +23,6 @@ from modalprompt import __version__
 from modalprompt.errors import CheckpointError
 from modalprompt.files import atomic_write_bytes, atomic_write_text, sha256_file
 from modalprompt.layout import META_FILE, TENSORS_FILE
-from modalprompt.model.prompts import TaskPrompt
 
 if TYPE_CHECKING:
     from modalprompt.model.wrapper import ModalPromptModel
@@ -49,10 +50,12 @@ class StageMeta:
     family: str = "llava"  # the base's model family (files written before it was recorded are LLaVA-1.5's)
 
 
-def save_stage(task: TaskPrompt, folder: Path, meta: StageMeta) -> Path:
-    """Write the task's tensors and metadata; returns the folder. `meta.tensors_sha256` is filled in."""
+def save_stage(trained: Any, folder: Path, meta: StageMeta) -> Path:
+    """Write what the stage trained (a module or anything with `state_dict()`, or a mapping of tensors) and
+    its metadata; returns the folder. `meta.tensors_sha256` is filled in."""
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in task.state_dict().items()}
+    state = trained if isinstance(trained, Mapping) else trained.state_dict()
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in state.items()}
     data = safetensors.torch.save(tensors)  # no header metadata: its key order varies between processes
     atomic_write_bytes(folder / TENSORS_FILE, data)
     meta.tensors_sha256 = hashlib.sha256(data).hexdigest()
@@ -146,3 +149,20 @@ def load_stages(model: ModalPromptModel, folders: list[Path], only_last: bool = 
         except RuntimeError as err:
             raise CheckpointError(f"{folder}: tensors do not fit this model ({err})") from err
     return metas
+
+
+def read_chain(folders: list[Path]) -> list[StageMeta]:
+    """The metadata of stages 1..s given in order, the chain checked (each trained on exactly the earlier
+    files given)."""
+    folders = [Path(f) for f in folders]
+    metas = [read_meta(f) for f in folders]
+    check_chain(folders, metas)
+    return metas
+
+
+def load_tensors(
+    folder: Path, meta: StageMeta, fingerprint: str, structure: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    """A stage file's tensors, after checking that it fits the loaded base and the method's structure."""
+    check_compatible(Path(folder), meta, fingerprint, structure)
+    return read_stage_tensors(Path(folder), meta)

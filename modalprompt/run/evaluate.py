@@ -19,7 +19,7 @@ from modalprompt.config import DataConfig, EvaluationConfig, MethodConfig, Progr
 from modalprompt.data.datasets import Collator, EvalDataset
 from modalprompt.data.validation import Problem
 from modalprompt.files import atomic_write_text
-from modalprompt.model.wrapper import ModalPromptModel
+from modalprompt.model.build import build_model
 from modalprompt.run.progress import Progress
 
 
@@ -56,13 +56,25 @@ def evaluate_stage(
     method_name: str = "modalprompt",
     progress: bool = True,
     progress_every: ProgressConfig = ProgressConfig(),  # noqa: B008 (frozen dataclass)
+    options: dict[str, Any] | None = None,
 ) -> EvalResult:
-    """Generate answers for `task`'s eval file after stage len(checkpoints) of method `method_name`, which
-    decides the prompts loaded and how they are chosen; write JSONL if `out_file`."""
+    """Generate answers for `task`'s eval file after the stage the `checkpoints` end with, of method
+    `method_name`, which decides what is loaded and how prompts are chosen (`options`: its own sections,
+    typed); write JSONL if `out_file`."""
     method_impl = methods.get(method_name)
-    model = ModalPromptModel(backbone, method_impl.evaluation_settings(method))
-    method_impl.load_for_evaluation(model, [Path(c) for c in checkpoints])
-    names = model.prompts.names
+    model = build_model(
+        method_impl.model_kind, backbone, method_impl.evaluation_settings(method), options or {}
+    )
+    try:
+        names = method_impl.load_for_evaluation(model, [Path(c) for c in checkpoints])
+        return _generate_all(backbone, method_impl, model, names, evaluation, task, out_file, data, progress,
+                             progress_every)  # fmt: skip
+    finally:
+        method_impl.release(model)  # e.g. LoRA's layers out of the base again
+
+
+def _generate_all(backbone, method_impl, model, names, evaluation, task, out_file, data, progress,
+                  progress_every) -> EvalResult:  # fmt: skip
     forced = method_impl.forced_task(names, task.name)  # e.g. the oracle's own task, ranked first
     encoder = backbone.conversation_encoder(max_length=10**9)  # the base family's template
     dataset = EvalDataset(

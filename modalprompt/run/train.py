@@ -1,5 +1,6 @@
-"""`train_stage`: train stage t of a method (task t's prompt and key network) on top of the frozen base and
-stages 1..t-1.
+"""`train_stage`: train stage t of a method (ModalPrompt: task t's prompt and key network; other methods
+what they say: a LoRA adapter, a prompt pool, prompt components) on top of the frozen base and stages
+1..t-1.
 
 Three parts, each readable alone: `_set_up` (the method's model, the data, the schedule, the engine),
 `_train` (the loop over optimizer steps, with mid-stage saves) and `_record` (the stage's files). Runs
@@ -31,6 +32,7 @@ from torch.utils.data import DataLoader
 from modalprompt import methods
 from modalprompt.bases.backbone import Backbone
 from modalprompt.config import (
+    ConfigError,
     DataConfig,
     EngineConfig,
     MethodConfig,
@@ -41,11 +43,12 @@ from modalprompt.config import (
     to_jsonable,
 )
 from modalprompt.data.datasets import Batch, Collator, TrainDataset
+from modalprompt.data.mixture import MixedTrainDataset, kept_records
 from modalprompt.data.validation import Problem
-from modalprompt.model.prompts import TaskPrompt
-from modalprompt.model.wrapper import ModalPromptModel
+from modalprompt.model.build import build_model
 from modalprompt.run.checkpoint import StageMeta, save_stage
 from modalprompt.run.engine import Engine, make_engine
+from modalprompt.run.environment import backbone_environment
 from modalprompt.run.progress import Progress
 from modalprompt.run.resume import (
     Preempted,
@@ -119,10 +122,14 @@ def train_stage(
     state_dir: Path | None = None,
     save_every_steps: int = 0,
     engine: EngineConfig = EngineConfig(),  # noqa: B008 (frozen dataclass)
+    options: dict[str, Any] | None = None,
+    earlier_tasks: Sequence[TaskConfig] = (),
 ) -> StageResult:
     """Train `task` as stage len(previous) + 1 of method `method_name` and write its checkpoint to `out_dir`.
 
-    The method decides what trains and which of the `method` settings it uses (methods/). `on_start` and
+    The method decides what trains and which of the `method` settings it uses (methods/); `options` are its
+    own sections as typed settings (config.parse_options), `earlier_tasks` tasks 1..t-1 for a method that
+    trains on their records too (replay, multitask). `on_start` and
     `on_step` (rank 0 only) see the stage begin and each optimizer step's metrics; `progress` writes a
     progress line every `progress_every` (a bar on a terminal). With
     `state_dir`, a mid-stage state (run/resume.py) is saved every `save_every_steps` optimizer steps (0:
@@ -131,19 +138,25 @@ def train_stage(
     DeepSpeed ZeRO (run/engine.py); DeepSpeed's own stages 0-2 save no mid-stage state."""
     rank, world = _rank_world()
     torch.manual_seed(training.seed)
-    stage = _set_up(backbone, methods.get(method_name), method, training, task, previous, data, engine, world)
-    if state_dir is not None and not stage.runner.can_resume:
+    method_impl = methods.get(method_name)
+    stage = _set_up(backbone, method_impl, method, training, task, previous, data, engine, world, options or {},
+                    list(earlier_tasks))  # fmt: skip
+    try:
+        if state_dir is not None and not stage.runner.can_resume:
+            if rank == 0:
+                print(f"modalprompt: engine.zero_stage={engine.zero_stage}: no mid-stage state is saved; "
+                      "a stopped stage starts over", file=sys.stderr)  # fmt: skip
+            state_dir = None
+        bar = Progress(f"train stage {stage.number} {task.name}", stage.total_steps, "step",
+                       enabled=progress and rank == 0, every_steps=progress_every.every_steps,
+                       every_seconds=progress_every.every_seconds)  # fmt: skip
+        done = _train(stage, state_dir, save_every_steps, on_start, on_step, bar)
         if rank == 0:
-            print(f"modalprompt: engine.zero_stage={engine.zero_stage}: no mid-stage state is saved; "
-                  "a stopped stage starts over", file=sys.stderr)  # fmt: skip
-        state_dir = None
-    bar = Progress(f"train stage {stage.number} {task.name}", stage.total_steps, "step", enabled=progress and rank == 0,
-                   every_steps=progress_every.every_steps, every_seconds=progress_every.every_seconds)  # fmt: skip
-    done = _train(stage, state_dir, save_every_steps, on_start, on_step, bar)
-    if rank == 0:
-        _record(stage, done, Path(out_dir))
-        if state_dir is not None:
-            clear_state(state_dir)
+            _record(stage, done, Path(out_dir))
+            if state_dir is not None:
+                clear_state(state_dir)
+    finally:
+        method_impl.release(stage.model)  # e.g. LoRA's layers out of the base again
     if world > 1:
         dist.barrier()
     return StageResult(task.name, stage.number, Path(out_dir), len(done.history), done.samples, done.seconds,
@@ -160,14 +173,17 @@ class _Stage:
     number: int
     method_name: str
     method: MethodConfig  # the settings the method trains with
+    options: dict[str, Any]  # its own sections (typed)
+    structure: dict[str, Any]  # what defines its stage file's tensors
     training: TrainingConfig
     data: DataConfig
     task: TaskConfig
+    earlier_tasks: list[TaskConfig]  # whose records it also trains on
     world: int
-    model: ModalPromptModel
-    current: TaskPrompt  # the trainable tensors
+    model: Any  # the method's model (methods.Method.build)
+    current: Any  # the trainable tensors: parameters(), state_dict(), load_state_dict()
     earlier: list[StageMeta]  # stages 1..t-1
-    dataset: TrainDataset
+    dataset: TrainDataset | MixedTrainDataset
     batches: Callable[[int], Iterator[Batch]]  # the seeded micro-batches from a position on
     micro_per_epoch: int
     total_micro: int
@@ -186,22 +202,65 @@ class _Stage:
                                 "data": self.data, "task": self.task, "world": self.world,
                                 "base": self.model.backbone.fingerprint,
                                 "previous": [m.tensors_sha256 for m in self.earlier]})  # fmt: skip
+        if self.options or self.earlier_tasks:  # the other methods' own settings and data
+            settings["options"] = to_jsonable(self.options)
+            settings["earlier_tasks"] = to_jsonable(self.earlier_tasks)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def _set_up(backbone, method_impl, method, training, task, previous, data, engine, world) -> _Stage:
-    rank = _rank_world()[0]
+def _set_up(backbone, method_impl, method, training, task, previous, data, engine, world, options,
+            earlier_tasks) -> _Stage:  # fmt: skip
     method = method_impl.training_settings(method)
-    model = ModalPromptModel(backbone, method)
-    current, earlier = method_impl.start_stage(model, [Path(p) for p in previous], task.name)
-    params = _require_only_current_trainable(model, current)
+    if engine.zero_stage is not None and method_impl.adapts_base:
+        raise ConfigError(
+            f"engine.zero_stage = {engine.zero_stage}: method {method_impl.name!r} trains tensors inside the "
+            "base's LLM, which the DeepSpeed engines shard or hide; use engine.zero_stage: null for it"
+        )
+    model = build_model(method_impl.model_kind, backbone, method, options)
+    try:
+        current, earlier = method_impl.start_stage(
+            model, [Path(p) for p in previous], task.name, training.seed
+        )
+        params = _require_only_current_trainable(model, current)
+        return _set_up_training(backbone, method_impl, method, training, task, data, engine, world, options,
+                                earlier_tasks, model, current, earlier, params)  # fmt: skip
+    except BaseException:
+        method_impl.release(model)
+        raise
 
-    encoder = backbone.conversation_encoder(training.max_length)  # the base family's template
-    dataset = TrainDataset(Path(task.train_file), Path(task.image_root), encoder, backbone.image_preprocessor(),
-                           skip_bad=data.skip_bad_records, check_images=data.check_images)  # fmt: skip
-    # validated up front: bad records stopped the job above, before the first step, unless skipped
-    if dataset.report.problems and rank == 0:
-        print(f"modalprompt: skipping bad records as configured\n{dataset.report.summary()}", file=sys.stderr)
+
+def _training_set(backbone, method_impl, training, task, data, options, earlier_tasks, max_length):
+    """The task's validated records, and for a method that reads them, the earlier tasks' kept records."""
+    encoder = backbone.conversation_encoder(max_length)  # the base family's template
+
+    def records(t: TaskConfig) -> TrainDataset:
+        dataset = TrainDataset(Path(t.train_file), Path(t.image_root), encoder, backbone.image_preprocessor(),
+                               skip_bad=data.skip_bad_records, check_images=data.check_images)  # fmt: skip
+        # validated up front: bad records stopped the job above, before the first step, unless skipped
+        if dataset.report.problems and _rank_world()[0] == 0:
+            print(
+                f"modalprompt: skipping bad records as configured\n{dataset.report.summary()}",
+                file=sys.stderr,
+            )
+        return dataset
+
+    current = records(task)
+    if not earlier_tasks:
+        return current
+    keep = method_impl.earlier_records(options, len(earlier_tasks))
+    parts = [(current, list(range(len(current))))]
+    for position, earlier in enumerate(earlier_tasks, start=1):
+        dataset = records(earlier)
+        parts.append((dataset, kept_records(len(dataset), keep, training.seed, position)))
+    return MixedTrainDataset(parts)
+
+
+def _set_up_training(backbone, method_impl, method, training, task, data, engine, world, options, earlier_tasks,
+                     model, current, earlier, params) -> _Stage:  # fmt: skip
+    rank = _rank_world()[0]
+    dataset = _training_set(
+        backbone, method_impl, training, task, data, options, earlier_tasks, training.max_length
+    )
     collate = Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=False)
     lengths = dataset.lengths() if training.group_by_length else None
     micro_per_epoch = len(shard_batches(len(dataset), training.batch_size, training.seed, 0, rank, world))
@@ -229,18 +288,23 @@ def _set_up(backbone, method_impl, method, training, task, previous, data, engin
     )
     runner = make_engine(engine, model, params, optimizer, scheduler, batch_size=training.batch_size,
                          accum=training.grad_accum_steps, max_grad_norm=training.max_grad_norm, world=world)  # fmt: skip
-    return _Stage(len(earlier) + 1, method_impl.name, method, training, data, task, world, model, current, earlier,
-                  dataset, batches, micro_per_epoch, total_micro, total_steps, optimizer, scheduler, runner)  # fmt: skip
+    number = max(len(earlier), len(earlier_tasks)) + 1  # after the stages it loaded, or the tasks it read
+    return _Stage(number, method_impl.name, method, options, method_impl.structure(model), training, data, task,
+                  earlier_tasks, world, model, current, earlier, dataset, batches, micro_per_epoch, total_micro,
+                  total_steps, optimizer, scheduler, runner)  # fmt: skip
 
 
-def _require_only_current_trainable(model: ModalPromptModel, current: TaskPrompt) -> list[torch.nn.Parameter]:
-    trainable = [p for p in model.parameters() if p.requires_grad]
+def _require_only_current_trainable(model, current) -> list[torch.nn.Parameter]:
+    """The current stage's tensors, checked to be the only ones anywhere (model and frozen base) that
+    require grad."""
     expected = list(current.parameters())
     b = model.backbone
-    base = (b.llava, b.clip_text, b.text_projection, b.visual_projection, b.clip_vision)
-    base_trainable = [p for m in base if m is not None for p in m.parameters() if p.requires_grad]
-    if {id(p) for p in trainable} != {id(p) for p in expected} or base_trainable:
-        raise RuntimeError("only the current task's prompt and key network may require grad")
+    modules = (model, b.llava, b.clip_text, b.text_projection, b.visual_projection, b.clip_vision)
+    everything = {id(p): p for m in modules if m is not None for p in m.parameters()}
+    everything.update({id(p): p for p in expected})
+    trainable = {i for i, p in everything.items() if p.requires_grad}
+    if trainable != {id(p) for p in expected}:
+        raise RuntimeError("only the current task's tensors (what this stage trains) may require grad")
     return expected
 
 
@@ -366,21 +430,31 @@ def _record(stage: _Stage, done: _Done, out_dir: Path) -> None:
     """The stage's checkpoint: its trained tensors and a self-describing stage.json (run/checkpoint.py)."""
     settings = {"method_name": stage.method_name, "method": stage.method, "training": stage.training,
                 "data": stage.data, "task": stage.task}  # fmt: skip
+    if stage.options:
+        settings["options"] = stage.options
+    if stage.earlier_tasks:
+        settings["earlier_tasks"] = stage.earlier_tasks
     extra: dict[str, Any] = {
         "steps": len(done.history),
         "samples": done.samples,
         "seconds": done.seconds,
         "final_loss": done.history[-1].loss if done.history else None,
         "settings": to_jsonable(settings),
+        "trained_on": [t.name for t in stage.earlier_tasks]
+        + [stage.task.name],  # whose records it trained on
+        "environment": backbone_environment(stage.model.backbone, stage.world),
         "git_commit": git_commit(),
         "transformers_version": transformers.__version__,
         "run_identity": stage.identity(),  # the MLflow run the training job logged live is this stage's
     }
+    if isinstance(stage.dataset, MixedTrainDataset):
+        extra["records_per_task"] = dict(zip(extra["trained_on"][-1:] + extra["trained_on"][:-1],
+                                             stage.dataset.counts(), strict=True))  # fmt: skip
     meta = StageMeta(
         task=stage.task.name,
         stage=stage.number,
         base_fingerprint=stage.model.backbone.fingerprint,
-        method_structure=stage.method.structure(),
+        method_structure=stage.structure,
         method_hash=config_hash(stage.method),
         training_hash=config_hash(stage.training),
         tensors_sha256="",

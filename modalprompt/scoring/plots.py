@@ -54,8 +54,11 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def forgetting_png(tasks: list[str], matrices: dict[str, Matrix], title: str) -> bytes:
-    """One panel per task: its accuracy after each stage from its own on, one line per method."""
+def forgetting_png(
+    tasks: list[str], matrices: dict[str, Matrix], title: str, spreads: dict[str, Matrix] | None = None
+) -> bytes:
+    """One panel per task: its accuracy after each stage from its own on, one line per method; with
+    `spreads` (standard deviations over seeds), a band of one deviation around each mean line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +71,12 @@ def forgetting_png(tasks: list[str], matrices: dict[str, Matrix], title: str) ->
         ax = axes[j // columns][j % columns]
         for method, matrix in matrices.items():
             stages = [s for s in sorted(matrix) if s >= j + 1 and matrix[s][j] is not None]
-            ax.plot(stages, [matrix[s][j] for s in stages], marker="o", label=method)
+            (line,) = ax.plot(stages, [matrix[s][j] for s in stages], marker="o", label=method)
+            spread = (spreads or {}).get(method)
+            if spread:
+                low = [matrix[s][j] - (spread[s][j] or 0.0) for s in stages]
+                high = [matrix[s][j] + (spread[s][j] or 0.0) for s in stages]
+                ax.fill_between(stages, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_xticks([s for s in sorted(next(iter(matrices.values()))) if s >= j + 1])  # whole stages
         ax.set_title(task, fontsize=10)
         ax.set_ylim(-5, 105)

@@ -1,6 +1,6 @@
 """The report of an experiment, from its files (no torch): each method's accuracy and selection matrices
-and metrics from its score files, the selection confusion, the methods side by side, and the end-of-run
-summary that `snakemake` prints.
+and metrics from its score files, the same over seeds (mean and standard deviation), the selection
+confusion, the methods side by side, and the end-of-run summary that `snakemake` prints.
 
 Selection accuracy has one definition, `metrics.selection_accuracy` (per task and stage: the share of
 samples whose most similar selected prompt is the task's own); a method's single number is
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,79 @@ def metrics_of_files(matrix_csv: Path, selection_csv: Path | None = None) -> dic
     return result
 
 
+# ------------------------------------------------------------------------------------- over seeds
+
+
+def mean_and_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n - 1); the deviation is None for fewer than two values."""
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def _cellwise(matrices: list[Matrix]) -> tuple[Matrix, Matrix]:
+    """The mean and standard deviation of each cell over matrices of the same shape (empty stays empty)."""
+    mean: Matrix = {}
+    spread: Matrix = {}
+    for stage in sorted(matrices[0]):
+        columns = range(len(matrices[0][stage]))
+        cells = [[m[stage][j] for m in matrices if stage in m and m[stage][j] is not None] for j in columns]
+        pairs = [mean_and_std(values) if len(values) == len(matrices) else (None, None) for values in cells]
+        mean[stage] = [a for a, _ in pairs]
+        spread[stage] = [b for _, b in pairs]
+    return mean, spread
+
+
+def aggregate_metrics(per_seed: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """Each summary metric's mean over the seeds (null if any seed has none), its standard deviation under
+    `std`, the seeds and each seed's values."""
+    first = next(iter(per_seed.values()))
+    out: dict[str, Any] = {"stages": first.get("stages"), "tasks": first.get("tasks")}
+    std: dict[str, float | None] = {}
+    for name in SUMMARY_METRICS:
+        values = [m.get(name) for m in per_seed.values()]
+        mean, spread = (
+            mean_and_std([v for v in values if v is not None]) if None not in values else (None, None)
+        )
+        out[name] = None if mean is None else round(mean, 6)
+        std[name] = None if spread is None else round(spread, 6)
+    out["std"] = std
+    out["seeds"] = list(per_seed)
+    out["per_seed"] = {str(seed): {k: m.get(k) for k in SUMMARY_METRICS} for seed, m in per_seed.items()}
+    return out
+
+
+def write_seed_summary(out_dir: Path, seed_dirs: dict[int, Path], title: str) -> dict[str, Any]:
+    """A method over its seeds (layout.AGGREGATE_FILES) from each seed's method folder: matrix.csv is the
+    mean matrix, matrix_std.csv each cell's standard deviation, selection.csv the mean selection,
+    metrics.json and metrics_published.json each metric's mean with `std`, `seeds` and `per_seed`, heatmap.png
+    the mean. Returns the metrics."""
+    from modalprompt.scoring.plots import heatmap_png
+
+    tasks, accuracy, selection = [], [], []
+    per_seed, published = {}, {}
+    for seed, folder in seed_dirs.items():
+        tasks, matrix = read_matrix(Path(folder) / "matrix.csv")
+        accuracy.append(matrix)
+        selection.append(read_matrix(Path(folder) / "selection.csv")[1])
+        per_seed[seed] = json.loads((Path(folder) / "metrics.json").read_text())
+        published[seed] = json.loads((Path(folder) / "metrics_published.json").read_text())
+    mean, spread = _cellwise(accuracy)
+    metrics = aggregate_metrics(per_seed)
+    out = Path(out_dir)
+    atomic_write_text(out / "matrix.csv", format_matrix(tasks, mean))
+    atomic_write_text(out / "matrix_std.csv", format_matrix(tasks, spread))
+    atomic_write_text(out / "selection.csv", format_matrix(tasks, _cellwise(selection)[0]))
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    atomic_write_text(
+        out / "metrics_published.json", json.dumps(aggregate_metrics(published), indent=1) + "\n"
+    )
+    atomic_write_bytes(
+        out / "heatmap.png", heatmap_png(tasks, mean, f"{title} (mean of {len(seed_dirs)} seeds)")
+    )
+    return metrics
+
+
 # ------------------------------------------------------------------------------------- selection confusion
 
 
@@ -138,7 +212,8 @@ def write_confusion(out_dir: Path, tasks: list[str], prediction_files: list[Path
 
 
 def comparison(results: Path, methods: list[str]) -> dict[str, dict[str, float | None]]:
-    """Each method's summary metrics (metrics.SUMMARY_METRICS) from its metrics.json, in the given order."""
+    """Each method's summary metrics (metrics.SUMMARY_METRICS) from its metrics.json, in the given order
+    (over seeds: their means)."""
     table = {}
     for method in methods:
         metrics = json.loads((layout.method_dir(results, method) / "metrics.json").read_text())
@@ -146,20 +221,46 @@ def comparison(results: Path, methods: list[str]) -> dict[str, dict[str, float |
     return table
 
 
+def comparison_std(results: Path, methods: list[str]) -> dict[str, dict[str, float | None]] | None:
+    """Each method's standard deviations over seeds, or None when the results are one run."""
+    spreads = {}
+    for method in methods:
+        metrics = json.loads((layout.method_dir(results, method) / "metrics.json").read_text())
+        if "std" not in metrics:
+            return None
+        spreads[method] = {k: metrics["std"].get(k) for k in SUMMARY_METRICS}
+    return spreads
+
+
 def write_comparison(results: Path, methods: list[str], out_dir: Path, title: str) -> None:
-    """forgetting.png (each task across stages, a line per method) and metrics.csv (layout.COMPARISON_FILES)."""
+    """forgetting.png (each task across stages, a line per method; over seeds, the mean with a band of one
+    standard deviation) and metrics.csv (layout.COMPARISON_FILES; over seeds, `<metric>_std` columns too)."""
     from modalprompt.scoring.plots import forgetting_png
 
-    matrices, tasks = {}, []
+    matrices, spreads, tasks = {}, {}, []
     for method in methods:
-        tasks, matrices[method] = read_matrix(layout.method_dir(results, method) / "matrix.csv")
+        folder = layout.method_dir(results, method)
+        tasks, matrices[method] = read_matrix(folder / "matrix.csv")
+        if (folder / "matrix_std.csv").is_file():
+            spreads[method] = _read_spread(folder / "matrix_std.csv")
     out = Path(out_dir)
-    atomic_write_bytes(out / "forgetting.png", forgetting_png(tasks, matrices, title))
-    rows = [["method", *SUMMARY_METRICS]] + [
-        [method, *("" if v is None else f"{v:.4f}" for v in metrics.values())]
-        for method, metrics in comparison(results, methods).items()
-    ]
+    atomic_write_bytes(out / "forgetting.png", forgetting_png(tasks, matrices, title, spreads or None))
+    table, stds = comparison(results, methods), comparison_std(results, methods)
+    header = ["method", *SUMMARY_METRICS] + ([f"{k}_std" for k in SUMMARY_METRICS] if stds else [])
+    rows = [header]
+    for method, metrics in table.items():
+        values = list(metrics.values()) + (list(stds[method].values()) if stds else [])
+        rows.append([method, *("" if v is None else f"{v:.4f}" for v in values)])
     atomic_write_text(out / "metrics.csv", "\n".join(",".join(r) for r in rows) + "\n")
+
+
+def _read_spread(path: Path) -> Matrix:
+    """A matrix of standard deviations (same layout as matrix.csv; read without the [0, 100] check)."""
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(Path(path).read_text())))
+    return {int(r[0]): [float(c) if c.strip() else None for c in r[1:]] for r in rows[1:] if r}
 
 
 # ------------------------------------------------------------------------------------- end of a run
@@ -176,15 +277,26 @@ def aligned_matrix(matrix_csv: Path) -> str:
 
 
 def summary_text(results: Path, methods: list[str], tracking_uri: str) -> str:
-    """What a finished `snakemake` prints: every method's matrix, their metrics table, and where to look."""
+    """What a finished `snakemake` prints: every method's matrix (over seeds: the mean), their metrics table
+    (over seeds: mean +- standard deviation), and where to look."""
     lines = [""]
+    stds = comparison_std(results, methods) if methods else None
     for method in methods:
         matrix = layout.method_dir(results, method) / "matrix.csv"
-        lines.append(f"{method}: accuracy matrix (%), {matrix}:\n{aligned_matrix(matrix)}")
-    lines.append(" ".join(f"{h.replace('_accuracy', ''):>11}" for h in ("method", *SUMMARY_METRICS)))
+        over = ""
+        if stds is not None:
+            seeds = json.loads((matrix.parent / "metrics.json").read_text())["seeds"]
+            over = f", mean over seeds {seeds}"
+        lines.append(f"{method}: accuracy matrix (%){over}, {matrix}:\n{aligned_matrix(matrix)}")
+    width = 15 if stds else 11
+    lines.append(" ".join(f"{h.replace('_accuracy', ''):>{width}}" for h in ("method", *SUMMARY_METRICS)))
     for method, metrics in comparison(results, methods).items():
-        values = [f"{'-':>11}" if v is None else f"{v:>11.2f}" for v in metrics.values()]
-        lines.append(" ".join([f"{method:>11}", *values]))
+        values = []
+        for name, v in metrics.items():
+            spread = stds[method][name] if stds else None
+            text = "-" if v is None else f"{v:.2f}" + ("" if spread is None else f"+-{spread:.2f}")
+            values.append(f"{text:>{width}}")
+        lines.append(" ".join([f"{method:>{width}}", *values]))
     if methods:
         folder = layout.comparison_dir(results)
         lines.append(f"\nMethods side by side: {folder / 'metrics.csv'}, {folder / 'forgetting.png'}")

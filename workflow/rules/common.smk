@@ -20,6 +20,11 @@ from modalprompt.tracking import unreachable
 CONFIG_FILE = Path((list(workflow.overwrite_configfiles) or ["config.yaml"])[-1]).resolve()
 EXP = resolve_paths(experiment_from_dict(dict(config), str(CONFIG_FILE)), CONFIG_FILE.parent)
 RESULTS = EXP.results_dir
+# pipeline.seeds: every method's stages and evaluations once per seed, each seed's run in seed-<s>/ ({seed}
+# in the rules' paths); without seeds one run, in RESULTS itself
+SEEDS = list(EXP.pipeline.seeds) if EXP.pipeline.seeds else None
+RUN = layout.run_dir(RESULTS, "{seed}" if SEEDS else None)  # the rules' output paths start here
+RUN_SEEDS = SEEDS or [None]  # the runs, as `seed` values for layout.run_dir
 METHODS = [methods.get(m) for m in dict.fromkeys(EXP.pipeline.methods)]  # run side by side
 METHOD_NAMES = [m.name for m in METHODS]
 # methods whose stages are trained: whose checkpoints the listed methods evaluate
@@ -30,7 +35,10 @@ STAGES = list(range(1, len(TASKS) + 1))
 TRACKING_FILE = str(layout.tracking_file(RESULTS))
 COMPARISON_DIR = layout.comparison_dir(RESULTS)
 REPORT_VIEWS = [
-    str(layout.method_dir(RESULTS, m) / name) for m in SELECTING for name in layout.CONFUSION_FILES
+    str(layout.method_dir(layout.run_dir(RESULTS, seed), m) / name)
+    for seed in RUN_SEEDS
+    for m in SELECTING
+    for name in layout.CONFUSION_FILES
 ]
 REPORT_VIEWS += [str(COMPARISON_DIR / name) for name in layout.COMPARISON_FILES] if METHODS else []
 
@@ -59,6 +67,7 @@ BASE_FILES = [f"{EXP.model.llava}/config.json", f"{EXP.model.clip}/config.json"]
 
 wildcard_constraints:
     method="|".join(methods.REGISTRY),
+    seed=r"\d+",
     task="|".join(TASKS) or "no-tasks",
     stage=r"\d+",
 
@@ -94,15 +103,40 @@ def task_of(stage):
     return EXP.tasks[int(stage) - 1]
 
 
-def checkpoint_files(method, last_stage):
-    """What an evaluation of `method` after stage s (or training stage s + 1) depends on: the stage files of
-    stages 1..s of the method whose prompts it uses (none for a method without prompts, or at stage 0)."""
-    trainer = methods.get(method).prompts_of
-    if trainer is None:
+def seed_of(w):
+    """The job's seed (the {seed} wildcard), or None without pipeline.seeds."""
+    return int(w.seed) if SEEDS else None
+
+
+def run_of(w):
+    """The folder of the job's run: RESULTS/seed-<s>/, or RESULTS."""
+    return layout.run_dir(RESULTS, seed_of(w))
+
+
+def stage_files(root, method, stages):
+    return [str(f) for s in stages for f in layout.checkpoint_files(root, method, s)]
+
+
+def training_checkpoints(w):
+    """The stage files training stage s of a method reads (its own earlier stages, as the method says)."""
+    stages = methods.get(w.method).training_inputs(int(w.stage))
+    return stage_files(run_of(w), w.method, stages)
+
+
+def evaluation_checkpoints(w):
+    """The stage files an evaluation of `method` after stage s loads: those of the method whose stages it
+    uses (none for a method without any, or at stage 0), as the method says."""
+    method = methods.get(w.method)
+    if method.prompts_of is None:
         return []
-    return [
-        str(f) for s in range(1, int(last_stage) + 1) for f in layout.checkpoint_files(RESULTS, trainer, s)
-    ]
+    return stage_files(run_of(w), method.prompts_of, method.evaluation_inputs(int(w.stage)))
+
+
+def earlier_train_files(w):
+    """The train files of tasks 1..s-1, for a method that trains on their records too (replay, multitask)."""
+    if not methods.get(w.method).reads_earlier_tasks:
+        return []
+    return [task.train_file for task in EXP.tasks[: int(w.stage) - 1]]
 
 
 def folders_of(files):
@@ -115,14 +149,35 @@ def cell_method(method, stage):
     return layout.cell_method(method, stage)
 
 
-def score_files(method):
-    """The score files of `method`'s matrix: the cells it needs (row 0 lives under zero_shot/)."""
+def score_files(method, seed=None):
+    """The score files of `method`'s matrix (of one seed's run): the cells it needs (row 0 lives under
+    zero_shot/, in the first seed's run)."""
     cells = methods.get(method).cells(TASKS, EXP.pipeline.zero_shot)
-    return [str(layout.score_file(RESULTS, layout.cell_method(method, s), s, task)) for s, task in cells]
+    return [
+        str(
+            layout.score_file(
+                layout.run_dir(RESULTS, layout.cell_seed(seed, SEEDS, s)),
+                layout.cell_method(method, s),
+                s,
+                task,
+            )
+        )
+        for s, task in cells
+    ]
 
 
-def summary_files(method):
-    return [str(layout.method_dir(RESULTS, method) / name) for name in layout.SUMMARY_FILES]
+def summary_files(method, seed=None):
+    """A method's matrix files (of one seed's run)."""
+    return [
+        str(layout.method_dir(layout.run_dir(RESULTS, seed), method) / name) for name in layout.SUMMARY_FILES
+    ]
+
+
+def final_files(method):
+    """What a method ends with: its matrix files, or with seeds its files over the seeds."""
+    if not SEEDS:
+        return summary_files(method)
+    return [str(layout.method_dir(RESULTS, method) / name) for name in layout.AGGREGATE_FILES]
 
 
 def slurm_resources(kind):

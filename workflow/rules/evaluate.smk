@@ -7,13 +7,13 @@ rule evaluate:
     input:
         base=BASE_FILES,
         eval_file=lambda w: EXP.task(w.task).eval_file,
-        checkpoints=lambda w: checkpoint_files(w.method, w.stage),
+        checkpoints=evaluation_checkpoints,
     output:
-        str(layout.predictions_file(RESULTS, "{method}", "{stage}", "{task}")),
+        str(layout.predictions_file(RUN, "{method}", "{stage}", "{task}")),
     log:
-        str(layout.log_file(RESULTS, "{method}", "evaluate-stage-{stage}-{task}")),
+        str(layout.log_file(RUN, "{method}", "evaluate-stage-{stage}-{task}")),
     benchmark:
-        str(layout.benchmark_file(RESULTS, "{method}", "evaluate-stage-{stage}-{task}"))
+        str(layout.benchmark_file(RUN, "{method}", "evaluate-stage-{stage}-{task}"))
     conda:
         CONDA_ENV
     threads: EXP.resources.evaluate.cpus
@@ -35,9 +35,9 @@ rule score:
         # CoIN's TextVQA answers (TextVQA_0.5.1_val.json); none for the other tasks
         answers=lambda w: [EXP.task(w.task).answers_file] if EXP.task(w.task).answers_file else [],
     output:
-        str(layout.score_file(RESULTS, "{method}", "{stage}", "{task}")),
+        str(layout.score_file(RUN, "{method}", "{stage}", "{task}")),
     log:
-        str(layout.log_file(RESULTS, "{method}", "score-stage-{stage}-{task}")),
+        str(layout.log_file(RUN, "{method}", "score-stage-{stage}-{task}")),
     conda:
         CONDA_ENV
     params:

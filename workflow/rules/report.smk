@@ -12,34 +12,34 @@ localrules:
 
 rule matrix:
     input:
-        scores=lambda w: score_files(w.method),
+        scores=lambda w: score_files(w.method, seed_of(w)),
     output:
         matrix=report(
-            str(layout.method_dir(RESULTS, "{method}") / "matrix.csv"),
+            str(layout.method_dir(RUN, "{method}") / "matrix.csv"),
             caption="../report/matrix.rst",
             category="Accuracy matrices",
             subcategory="{method}",
             labels={"method": "{method}", "figure": "matrix (CSV)"},
         ),
-        selection=str(layout.method_dir(RESULTS, "{method}") / "selection.csv"),
+        selection=str(layout.method_dir(RUN, "{method}") / "selection.csv"),
         metrics=report(
-            str(layout.method_dir(RESULTS, "{method}") / "metrics.json"),
+            str(layout.method_dir(RUN, "{method}") / "metrics.json"),
             caption="../report/metrics.rst",
             category="Metrics",
             labels={"method": "{method}", "figure": "metrics (JSON)"},
         ),
         # the same, with every cell scored as the published evaluation code scores it (README: scoring)
-        matrix_published=str(layout.method_dir(RESULTS, "{method}") / "matrix_published.csv"),
-        metrics_published=str(layout.method_dir(RESULTS, "{method}") / "metrics_published.json"),
+        matrix_published=str(layout.method_dir(RUN, "{method}") / "matrix_published.csv"),
+        metrics_published=str(layout.method_dir(RUN, "{method}") / "metrics_published.json"),
         heatmap=report(
-            str(layout.method_dir(RESULTS, "{method}") / "heatmap.png"),
+            str(layout.method_dir(RUN, "{method}") / "heatmap.png"),
             caption="../report/heatmap.rst",
             category="Accuracy matrices",
             subcategory="{method}",
             labels={"method": "{method}", "figure": "heatmap"},
         ),
     log:
-        str(layout.log_file(RESULTS, "{method}", "matrix")),
+        str(layout.log_file(RUN, "{method}", "matrix")),
     conda:
         CONDA_ENV
     params:
@@ -53,17 +53,17 @@ rule matrix:
 
 rule confusion:
     input:
-        [str(layout.predictions_file(RESULTS, "{method}", len(TASKS), task)) for task in TASKS],
+        [str(layout.predictions_file(RUN, "{method}", len(TASKS), task)) for task in TASKS],
     output:
-        table=str(layout.method_dir(RESULTS, "{method}") / "selection_confusion.csv"),
+        table=str(layout.method_dir(RUN, "{method}") / "selection_confusion.csv"),
         figure=report(
-            str(layout.method_dir(RESULTS, "{method}") / "selection_confusion.png"),
+            str(layout.method_dir(RUN, "{method}") / "selection_confusion.png"),
             caption="../report/confusion.rst",
             category="Prompt selection",
             labels={"method": "{method}", "figure": "selection confusion"},
         ),
     log:
-        str(layout.log_file(RESULTS, "{method}", "confusion")),
+        str(layout.log_file(RUN, "{method}", "confusion")),
     wildcard_constraints:
         method="|".join(SELECTING) or "none",
     conda:
@@ -77,9 +77,45 @@ rule confusion:
         " --title {params.title:q} > {log:q} 2>&1"
 
 
+if SEEDS:
+
+    localrules:
+        aggregate,
+
+    rule aggregate:
+        input:
+            lambda w: [f for seed in SEEDS for f in summary_files(w.method, seed)],
+        output:
+            [
+                (
+                    report(
+                        str(layout.method_dir(RESULTS, "{method}") / name),
+                        caption="../report/aggregate.rst",
+                        category="Over seeds",
+                        labels={"method": "{method}", "figure": name},
+                    )
+                    if name in ("metrics.json", "heatmap.png")
+                    else str(layout.method_dir(RESULTS, "{method}") / name)
+                )
+                for name in layout.AGGREGATE_FILES
+            ],
+        log:
+            str(layout.log_file(RESULTS, "{method}", "aggregate")),
+        conda:
+            CONDA_ENV
+        params:
+            seeds=SEEDS,
+            folders=lambda w: [layout.method_dir(layout.run_dir(RESULTS, s), w.method) for s in SEEDS],
+            out=lambda w: layout.method_dir(RESULTS, w.method),
+            title=lambda w: f"{EXP.experiment}: {w.method}",
+        shell:
+            "modalprompt aggregate --seeds {params.seeds:q} --folders {params.folders:q} --out-dir {params.out:q}"
+            " --title {params.title:q} > {log:q} 2>&1"
+
+
 rule compare:
     input:
-        [summary_files(method) for method in METHOD_NAMES],
+        [final_files(method) for method in METHOD_NAMES],
     output:
         forgetting=report(
             str(COMPARISON_DIR / "forgetting.png"),
@@ -109,12 +145,21 @@ rule compare:
 
 rule track:
     input:
-        summary=[summary_files(method) for method in METHOD_NAMES],
+        summary=[summary_files(method, seed) for seed in RUN_SEEDS for method in METHOD_NAMES],
+        over_seeds=[final_files(method) for method in METHOD_NAMES] if SEEDS else [],
         views=REPORT_VIEWS,
         stages=[
-            str(f) for method in TRAINED for s in STAGES for f in layout.checkpoint_files(RESULTS, method, s)
+            f
+            for seed in RUN_SEEDS
+            for method in TRAINED
+            for f in stage_files(layout.run_dir(RESULTS, seed), method, STAGES)
         ],
-        histories=[str(layout.history_file(RESULTS, method, s)) for method in TRAINED for s in STAGES],
+        histories=[
+            str(layout.history_file(layout.run_dir(RESULTS, seed), method, s))
+            for seed in RUN_SEEDS
+            for method in TRAINED
+            for s in STAGES
+        ],
     output:
         TRACKING_FILE,
     log:
@@ -127,6 +172,7 @@ rule track:
         results=lambda w, output: Path(output[0]).parent,
         methods=sorted(set(METHOD_NAMES) | set(TRAINED)),
         tasks=TASKS,
+        seeds=["--seeds", *SEEDS] if SEEDS else [],
     shell:
         "modalprompt track --uri {params.uri:q} --experiment {params.experiment:q} --results {params.results:q}"
-        " --methods {params.methods:q} --tasks {params.tasks:q} --out {output:q} > {log:q} 2>&1"
+        " --methods {params.methods:q} --tasks {params.tasks:q} {params.seeds:q} --out {output:q} > {log:q} 2>&1"

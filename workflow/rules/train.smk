@@ -1,4 +1,6 @@
-# Stage s trains task s's prompt and key network on top of the checkpoints of stages 1..s-1.
+# Stage s trains what its method trains for task s (ModalPrompt: the prompt and key network) on top of the
+# checkpoints of the earlier stages the method reads (methods.Method.training_inputs), and for replay and
+# multitask on the earlier tasks' records too. With pipeline.seeds, once per seed, in seed-<s>/.
 # params.settings holds exactly the resolved settings of this stage that the method uses: a change reruns
 # this stage, and the later stages and evaluations rerun because their input checkpoints change.
 # A stopped attempt (Slurm's warning signal, a crash, kill -9) leaves stage-<s>/resume/: the next attempt
@@ -9,15 +11,16 @@ rule train:
     input:
         base=BASE_FILES,
         train_file=lambda w: task_of(w.stage).train_file,
-        previous=lambda w: checkpoint_files(w.method, int(w.stage) - 1),
+        previous=training_checkpoints,
+        earlier_train_files=earlier_train_files,
     output:
-        meta=str(layout.checkpoint_files(RESULTS, "{method}", "{stage}")[0]),
-        tensors=str(layout.checkpoint_files(RESULTS, "{method}", "{stage}")[1]),
-        history=str(layout.history_file(RESULTS, "{method}", "{stage}")),
+        meta=str(layout.checkpoint_files(RUN, "{method}", "{stage}")[0]),
+        tensors=str(layout.checkpoint_files(RUN, "{method}", "{stage}")[1]),
+        history=str(layout.history_file(RUN, "{method}", "{stage}")),
     log:
-        str(layout.log_file(RESULTS, "{method}", "train-stage-{stage}")),
+        str(layout.log_file(RUN, "{method}", "train-stage-{stage}")),
     benchmark:
-        str(layout.benchmark_file(RESULTS, "{method}", "train-stage-{stage}"))
+        str(layout.benchmark_file(RUN, "{method}", "train-stage-{stage}"))
     wildcard_constraints:
         stage=r"[1-9]\d*",
         method="|".join(TRAINED) or "none",
@@ -27,11 +30,12 @@ rule train:
     resources:
         **train_resources(),
     params:
-        settings=lambda w: job_to_json(train_job(EXP, task_of(w.stage).name, w.method)),
+        settings=lambda w: job_to_json(train_job(EXP, task_of(w.stage).name, w.method, seed_of(w))),
+        seed=lambda w: ["--seed", w.seed] if SEEDS else [],  # the key of its live MLflow run
         previous=lambda w, input: folders_of(input.previous),
         out=lambda w, output: Path(output.meta).parent,
         # the mid-stage state: not an output, so a failed or preempted attempt keeps it for the retry
-        state=lambda w: layout.resume_dir(RESULTS, w.method, w.stage),
+        state=lambda w: layout.resume_dir(run_of(w), w.method, w.stage),
         launcher=train_launcher(),
     shell:
         "{params.launcher:q} --warm {resources.warm:q} train --settings {params.settings:q} --previous {params.previous:q}"
@@ -39,4 +43,4 @@ rule train:
         " --save-every {resources.save_every_steps:q} --zero-stage {resources.zero_stage:q}"
         " --offload {resources.offload:q} --threads {threads} --progress-steps {resources.progress_steps:q}"
         " --progress-seconds {resources.progress_seconds:q} --tracking-uri {resources.tracking_uri:q}"
-        " --tracking-experiment {resources.tracking_experiment:q} > {log:q} 2>&1"
+        " --tracking-experiment {resources.tracking_experiment:q} {params.seed:q} > {log:q} 2>&1"

@@ -1,0 +1,33 @@
+"""What the prompt-pool methods (l2p, dualprompt, coda_prompt) share: no ModalPrompt knob, their own config
+section, and a model (modalprompt/model/pool.py) that loads its stages and sets up what a stage trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from modalprompt.methods.base import Method
+
+if TYPE_CHECKING:
+    from modalprompt.config import MethodConfig
+    from modalprompt.model.pool import PoolModel, TrainableTensors
+    from modalprompt.run.checkpoint import StageMeta
+
+
+class PromptPoolMethod(Method):
+    def training_settings(self, method: MethodConfig) -> MethodConfig:
+        return type(method)()  # its knobs are in its own section
+
+    def evaluation_settings(self, method: MethodConfig) -> MethodConfig:
+        return type(method)()
+
+    def structure(self, model: PoolModel) -> dict[str, Any]:
+        return model.structure()
+
+    def start_stage(
+        self, model: PoolModel, previous: list[Path], task: str, seed: int
+    ) -> tuple[TrainableTensors, list[StageMeta]]:
+        return model.start([Path(p) for p in previous], task, seed)
+
+    def load_for_evaluation(self, model: PoolModel, checkpoints: list[Path]) -> list[str]:
+        return model.load([Path(c) for c in checkpoints]) if checkpoints else []

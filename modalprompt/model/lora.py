@@ -1,0 +1,121 @@
+"""LoRA on the frozen LLM (peft), for the baselines that fine-tune it: lora_ft, replay, multitask.
+
+peft puts its LoRA layers in place of the LLM's linear layers (its documented mechanism); the frozen base
+weights stay untouched inside them, and `LoraAdapter.remove` puts the original layers back, so the base a
+process loaded is exactly as before once a stage or an evaluation is done. `LoraLLM` is the model those
+methods train and evaluate: ModalPrompt's wrapper (embedding, image features, LLM calls) with no prompt.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from modalprompt.bases.backbone import Backbone
+from modalprompt.config import ConfigError, LoraSettings, MethodConfig
+from modalprompt.data.datasets import Batch
+from modalprompt.model.wrapper import Generation, ModalPromptModel, ModalPromptOutput
+
+ADAPTER = "default"  # peft's adapter name; one adapter at a time
+
+
+class LoraAdapter:
+    """peft's LoRA layers in the LLM, as one set of trainable tensors: parameters(), state_dict() (the LoRA
+    tensors only, named as in the LLM) and load_state_dict(), like a module's."""
+
+    def __init__(self, language_model: nn.Module, settings: LoraSettings, seed: int):
+        from peft import LoraConfig, LoraModel
+
+        config = LoraConfig(r=settings.rank, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
+                            target_modules=list(settings.target_modules), bias="none")  # fmt: skip
+        with torch.random.fork_rng(devices=[]):  # peft draws lora_A from the global generator
+            torch.manual_seed(seed)
+            try:
+                self._tuner = LoraModel(language_model, config, ADAPTER)
+            except ValueError as err:  # peft: none of the target modules found
+                raise ConfigError(
+                    f"lora.target_modules = {list(settings.target_modules)} do not name linear layers of this "
+                    f"LLM ({err}): give the names of its layers (LLaMA: q_proj, k_proj, v_proj, o_proj, "
+                    "gate_proj, up_proj, down_proj)"
+                ) from err
+        self.language_model = language_model
+        device = next(p.device for n, p in language_model.named_parameters() if "lora_" not in n)
+        for param in self.parameters():  # trained in fp32 whatever the base's dtype, on its device
+            param.data = param.data.to(device, torch.float32)
+
+    def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.language_model.named_parameters() if ".lora_" in n]
+
+    def parameters(self) -> list[nn.Parameter]:
+        return [p for _, p in self.named_parameters()]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.named_parameters()}
+
+    @torch.no_grad()
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
+        own = dict(self.named_parameters())
+        if strict and set(tensors) != set(own):
+            missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
+            raise RuntimeError(f"LoRA tensors do not fit: missing {missing[:3]}, unexpected {extra[:3]}")
+        for name, value in tensors.items():
+            own[name].copy_(value)
+
+    def requires_grad_(self, flag: bool) -> LoraAdapter:
+        for param in self.parameters():
+            param.requires_grad_(flag)
+        return self
+
+    def train(self, mode: bool = True) -> None:
+        """LoRA's dropout is on while a stage trains, off for evaluation (the base stays in eval mode)."""
+        for module in self.language_model.modules():
+            if hasattr(module, "lora_dropout"):
+                module.lora_dropout.train(mode)
+
+    def remove(self) -> None:
+        """Put the LLM's own linear layers back (unmerged: the base weights are as they were loaded)."""
+        self._tuner.unload()
+
+
+class LoraLLM(nn.Module):
+    """The frozen base with a LoRA adapter in its LLM and no prompt: CE training and greedy generation."""
+
+    def __init__(self, backbone: Backbone, settings: LoraSettings):
+        super().__init__()
+        self.wrapper = ModalPromptModel(backbone, MethodConfig())  # embedding, image features, LLM calls
+        self.settings = settings
+        self.adapter: LoraAdapter | None = None
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.wrapper.backbone
+
+    def attach(self, seed: int) -> LoraAdapter:
+        """A fresh adapter (lora_A seeded, lora_B zero: the model starts as the base)."""
+        if self.adapter is not None:
+            raise RuntimeError("this model already has a LoRA adapter")
+        self.adapter = LoraAdapter(self.backbone.llava.model.language_model, self.settings, seed)
+        return self.adapter
+
+    def detach_adapter(self) -> None:
+        if self.adapter is not None:
+            self.adapter.remove()
+            self.adapter = None
+
+    def forward(self, batch: Batch) -> ModalPromptOutput:
+        queries = self.wrapper.encode(batch)
+        ce_sum, tokens = self.wrapper.prefixed_cross_entropy(batch, queries, None)
+        zero = ce_sum.new_zeros(())
+        empty = torch.zeros(len(batch.input_ids), 0, dtype=torch.long, device=ce_sum.device)
+        return ModalPromptOutput(ce_sum=ce_sum, tokens=tokens, align_image_sum=zero, images=int(queries.has_image.sum()),
+                                 align_text_sum=zero, samples=len(batch.input_ids), image_weight=0.0, text_weight=0.0,
+                                 selected=empty, scores=empty.float())  # fmt: skip
+
+    @torch.no_grad()
+    def generate(
+        self, batch: Batch, max_new_tokens: int, force_task: torch.Tensor | None = None
+    ) -> Generation:
+        queries = self.wrapper.encode(batch)
+        tokens = self.wrapper.generate_with_prefix(batch, queries, None, max_new_tokens)
+        empty = torch.zeros(len(batch.input_ids), 0, dtype=torch.long, device=tokens.device)
+        return Generation(token_ids=tokens, selected=empty, scores=empty.float())

@@ -118,12 +118,12 @@ def test_replay_adds_a_seeded_share_of_each_earlier_task(
     s1 = _train(backbone, method, quick, toy_tasks["colors"], [], tmp_path / "s1", "replay")
     s2 = _train(backbone, method, quick, toy_tasks["shapes"], [s1.checkpoint], tmp_path / "s2", "replay",
                 earlier=[toy_tasks["colors"]])  # fmt: skip
-    s3 = _train(backbone, method, training, toy_tasks["count"], [s1.checkpoint, s2.checkpoint], tmp_path / "s3",
+    s3 = _train(backbone, method, quick, toy_tasks["count"], [s1.checkpoint, s2.checkpoint], tmp_path / "s3",
                 "replay", earlier=[toy_tasks["colors"], toy_tasks["shapes"]])  # fmt: skip
     assert "records_per_task" not in read_meta(s1.checkpoint).extra
     assert read_meta(s2.checkpoint).extra["records_per_task"] == {"shapes": 16, "colors": 6}
     assert read_meta(s3.checkpoint).extra["records_per_task"] == {"count": 16, "colors": 3, "shapes": 3}
-    assert s3.samples == 22  # one epoch over its own 16 records and the 6 replayed
+    assert s3.steps == 2 and s3.samples == 8  # batches of the 22 mixed records
     # a smaller share is a prefix of the larger one: a record kept at stage 3 was kept at stage 2
     assert set(kept_records(16, 3, 0, 1)) <= set(kept_records(16, 6, 0, 1))
     assert kept_records(16, 6, 0, 1) != kept_records(16, 6, 1, 1)  # seeded

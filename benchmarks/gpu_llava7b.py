@@ -283,7 +283,8 @@ def flop_counts(
 
 def sample(config: LlavaConfig, clip_vocab: int, text_tokens: int, clip_len: int, generator, train: bool):
     """One `Encoded` sample: [BOS] + image placeholders + random text ids (the last n scored when training),
-    CLIP ids of the instruction ending in CLIP's EOS, random pixels."""
+    CLIP ids of the instruction ending in CLIP's EOS, random pixels (one image: (1, 3, H, W), the rows the
+    collator concatenates)."""
     image_id, image_tokens = config.image_token_id, config.image_seq_length
     text = torch.randint(3, image_id, (text_tokens,), generator=generator).tolist()  # never BOS/PAD/image
     ids = [BOS_ID] + [image_id] * image_tokens + text
@@ -294,7 +295,7 @@ def sample(config: LlavaConfig, clip_vocab: int, text_tokens: int, clip_len: int
     clip_ids = torch.randint(1, clip_vocab - 2, (clip_len - 1,), generator=generator).tolist()
     size = config.vision_config.image_size
     return Encoded(
-        ids, labels, [*clip_ids, clip_vocab - 1], torch.randn(3, size, size, generator=generator), None
+        ids, labels, [*clip_ids, clip_vocab - 1], torch.randn(1, 3, size, size, generator=generator), None
     )
 
 

@@ -91,8 +91,9 @@ def noop_seconds(checkout: Checkout, raw: dict, folder: Path, repeats: int) -> d
             "nothing_to_do": nothing}  # fmt: skip
 
 
-def thirty_two_tasks() -> dict:
-    raw = yaml.safe_load((ROOT / "config" / "toy.yaml").read_text())
+def thirty_two_tasks(root: Path) -> dict:
+    """The toy config of the checkout at `root` (each version reads its own keys) with 32 tasks."""
+    raw = yaml.safe_load((root / "config" / "toy.yaml").read_text())
     toy = raw["tasks"]
     raw["tasks"] = [{**toy[i % len(toy)], "name": f"task{i:02d}"} for i in range(32)]
     return raw
@@ -111,7 +112,7 @@ def import_total_ms(stderr: str) -> float:
 def command_costs(checkout: Checkout, folder: Path) -> dict:
     """Each job command run for real (cold: a fresh process) on a tiny base and the toy tasks."""
     folder.mkdir(parents=True)
-    raw = yaml.safe_load((ROOT / "config" / "toy.yaml").read_text())
+    raw = yaml.safe_load((checkout.root / "config" / "toy.yaml").read_text())
     raw["training"].update(max_steps=2, batch_size=4)
     raw["evaluation"].update(max_new_tokens=4)
     _project(folder, raw)
@@ -211,7 +212,7 @@ def main() -> None:
                 default = yaml.safe_load((checkout.root / "config.yaml").read_text())
                 side["noop_default"] = noop_seconds(checkout, default, tmp / checkout.name / "noop-default",
                                                     args.repeats)  # fmt: skip
-                side["noop_32_tasks"] = noop_seconds(checkout, thirty_two_tasks(), tmp / checkout.name / "noop-32",
+                side["noop_32_tasks"] = noop_seconds(checkout, thirty_two_tasks(checkout.root), tmp / checkout.name / "noop-32",
                                                      args.repeats)  # fmt: skip
                 side["commands"] = command_costs(checkout, tmp / checkout.name / "commands")
                 print(checkout.name, json.dumps(side), flush=True)

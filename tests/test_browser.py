@@ -214,7 +214,8 @@ def test_methods_side_by_side_on_the_compare_page(project, ui, browser):
             continue
     for method in summaries:
         metrics = json.loads((project / "results" / "tiny-demo" / method / "metrics.json").read_text())
-        assert round(metrics["avg"], 4) in numbers, method  # each method's avg is on the page
+        # each method's avg is on the page, as the UI rounds it (to 3 or 4 decimals)
+        assert any(abs(metrics["avg"] - n) <= 5e-4 for n in numbers), (method, metrics["avg"])
     _shot(browser, "compare.png")
     comparison = next(r for r in runs if r.data.tags.get("kind") == "comparison")
     _open(browser, f"{ui}/#/experiments/{experiment}/runs/{comparison.info.run_id}/artifacts/forgetting.png",

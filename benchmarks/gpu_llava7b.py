@@ -314,6 +314,26 @@ def package_model(backbone: Backbone, method: MethodConfig, tasks: int) -> Modal
     return model
 
 
+def step_report(step_times: list[float], forward_times: list[float], step_flops: float, forward_flops: float,
+                batch_size: int, positions: int, peak_tflops: float, peak_mb: float, last_loss) -> dict:  # fmt: skip
+    """Times, throughput and MFU of a timed training step and its no-grad forward (means over the runs);
+    tokens count every LLM position; the last loss is NaN only for a broken setup."""
+    step_s, forward_s = statistics.mean(step_times), statistics.mean(forward_times)
+    return {
+        "step_time_s": step_s,
+        "step_time_median_s": statistics.median(step_times),
+        "samples_per_s": batch_size / step_s,
+        "tokens_per_s": batch_size * positions / step_s,
+        "tflops": step_flops / step_s / 1e12,
+        "mfu": step_flops / step_s / (peak_tflops * 1e12),
+        "forward_time_s": forward_s,
+        "forward_tflops": forward_flops / forward_s / 1e12,
+        "step_to_forward_ratio": step_s / forward_s,
+        "peak_memory_mb": peak_mb,
+        "loss_last": float(last_loss),
+    }
+
+
 def bench_package_training(backbone: Backbone, method: MethodConfig, args, flops: dict) -> dict:
     device, dtype = backbone.device, backbone.dtype
     generator = torch.Generator().manual_seed(0)
@@ -350,20 +370,8 @@ def bench_package_training(backbone: Backbone, method: MethodConfig, args, flops
     step_times = timed(train_step, device, args.warmup, args.steps)
     peak = peak_memory_mb(device)
     forward_times = timed(forward_only, device, args.warmup, args.steps)
-    step_s, forward_s = statistics.mean(step_times), statistics.mean(forward_times)
-    return {
-        "step_time_s": step_s,
-        "step_time_median_s": statistics.median(step_times),
-        "samples_per_s": args.batch_size / step_s,
-        "tokens_per_s": args.batch_size * flops["inputs"]["S"] / step_s,  # every LLM position
-        "tflops": flops["step"] / step_s / 1e12,
-        "mfu": flops["step"] / step_s / (args.peak_tflops * 1e12),
-        "forward_time_s": forward_s,
-        "forward_tflops": flops["forward"] / forward_s / 1e12,
-        "step_to_forward_ratio": step_s / forward_s,
-        "peak_memory_mb": peak,
-        "loss_last": float(losses[-1]),  # NaN would mean a broken setup
-    }
+    return step_report(step_times, forward_times, flops["step"], flops["forward"], args.batch_size,
+                       flops["inputs"]["S"], args.peak_tflops, peak, losses[-1])  # fmt: skip
 
 
 def bench_package_generation(backbone: Backbone, method: MethodConfig, args) -> dict:
@@ -482,22 +490,9 @@ def bench_bare_training(model, args, device, dtype, flops: dict) -> dict:
     assert not trainable and prompt.grad is not None, "only the prompt may train"
     forward_times = timed(forward_only, device, args.warmup, args.steps)
 
-    step_s = statistics.mean(step_times)
-    forward_s = statistics.mean(forward_times)
-    seq = flops["S"]
-    return {
-        "step_time_s": step_s,
-        "step_time_median_s": statistics.median(step_times),
-        "samples_per_s": args.batch_size / step_s,
-        "tokens_per_s": args.batch_size * seq / step_s,  # every LLM position: BOS, prompt, image, text
-        "tflops": flops["step"] / step_s / 1e12,
-        "mfu": flops["step"] / step_s / (args.peak_tflops * 1e12),
-        "forward_time_s": forward_s,
-        "forward_tflops": flops["forward"] / forward_s / 1e12,
-        "step_to_forward_ratio": step_s / forward_s,
-        "peak_memory_mb": peak,
-        "loss_last": float(losses[-1]),  # about ln(V) for random weights; NaN would mean a broken setup
-    }
+    # tokens: every LLM position (BOS, prompt, image, text); loss about ln(V) for random weights
+    return step_report(step_times, forward_times, flops["step"], flops["forward"], args.batch_size,
+                       flops["S"], args.peak_tflops, peak, losses[-1])  # fmt: skip
 
 
 def _count(n: float) -> str:

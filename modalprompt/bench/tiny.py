@@ -165,14 +165,8 @@ def save_base(
     return Path(llava_dir), Path(clip_dir)
 
 
-def build_tiny_base(
-    llava_dir: Path, clip_dir: Path, seed: int = 0, hidden: int = 64, family: str = "llava", **shape
-) -> tuple[Path, Path]:
-    """A random tiny LLaVA and CLIP; LLaVA's vision tower is CLIP's vision model. `shape`: more
-    `tiny_configs` sizes (layers, image_size, ...), e.g. for benchmarks at a less tiny size. `family`
-    (model.family): llava, llava_next or qwen2_5_vl."""
-    if family != "llava":
-        return TINY_FAMILIES[family](Path(llava_dir), Path(clip_dir), seed=seed, hidden=hidden, **shape)
+def _llava_layout(hidden: int, shape: dict):
+    """The tiny LLaVA-layout tokenizers and configs that LLaVA-1.5 and LLaVA-NeXT share."""
     tokenizer, clip_tokenizer = build_llm_tokenizer(), build_clip_tokenizer()
     llava_cfg, clip_cfg = tiny_configs(
         len(tokenizer),
@@ -181,6 +175,18 @@ def build_tiny_base(
         hidden=hidden,
         **shape,
     )
+    return tokenizer, clip_tokenizer, llava_cfg, clip_cfg
+
+
+def build_tiny_base(
+    llava_dir: Path, clip_dir: Path, seed: int = 0, hidden: int = 64, family: str = "llava", **shape
+) -> tuple[Path, Path]:
+    """A random tiny LLaVA and CLIP; LLaVA's vision tower is CLIP's vision model. `shape`: more
+    `tiny_configs` sizes (layers, image_size, ...), e.g. for benchmarks at a less tiny size. `family`
+    (model.family): llava, llava_next or qwen2_5_vl."""
+    if family != "llava":
+        return TINY_FAMILIES[family](Path(llava_dir), Path(clip_dir), seed=seed, hidden=hidden, **shape)
+    tokenizer, clip_tokenizer, llava_cfg, clip_cfg = _llava_layout(hidden, shape)
     torch.manual_seed(seed)
     clip = CLIPModel(clip_cfg).eval()
     llava = LlavaForConditionalGeneration(llava_cfg).eval()
@@ -193,14 +199,7 @@ def build_tiny_llava_next(
 ) -> tuple[Path, Path]:
     """A random tiny LLaVA-NeXT and CLIP: LLaVA-1.5's tiny shape, its tower CLIP's vision model, with tiles of
     the tower's size on grids of 1 x 2, 2 x 1 and 2 x 2 tiles (the toy images pick 2 x 2: 5 tiles)."""
-    tokenizer, clip_tokenizer = build_llm_tokenizer(), build_clip_tokenizer()
-    llava_cfg, clip_cfg = tiny_configs(
-        len(tokenizer),
-        len(clip_tokenizer),
-        tokenizer.convert_tokens_to_ids("<image>"),
-        hidden=hidden,
-        **shape,
-    )
+    tokenizer, clip_tokenizer, llava_cfg, clip_cfg = _llava_layout(hidden, shape)
     size = llava_cfg.vision_config.image_size
     grids = [[size, 2 * size], [2 * size, size], [2 * size, 2 * size]]
     next_cfg = LlavaNextConfig(vision_config=llava_cfg.vision_config, text_config=llava_cfg.text_config,

@@ -12,9 +12,12 @@ under each metric's name and the standard deviation as `<metric>_std`.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -285,7 +288,27 @@ def _tracker(uri: str, experiment: str) -> Tracker:
     artifacts = None
     if uri.startswith("sqlite:///"):
         artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-    return Tracker(uri, experiment, artifacts)
+    with _store_lock(uri):
+        return Tracker(uri, experiment, artifacts)
+
+
+@contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    """Opening a SQLite store one process at a time. MLflow creates and migrates the store's tables on first
+    use, and two jobs doing it at once (parallel training jobs opening their live runs) corrupt the file for
+    good: duplicate columns, an alembic version that no later process can migrate. The experiment's
+    creation is serialised the same way. A server store needs no lock."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def sync_method(

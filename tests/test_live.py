@@ -106,3 +106,45 @@ def test_a_tracking_server_that_does_not_answer_stops_nothing(tiny_base, toy_tas
     assert (layout.checkpoint_dir(results, "modalprompt", 1) / layout.META_FILE).is_file()
     err = capsys.readouterr().err
     assert f"live curves to MLflow at http://127.0.0.1:{port} stopped" in err and "trains on" in err
+
+
+_OPEN_STORE = """
+import sys, time
+from pathlib import Path
+from modalprompt.tracking import _tracker
+go = Path(sys.argv[2])
+Path(sys.argv[3]).touch()  # imported, ready
+while not go.exists():
+    time.sleep(0.01)
+print(_tracker(sys.argv[1], "parallel").experiment_id)
+"""
+
+
+@pytest.mark.slow
+def test_parallel_jobs_open_a_new_sqlite_store_without_corrupting_it(tmp_path):
+    """Parallel training jobs each open their live run on a store nobody has created yet (CI saw the
+    `track` step fail after it): four processes released at once all open it, and so does a fifth after."""
+    import subprocess
+    import sys
+    import time
+
+    uri, go = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "go"
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _OPEN_STORE, uri, str(go), str(tmp_path / f"ready-{i}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("ready-*"))) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    answers = [job.communicate(timeout=120) for job in jobs]
+    assert all(job.returncode == 0 for job in jobs), [err[-600:] for _, err in answers]
+    assert len({out.strip() for out, _ in answers}) == 1  # one experiment, not one per job
+    after = subprocess.run([sys.executable, "-c", _OPEN_STORE, uri, str(go), str(tmp_path / "ready-after")],
+                           capture_output=True, text=True)  # fmt: skip
+    assert after.returncode == 0, after.stderr[-600:]

@@ -43,10 +43,17 @@ def snakemake(project: Path, *args: str, check: bool = True) -> subprocess.Compl
                "--configfile", str(project / "config.yaml"), *args]  # fmt: skip
     done = subprocess.run(command, cwd=project, env=_env(), capture_output=True, text=True, timeout=1200)
     if check and done.returncode != 0:
+        # the failed jobs' own logs first: CI shows only the end of a failure, and they hold the cause
+        logs = re.findall(r"log: (\S+) \(check log", done.stdout + done.stderr)
+        failed = "".join(f"--- {log}:\n{_tail(Path(log))}\n" for log in dict.fromkeys(logs))
         raise AssertionError(
-            f"snakemake {' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
+            f"snakemake {' '.join(args)} failed:\n{failed}{done.stdout[-4000:]}\n{done.stderr[-6000:]}"
         )
     return done
+
+
+def _tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:] if path.is_file() else "(no log)"
 
 
 def planned_jobs(project: Path) -> set[tuple]:

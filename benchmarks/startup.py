@@ -10,7 +10,11 @@ scratch git worktree, run with the same Python environment):
 2. each job command's import time (`python -X importtime`: the sum of the top-level imports) and wall time,
    run for real on a tiny base and the toy tasks: train (2 steps), evaluate, score, matrix;
 3. with --dag (the slow part), the default DAG from nothing (the README's `make demo`), before and after:
-   wall time, and every evaluate and train job's time split into start-up and work: the job's time is
+   wall time, and every evaluate and train job's time split into start-up and work. With --prepared DIR
+   both versions start from DIR's models/ and data/ (a finished default run's: the pretrained mini-CoIN
+   base and the generated tasks, copied with their times, so Snakemake plans neither), and the DAG is the
+   rest: every training stage, evaluation, score and summary; the base's pretraining (over an hour on
+   2 cores, the same code in both versions) is then left out of both walls. The job's time is
    Snakemake's benchmark file; its work is what the job reports in its log (model loading and the
    generation or training loop); start-up is the rest (interpreter, imports, and for a warm job the
    client and the fork).
@@ -26,6 +30,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -139,17 +144,25 @@ def command_costs(checkout: Checkout, folder: Path) -> dict:
     return out
 
 
-def dag_run(checkout: Checkout, folder: Path) -> dict:
-    """The default config's DAG from nothing: wall time, and the split of each evaluate and train job."""
+def dag_run(checkout: Checkout, folder: Path, prepared: Path | None = None) -> dict:
+    """The default config's DAG from nothing (from `prepared`'s base and data when given): wall time, the
+    jobs it ran, and the split of each evaluate and train job."""
     raw = yaml.safe_load((checkout.root / "config.yaml").read_text())
     project = _project(folder, raw)
+    if prepared:
+        for part in ("models", "data"):
+            shutil.copytree(prepared / part, project / part, copy_function=shutil.copy2)
     seconds, done = checkout.snakemake(project, "--cores", "2")
     (project / "snakemake.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         raise SystemExit(f"{checkout.name}: the default DAG failed, see {project / 'snakemake.log'}")
     results = project / "results" / raw["experiment"]
+    # the planned jobs per rule: Snakemake's "Job stats" table, printed before the first job
+    stats = (done.stdout + done.stderr).partition("Job stats:")[2].split("\n\n")[0]
     return {
         "wall_s": round(seconds, 1),
+        "prepared": str(prepared) if prepared else None,
+        "jobs": {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M)},
         "evaluate": _job_split(results, "evaluate"),
         "train": _job_split(results, "train"),
     }
@@ -193,6 +206,8 @@ def main() -> None:
     parser.add_argument(
         "--dag", action="store_true", help="also run the default DAG from nothing, both versions"
     )
+    parser.add_argument("--prepared", type=Path, help="with --dag: start both DAGs from this folder's models/ "
+                        "and data/ (a finished default run's), leaving the base's pretraining out")  # fmt: skip
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep the projects' results")
     args = parser.parse_args()
@@ -218,7 +233,9 @@ def main() -> None:
                 print(checkout.name, json.dumps(side), flush=True)
             if args.dag:
                 for checkout in checkouts:
-                    report[checkout.name]["dag"] = dag_run(checkout, tmp / checkout.name / "dag")
+                    report[checkout.name]["dag"] = dag_run(
+                        checkout, tmp / checkout.name / "dag", args.prepared
+                    )
                     print(checkout.name, "dag", json.dumps(report[checkout.name]["dag"]), flush=True)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_root)],

@@ -25,7 +25,7 @@ def toy_config() -> dict:
 def _cli(*args, cwd):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     done = subprocess.run([sys.executable, "-m", "modalprompt", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+                          capture_output=True, text=True, timeout=1800)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return done.stdout
 

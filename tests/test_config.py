@@ -159,3 +159,22 @@ def test_job_settings_round_trip_and_are_canonical():
 def test_hash_ignores_key_order():
     assert config_hash({"a": 1, "b": 2}) == config_hash({"b": 2, "a": 1})
     assert config_hash(MethodConfig()) != config_hash(MethodConfig(lam=0.4))
+
+
+SHIPPED = [*sorted((ROOT / "config").glob("*.yaml")), ROOT / "config.yaml"]
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    assert load_experiment(path).tasks
+
+
+@pytest.mark.parametrize("name", ["minicoin-all.yaml", "minicoin-all-short.yaml"])
+def test_the_all_methods_configs_share_the_default_base_and_data(name):
+    """They run on the default's generated data and pretrained base (their header says so): the same
+    folders, the same base and data settings, and tasks that are the default's own."""
+    default, other = load_experiment(ROOT / "config.yaml"), load_experiment(ROOT / "config" / name)
+    assert other.model == default.model and other.benchmark == default.benchmark
+    assert (other.paths.models, other.paths.data) == (default.paths.models, default.paths.data)
+    assert other.pipeline.seeds == (0, 1, 2) and len(set(other.pipeline.methods)) == 10
+    assert all(task in default.tasks for task in other.tasks)

@@ -23,7 +23,9 @@ def toy_config() -> dict:
 
 
 def _cli(*args, cwd):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    # one CPU thread: `run` must reproduce the by-hand stage files byte for byte, and multi-threaded CPU
+    # kernels once gave a step-1 forward 1e-5 apart between two processes on a 2-core machine
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "modalprompt", *map(str, args)], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=1800)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]

@@ -16,8 +16,6 @@ import fcntl
 import hashlib
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -284,31 +282,18 @@ def sync_all(
 
 def _tracker(uri: str, experiment: str) -> Tracker:
     """A SQLite store keeps its artifacts in mlartifacts/ beside the database file (the default store is
-    <results>/mlflow.db), not in ./mlruns of whatever folder a job ran in; a server decides for itself."""
-    artifacts = None
-    if uri.startswith("sqlite:///"):
-        artifacts = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-    with _store_lock(uri):
-        return Tracker(uri, experiment, artifacts)
-
-
-@contextmanager
-def _store_lock(uri: str) -> Iterator[None]:
-    """Opening a SQLite store one process at a time. MLflow creates and migrates the store's tables on first
-    use, and two jobs doing it at once (parallel training jobs opening their live runs) corrupt the file for
-    good: duplicate columns, an alembic version that no later process can migrate. The experiment's
-    creation is serialised the same way. A server store needs no lock."""
+    <results>/mlflow.db), not in ./mlruns of whatever folder a job ran in; a server decides for itself.
+    MLflow creates and migrates a SQLite store's tables on first use, and two jobs doing it at once
+    (parallel training jobs opening their live runs) corrupt the file for good (duplicate columns, an
+    alembic version no later process can migrate): a SQLite store is opened, and its experiment created,
+    one process at a time, under a lock file beside it."""
     if not uri.startswith("sqlite:///"):
-        yield
-        return
+        return Tracker(uri, experiment)
     database = Path(uri.removeprefix("sqlite:///"))
     database.parent.mkdir(parents=True, exist_ok=True)
     with open(database.with_name(database.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return Tracker(uri, experiment, (database.parent / "mlartifacts").resolve().as_uri())
 
 
 def sync_method(

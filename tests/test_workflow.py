@@ -378,6 +378,30 @@ def test_reordering_tasks_reruns_from_the_first_changed_position(project):
     )
 
 
+def test_a_changed_early_stage_reruns_every_later_stage_and_evaluation(project):
+    """Jobs name only their latest checkpoint as input (Method.dag_inputs); the earlier ones are reached
+    through the training chain, so stage 1's file changed (retrained or copied in by hand) still reruns
+    stages 2 and 3 and every evaluation that loads stage 1, stage 3's included."""
+    from modalprompt.layout import checkpoint_files
+
+    changed = project / checkpoint_files(RESULTS, "modalprompt", 1)[0]
+    content, before = changed.read_bytes(), changed.stat()
+    # new content: Snakemake ignores a file that is only newer (same checksum as recorded)
+    changed.write_bytes(content + b"\n")
+    try:
+        planned = planned_jobs(project)
+    finally:
+        changed.write_bytes(content)
+        os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
+    expected = (
+        {("train", 2, None), ("train", 3, None)}
+        | _evals({c for c in cells() if c[0] >= 1})
+        | REPORT
+        | SELECTION
+    )
+    assert planned == expected
+
+
 def test_a_failing_evaluation_touches_no_finished_one(project):
     """One task's eval file goes bad: its evaluations fail, naming the file; every other finished output
     stays as it was; once fixed, only the failed jobs (and the report) run."""

@@ -1,6 +1,7 @@
 # Settings and paths shared by the rules. The logic lives in the package: modalprompt.config (settings and
 # each job's rerun key), modalprompt.methods (what each method trains and which cells it needs),
 # modalprompt.layout (every output path). Nothing here imports torch, transformers or mlflow.
+import functools
 import json
 from pathlib import Path
 
@@ -117,19 +118,66 @@ def stage_files(root, method, stages):
     return [str(f) for s in stages for f in layout.checkpoint_files(root, method, s)]
 
 
+def stage_folders(root, method, stages):
+    return [checkpoint_folder(root, method, s) for s in stages]
+
+
+# Snakemake asks every job's inputs and params on each invocation, the no-op check included: with 32 tasks,
+# thousands of jobs share a few hundred distinct answers, so the ones that build paths or settings are cached.
+@functools.cache
+def checkpoint_folder(root, method, stage):
+    return str(layout.checkpoint_dir(root, method, stage))
+
+
+@functools.cache
+def eval_settings(task, method):
+    """An evaluation's rerun key: the settings of `method` evaluated on `task` (the same at every stage)."""
+    return job_to_json(eval_job(EXP, task, method))
+
+
+@functools.cache
+def train_settings(stage, method, seed):
+    """A training stage's rerun key."""
+    return job_to_json(train_job(EXP, task_of(stage).name, method, seed))
+
+
+@functools.cache
+def max_samples_of(task):
+    return EXP.evaluation_for(task).max_samples or 0
+
+
+# Each job reads every stage folder its method says (params), but names as inputs only the stages that no
+# other of them was trained from (Method.dag_inputs): the others are upstream of those, so a change to any
+# still reruns the job, and the DAG keeps one edge per job instead of one per stage it reads.
+
+
 def training_checkpoints(w):
-    """The stage files training stage s of a method reads (its own earlier stages, as the method says)."""
-    stages = methods.get(w.method).training_inputs(int(w.stage))
-    return stage_files(run_of(w), w.method, stages)
+    """The stage files training stage s of a method depends on: its method's latest earlier stage it reads."""
+    method = methods.get(w.method)
+    return stage_files(run_of(w), w.method, method.dag_inputs(method.training_inputs(int(w.stage))))
+
+
+def training_folders(w):
+    """The checkpoint folders training stage s reads (its own earlier stages, as the method says)."""
+    return stage_folders(run_of(w), w.method, methods.get(w.method).training_inputs(int(w.stage)))
 
 
 def evaluation_checkpoints(w):
-    """The stage files an evaluation of `method` after stage s loads: those of the method whose stages it
-    uses (none for a method without any, or at stage 0), as the method says."""
+    """The stage files an evaluation of `method` after stage s depends on: the latest of the stages it loads
+    (of the method whose stages it uses; none for a method without any, or at stage 0)."""
     method = methods.get(w.method)
     if method.prompts_of is None:
         return []
-    return stage_files(run_of(w), method.prompts_of, method.evaluation_inputs(int(w.stage)))
+    owner = methods.get(method.prompts_of)
+    return stage_files(run_of(w), owner.name, owner.dag_inputs(method.evaluation_inputs(int(w.stage))))
+
+
+def evaluation_folders(w):
+    """The checkpoint folders an evaluation of `method` after stage s loads, as the method says."""
+    method = methods.get(w.method)
+    if method.prompts_of is None:
+        return []
+    return stage_folders(run_of(w), method.prompts_of, method.evaluation_inputs(int(w.stage)))
 
 
 def earlier_train_files(w):
@@ -137,11 +185,6 @@ def earlier_train_files(w):
     if not methods.get(w.method).reads_earlier_tasks:
         return []
     return [task.train_file for task in EXP.tasks[: int(w.stage) - 1]]
-
-
-def folders_of(files):
-    """The folders of the given files, first-seen order (stage order for checkpoint files)."""
-    return list(dict.fromkeys(str(Path(f).parent) for f in files))
 
 
 def cell_method(method, stage):

@@ -20,8 +20,8 @@ rule evaluate:
     resources:
         **evaluate_resources(),
     params:
-        settings=lambda w: job_to_json(eval_job(EXP, w.task, cell_method(w.method, w.stage))),
-        checkpoints=lambda w, input: folders_of(input.checkpoints),
+        settings=lambda w: eval_settings(w.task, cell_method(w.method, w.stage)),
+        checkpoints=lambda w, input: evaluation_folders(w),  # derived: no rerun key of its own
     shell:
         "modalprompt --warm {resources.warm:q} evaluate --settings {params.settings:q} --checkpoints {params.checkpoints:q}"
         " --out {output:q} --threads {threads} --progress-steps {resources.progress_steps:q}"
@@ -42,7 +42,7 @@ rule score:
         CONDA_ENV
     params:
         scorer=lambda w: str(EXP.task(w.task).scorer),
-        max_samples=lambda w: EXP.evaluation_for(w.task).max_samples or 0,
+        max_samples=lambda w: max_samples_of(w.task),
     shell:
         "modalprompt score --scorer {params.scorer:q} --predictions {input.predictions:q}"
         " --eval-file {input.eval_file:q} --task {wildcards.task:q} --stage {wildcards.stage:q}"

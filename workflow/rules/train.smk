@@ -30,9 +30,9 @@ rule train:
     resources:
         **train_resources(),
     params:
-        settings=lambda w: job_to_json(train_job(EXP, task_of(w.stage).name, w.method, seed_of(w))),
+        settings=lambda w: train_settings(int(w.stage), w.method, seed_of(w)),
         seed=lambda w: ["--seed", w.seed] if SEEDS else [],  # the key of its live MLflow run
-        previous=lambda w, input: folders_of(input.previous),
+        previous=lambda w, input: training_folders(w),  # derived: no rerun key of its own
         out=lambda w, output: Path(output.meta).parent,
         # the mid-stage state: not an output, so a failed or preempted attempt keeps it for the retry
         state=lambda w: layout.resume_dir(run_of(w), w.method, w.stage),

@@ -18,6 +18,10 @@ scratch git worktree, run with the same Python environment):
    Snakemake's benchmark file; its work is what the job reports in its log (model loading and the
    generation or training loop); start-up is the rest (interpreter, imports, and for a warm job the
    client and the fork).
+4. Snakemake's own floor (a stand-in, labelled as one): the no-op check of a generated Snakefile with as
+   many jobs as each real DAG, in a like shape (a chain of training stages, evaluations on a stage, a score on
+   each evaluation), whose rules have no params, logs, resources or functions of ours. It is what any
+   workflow of that size costs on this machine with this Snakemake; the real check can only come near it.
 The targets (issue 17) are checked on the numbers of this one run. The load average of the machine at the
 start and end is recorded: the project's machines are shared, and a loaded machine inflates every time.
 """
@@ -94,6 +98,70 @@ def noop_seconds(checkout: Checkout, raw: dict, folder: Path, repeats: int) -> d
         nothing &= "Nothing to be done" in done.stdout + done.stderr
     return {"median_s": round(statistics.median(times), 2), "runs_s": [round(t, 2) for t in times],
             "nothing_to_do": nothing}  # fmt: skip
+
+
+FLOOR_SNAKEFILE = """# benchmarks/startup.py's stand-in: the real DAG's job count and shape, nothing else
+STAGES, EVALS = {stages}, {evals}  # training stages; evaluations (each with its score) per stage
+
+
+rule all:
+    input:
+        [f"s{{s}}/e{{e}}.score" for s in range(1, STAGES + 1) for e in range(EVALS)],
+
+
+rule train:
+    input:
+        lambda w: [f"s{{int(w.s) - 1}}/ckpt"] if int(w.s) > 1 else [],
+    output:
+        "s{{s}}/ckpt",
+    shell:
+        "touch {{output}}"
+
+
+rule evaluate:
+    input:
+        "s{{s}}/ckpt",
+    output:
+        "s{{s}}/e{{e}}.jsonl",
+    shell:
+        "touch {{output}}"
+
+
+rule score:
+    input:
+        "s{{s}}/e{{e}}.jsonl",
+    output:
+        "s{{s}}/e{{e}}.score",
+    shell:
+        "touch {{output}}"
+"""
+
+
+def planned_job_count(checkout: Checkout, project: Path) -> int:
+    """How many jobs the project's whole DAG has (a dry run of everything)."""
+    _, done = checkout.snakemake(project, "-n", "--forceall")
+    stats = (done.stdout + done.stderr).partition("Job stats:")[2]
+    return int(re.search(r"^total\s+(\d+)$", stats, re.M).group(1))
+
+
+def snakemake_floor(checkout: Checkout, jobs: int, stages: int, folder: Path, repeats: int) -> dict:
+    """The no-op check of the stand-in Snakefile with about `jobs` jobs over `stages` stages (item 4)."""
+    evals = max(1, round((jobs - stages - 1) / (2 * stages)))
+    folder.mkdir(parents=True)
+    (folder / "Snakefile").write_text(FLOOR_SNAKEFILE.format(stages=stages, evals=evals))
+    for s in range(1, stages + 1):  # every output present, then recorded by --touch
+        (folder / f"s{s}").mkdir()
+        for name in ["ckpt"] + [f"e{e}.{ext}" for e in range(evals) for ext in ("jsonl", "score")]:
+            (folder / f"s{s}" / name).touch()
+    command = [sys.executable, "-m", "snakemake", "-s", str(folder / "Snakefile"), "--directory", str(folder)]
+    checkout.run([*command, "--touch", "--cores", "1"], cwd=folder)
+    times, nothing = [], True
+    for _ in range(repeats):
+        seconds, done = checkout.run([*command, "-n"], cwd=folder)
+        times.append(seconds)
+        nothing &= "Nothing to be done" in done.stdout + done.stderr
+    return {"jobs": stages + 2 * stages * evals + 1, "real_dag_jobs": jobs, "median_s": round(statistics.median(times), 2),
+            "runs_s": [round(t, 2) for t in times], "nothing_to_do": nothing}  # fmt: skip
 
 
 def thirty_two_tasks(root: Path) -> dict:
@@ -231,6 +299,14 @@ def main() -> None:
                                                      args.repeats)  # fmt: skip
                 side["commands"] = command_costs(checkout, tmp / checkout.name / "commands")
                 print(checkout.name, json.dumps(side), flush=True)
+            after = checkouts[1]  # Snakemake is the same for both versions: its floor once, at each size
+            report["snakemake_floor"] = {
+                size: snakemake_floor(after, planned_job_count(after, tmp / "after" / f"noop-{size}"),
+                                      len(raw["tasks"]), tmp / "floor" / size, args.repeats)
+                for size, raw in (("default", yaml.safe_load((ROOT / "config.yaml").read_text())),
+                                  ("32", thirty_two_tasks(ROOT)))
+            }  # fmt: skip
+            print("floor", json.dumps(report["snakemake_floor"]), flush=True)
             if args.dag:
                 for checkout in checkouts:
                     report[checkout.name]["dag"] = dag_run(
@@ -262,6 +338,9 @@ def _verdicts(report: dict) -> dict:
     }
     for v in verdicts.values():
         v["met"] = v["measured"] <= v["target"]
+    for key, size in (("noop_default_s", "default"), ("noop_32_tasks_s", "32")):
+        if size in report.get("snakemake_floor", {}):  # what Snakemake alone takes for a DAG of that size
+            verdicts[key]["snakemake_floor_s"] = report["snakemake_floor"][size]["median_s"]
     if "dag" in after:
         share = after["dag"]["evaluate"]["startup_share"]
         verdicts["eval_startup_share"] = {"measured": share, "target": round(TARGETS["eval_startup_share"], 3),

@@ -34,3 +34,13 @@ def test_job_split_takes_the_work_a_job_reports_from_its_wall_time(tmp_path):
     split = startup._job_split(results, "evaluate")
     assert split["count"] == 2 and split["reported"] == 2 and split["wall_s"] == 8.0
     assert split["startup_share"] == round((8.0 - 3.0) / 8.0, 3) and split["mean_startup_s"] == 2.5
+
+
+def test_the_snakemake_floor_is_a_finished_dag_of_about_the_real_size(tmp_path):
+    """The stand-in has about as many jobs as asked, every one present and recorded: its no-op check plans
+    nothing (otherwise it would time planning, not the no-op)."""
+    checkout = startup.Checkout("after", ROOT)
+    floor = startup.snakemake_floor(checkout, jobs=40, stages=3, folder=tmp_path / "floor", repeats=1)
+    assert floor["nothing_to_do"] and floor["real_dag_jobs"] == 40
+    assert abs(floor["jobs"] - 40) <= 6  # 3 training stages + 2 x 3 x evals + all
+    assert (tmp_path / "floor" / "s3" / "e5.score").is_file()

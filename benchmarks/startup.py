@@ -91,9 +91,15 @@ def _finished(checkout: Checkout, project: Path) -> None:
 def noop_seconds(checkout: Checkout, raw: dict, folder: Path, repeats: int) -> dict:
     project = _project(folder, raw)
     _finished(checkout, project)
+    return _timed_noops(lambda: checkout.snakemake(project, "-n"), repeats)
+
+
+def _timed_noops(check, repeats: int) -> dict:
+    """`check()` (a dry run: seconds and the finished process) `repeats` times: median, each run, and
+    whether every run had nothing to do."""
     times, nothing = [], True
     for _ in range(repeats):
-        seconds, done = checkout.snakemake(project, "-n")
+        seconds, done = check()
         times.append(seconds)
         nothing &= "Nothing to be done" in done.stdout + done.stderr
     return {"median_s": round(statistics.median(times), 2), "runs_s": [round(t, 2) for t in times],
@@ -155,13 +161,8 @@ def snakemake_floor(checkout: Checkout, jobs: int, stages: int, folder: Path, re
             (folder / f"s{s}" / name).touch()
     command = [sys.executable, "-m", "snakemake", "-s", str(folder / "Snakefile"), "--directory", str(folder)]
     checkout.run([*command, "--touch", "--cores", "1"], cwd=folder)
-    times, nothing = [], True
-    for _ in range(repeats):
-        seconds, done = checkout.run([*command, "-n"], cwd=folder)
-        times.append(seconds)
-        nothing &= "Nothing to be done" in done.stdout + done.stderr
-    return {"jobs": stages + 2 * stages * evals + 1, "real_dag_jobs": jobs, "median_s": round(statistics.median(times), 2),
-            "runs_s": [round(t, 2) for t in times], "nothing_to_do": nothing}  # fmt: skip
+    timed = _timed_noops(lambda: checkout.run([*command, "-n"], cwd=folder), repeats)
+    return {"jobs": stages + 2 * stages * evals + 1, "real_dag_jobs": jobs, **timed}
 
 
 def thirty_two_tasks(root: Path) -> dict:

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # The pipeline's jobs run `modalprompt` from PATH: the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-slow test-slurm test-browser test-all lint format bench schema ui clean
+.PHONY: setup demo test test-slow test-slurm test-browser test-all lint format bench shipped-base schema ui clean
 
 setup: $(VENV)/.installed
 
@@ -53,6 +53,9 @@ schema: setup  ## regenerate workflow/schemas/config.schema.yaml from modalpromp
 
 ui: setup  ## the MLflow UI on http://127.0.0.1:5000 over config.yaml's tracking store
 	$(BIN)/modalprompt ui --config config.yaml
+
+shipped-base: setup  ## pretrain the mini-CoIN base from config.yaml and ship it (modalprompt/bench/minicoin_base)
+	$(BIN)/modalprompt ship-base --config config.yaml
 
 bench: setup
 	$(BIN)/python benchmarks/core.py --out benchmarks/results/core.json

@@ -1,13 +1,14 @@
 """The embedded default end to end: wall time of the whole DAG from nothing, where the time goes, every
-method's accuracy matrix (and selection matrix) and metrics, and the mini-CoIN targets (README), each with
-its measured value and met / not met.
+method's accuracy matrix (and selection matrix) and metrics, and the mini-CoIN targets, each with its
+measured value and met / not met; then the time to rebuild the base that the DAG installs from the package
+(generating the corpus and pretraining it, `model.pretrain`), the path a changed `model.pretrain` takes.
 
     python benchmarks/minicoin.py --out benchmarks/results/minicoin-cpu-2core.json
 
 Runs `snakemake --configfile CONFIG --cores N` in a scratch copy of the project's config (its paths point
 into a fresh folder, so nothing is reused), then reads the per-job benchmark files Snakemake wrote and
-each method's matrix.csv / metrics.json. Prints a table and writes JSON. `--results FOLDER` skips the run
-and reads an existing results folder (its wall time is then unknown).
+each method's matrix.csv / metrics.json. Prints a table and writes JSON with how it was measured
+(benchmarks/record.py). Run it with nothing else on the machine.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -25,27 +25,58 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
+from record import Measurement, relative, write_results
 
+from modalprompt.files import sha256_file
 from modalprompt.scoring.metrics import read_matrix
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = {"wall_minutes": 15.0, "gain_over_zero_shot": 30.0, "bwt": -5.0, "selection": 90.0}
+TARGETS = {"wall_minutes": 10.0, "wall_minutes_ceiling": 15.0, "gain_over_zero_shot": 30.0, "bwt": -5.0,
+           "selection": 90.0, "oracle_gap": 3.0, "test_size": 200}  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
 
 def run_dag(config: Path, cores: int, folder: Path) -> tuple[Path, float, dict]:
     raw = yaml.safe_load(config.read_text())
     raw["paths"] = {"models": "models", "data": "data", "results": "results"}
     (folder / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"),
                "--directory", str(folder), "--configfile", str(folder / "config.yaml"), "--cores", str(cores)]  # fmt: skip
     start = time.perf_counter()
-    done = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True)
+    done = subprocess.run(command, cwd=folder, env=_env(), capture_output=True, text=True)
     wall = time.perf_counter() - start
     (folder / "snakemake.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
         sys.exit(f"snakemake failed; see {folder / 'snakemake.log'}\n{done.stdout[-3000:]}")
     return folder / "results" / raw["experiment"], wall, raw
+
+
+def rebuild_base(raw: dict, folder: Path) -> dict:
+    """Generate the generic corpus and pretrain the base from the config's settings, as the DAG does when
+    `model.pretrain` differs from the shipped base's manifest; each step timed."""
+    bench, pretrain = raw["benchmark"], raw["model"]["pretrain"]
+    steps = {
+        "generic_corpus": ["make-minicoin", str(folder / "data"), "--generic-size", str(bench["generic_size"]),
+                           "--test-size", str(bench["test_size"]), "--seed", str(bench["seed"])],
+        "pretrain_base": ["pretrain-base", "--corpus", str(folder / "data" / "generic"), "--llava",
+                          str(folder / "llava"), "--clip", str(folder / "clip"), "--settings", json.dumps(pretrain)],
+    }  # fmt: skip
+    seconds = {}
+    for name, args in steps.items():
+        start = time.perf_counter()
+        done = subprocess.run([sys.executable, "-m", "modalprompt", *args], env=_env(), capture_output=True,
+                              text=True)  # fmt: skip
+        seconds[name] = round(time.perf_counter() - start, 1)
+        if done.returncode != 0:
+            sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
+    shipped = json.loads((ROOT / "modalprompt" / "bench" / "minicoin_base" / "manifest.json").read_text())
+    same = all(sha256_file(folder / f) == digest for f, digest in shipped["files"].items()
+               if f.endswith(".safetensors"))  # fmt: skip
+    return {"seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),
+            "weights_equal_the_shipped_ones": same}  # fmt: skip
 
 
 def job_seconds(results: Path) -> dict[str, dict]:
@@ -58,60 +89,39 @@ def job_seconds(results: Path) -> dict[str, dict]:
     return {r: {"jobs": len(v), "seconds": round(sum(v), 1)} for r, v in sorted(by_rule.items())}
 
 
-def targets(modalprompt: dict | None, wall: float | None) -> dict:
+def targets(methods: dict, wall: float | None, test_size: int) -> dict:
     """Each target with what it asks, the measured value and whether it is met (None: not measured)."""
+    modalprompt, oracle = methods.get("modalprompt"), methods.get("oracle")
     if modalprompt is None:
         return {}
     gains = modalprompt["gain_over_zero_shot"]
     bwt = modalprompt["metrics"]["bwt"]
     selection = modalprompt["metrics"].get("selection_accuracy")
-    return {
-        "wall_minutes": {"target": f"< {TARGETS['wall_minutes']} on 2 cores",
-                         "measured": None if wall is None else round(wall / 60, 1),
-                         "met": None if wall is None else wall / 60 < TARGETS["wall_minutes"]},
+    minutes = None if wall is None else round(wall / 60, 1)
+    out = {
+        "wall_minutes": {"target": f"<= {TARGETS['wall_minutes']} on 2 idle cores "
+                                   f"(ceiling {TARGETS['wall_minutes_ceiling']})",
+                         "measured": minutes, "met": None if wall is None else minutes <= TARGETS["wall_minutes"]},
         "gain_over_zero_shot": {"target": f">= {TARGETS['gain_over_zero_shot']} points on every task, right after "
                                 "its own stage", "measured": gains, "lowest": min(gains.values()),
                                 "met": min(gains.values()) >= TARGETS["gain_over_zero_shot"]},
         "modalprompt_bwt": {"target": f">= {TARGETS['bwt']}", "measured": bwt, "met": bwt >= TARGETS["bwt"]},
         "selection": {"target": f">= {TARGETS['selection']}% at the last stage", "measured": selection,
                       "met": selection is not None and selection >= TARGETS["selection"]},
+        "test_size": {"target": f">= {TARGETS['test_size']} test samples per task", "measured": test_size,
+                      "met": test_size >= TARGETS["test_size"]},
     }  # fmt: skip
+    if oracle is not None:
+        gap = round(oracle["metrics"]["avg"] - modalprompt["metrics"]["avg"], 2)
+        out["oracle_gap"] = {"target": f"ModalPrompt's avg within {TARGETS['oracle_gap']} points of the oracle's",
+                             "measured": gap, "met": abs(gap) <= TARGETS["oracle_gap"]}  # fmt: skip
+    return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--config", type=Path, default=ROOT / "config.yaml")
-    parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument(
-        "--results", type=Path, help="read this results/<experiment> folder instead of running"
-    )
-    parser.add_argument("--keep", type=Path, help="run in this folder (kept) instead of a temporary one")
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-
-    wall, load_start = None, os.getloadavg()
-    if args.results:
-        results = args.results
-    else:
-        folder = args.keep or Path(tempfile.mkdtemp(prefix="minicoin-bench-"))
-        folder.mkdir(parents=True, exist_ok=True)
-        results, wall, _ = run_dag(args.config, args.cores, folder)
+def method_results(results: Path) -> dict:
     methods = sorted(p.name for p in results.iterdir() if (p / "metrics.json").is_file())
     tasks, zero = read_matrix(results / "zero_shot" / "matrix.csv") if "zero_shot" in methods else ([], {})
-    report: dict = {
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "cores_used": args.cores,
-            "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
-        },  # shared machine
-        "config": str(args.config),
-        "wall_seconds": None if wall is None else round(wall, 1),
-        "job_seconds": job_seconds(results),
-        "methods": {},
-    }
+    out = {}
     for method in methods:
         names, matrix = read_matrix(results / method / "matrix.csv")
         metrics = json.loads((results / method / "metrics.json").read_text())
@@ -124,12 +134,44 @@ def main() -> None:
         ).is_file():  # share of each task's samples given its own prompt
             _, selection = read_matrix(results / method / "selection.csv")
             entry["selection"] = {s: row for s, row in sorted(selection.items())}
-        report["methods"][method] = entry
-    report["targets"] = targets(report["methods"].get("modalprompt"), wall)
+        out[method] = entry
+    return out
 
-    print(f"wall: {'-' if wall is None else f'{wall / 60:.1f} min'} on {args.cores} cores")
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--config", type=Path, default=ROOT / "config.yaml")
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--keep", type=Path, help="run in this folder (kept) instead of a temporary one")
+    parser.add_argument("--no-rebuild", action="store_true", help="leave out timing the base's rebuild")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="minicoin-bench-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    with Measurement() as measured:
+        results, wall, raw = run_dag(args.config, args.cores, folder)
+        rebuild = None if args.no_rebuild else rebuild_base(raw, folder / "rebuild")
+    log = (folder / "snakemake.log").read_text()
+    report: dict = {
+        **measured.record(),
+        "config": relative(args.config),
+        "cores_used": args.cores,
+        "dag_wall_seconds": round(wall, 1),
+        "base": "shipped" if "installing it" in log else "pretrained in the DAG",
+        "job_seconds": job_seconds(results),
+        "rebuild_base": rebuild,
+        "methods": method_results(results),
+    }
+    report["targets"] = targets(report["methods"], wall, raw["benchmark"]["test_size"])
+
+    print(f"DAG: {wall / 60:.1f} min on {args.cores} cores ({report['base']} base)")
     for rule, s in report["job_seconds"].items():
         print(f"  {rule:<24} {s['jobs']:>4} jobs {s['seconds']:>8.1f} s")
+    if rebuild:
+        print(f"rebuilding the base: {rebuild['seconds']}")
     print(
         f"{'method':>12} {'avg':>6} {'mft':>6} {'bwt':>6} {'forget':>6} {'select':>6}  gain over zero-shot per task"
     )
@@ -141,8 +183,7 @@ def main() -> None:
     for name, t in report["targets"].items():
         print(f"{name}: {t['target']}, measured {t['measured']}: {'met' if t['met'] else 'NOT met'}")
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        write_results(args.out, report)
 
 
 if __name__ == "__main__":

@@ -580,7 +580,46 @@ def pretrain_base(
     from modalprompt.config import PretrainConfig, from_dict
 
     chosen = from_dict(PretrainConfig, json.loads(settings), "--settings") if settings else PretrainConfig()
-    print(json.dumps(pretrain(corpus, llava, clip, chosen, log=lambda line: print(line, flush=True))))
+    print(json.dumps(pretrain(corpus, llava, clip, chosen)))
+
+
+def install_base(
+    *,
+    llava: Annotated[Path, Arg("llava-hf folder to write")],
+    clip: Annotated[Path, Arg("CLIP folder to write")],
+) -> None:
+    """install the shipped mini-CoIN base (what `pretrain-base` builds from the shipped settings)"""
+    from modalprompt.bench.shipped import MANIFEST, install
+
+    print(
+        f"modalprompt: installing the shipped base ({MANIFEST}): model.pretrain equals its manifest",
+        flush=True,
+    )
+    print(json.dumps(install(llava, clip)))
+
+
+def ship_base(
+    *,
+    config: Annotated[Path, Arg("config.yaml whose model.pretrain and benchmark settings to build from")],
+) -> None:
+    """pretrain the mini-CoIN base from a config's settings and make it the shipped one (with its manifest)"""
+    import tempfile
+
+    from modalprompt.bench import minicoin, shipped
+    from modalprompt.bench.pretrain import pretrain_base as pretrain
+    from modalprompt.run.train import git_commit
+
+    exp = load_experiment(config)
+    with tempfile.TemporaryDirectory(prefix="modalprompt-ship-") as scratch:
+        bench = exp.benchmark
+        corpus = minicoin.generic_corpus(
+            Path(scratch) / "generic", bench.generic_size, bench.seed, bench.test_size
+        )
+        llava, clip = Path(scratch) / "llava", Path(scratch) / "clip"
+        report = pretrain(corpus, llava, clip, exp.model.pretrain, exp.progress)
+        settings = shipped.build_settings(exp.model.pretrain, bench)
+        manifest = shipped.ship(llava, clip, settings, corpus / "train.json", report, git_commit())
+    print(json.dumps({"manifest": str(manifest)}))
 
 
 def warm_server(socket: Annotated[Path, Arg("the socket to serve on (a --warm job chooses it)")]) -> None:
@@ -600,7 +639,7 @@ def schema() -> None:
 
 
 COMMANDS = (train, evaluate, run, submit, score, matrix, aggregate, metrics, compare, published, confusion, summary, track, ui,
-            validate, convert_llava, make_tiny_base, make_toy_data, make_minicoin, pretrain_base, schema, warm_server)  # fmt: skip
+            validate, convert_llava, make_tiny_base, make_toy_data, make_minicoin, pretrain_base, install_base, ship_base, schema, warm_server)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ signatures to argparse

@@ -119,7 +119,7 @@ def _help(text: str, **kwargs: Any) -> Any:
 class BenchmarkConfig:
     seed: int = _help("Seed of the generated tasks (pipeline.generate_data: minicoin).", default=0)
     train_size: int = _help("Training records per generated task.", default=200, minimum=1)
-    test_size: int = _help("Test records per generated task.", default=50, minimum=1)
+    test_size: int = _help("Test records per generated task.", default=200, minimum=1)
     generic_size: int = _help(
         "Records of the generic corpus the base is pretrained on (source: pretrain).", default=3000, minimum=1
     )

@@ -8,7 +8,7 @@ import pytest
 from modalprompt.bases.backbone import load_backbone
 from modalprompt.bench import minicoin
 from modalprompt.bench.pretrain import pretrain_base
-from modalprompt.config import ModelConfig, PretrainConfig
+from modalprompt.config import ModelConfig, PretrainConfig, ProgressConfig
 from modalprompt.data.validation import parse_box, validate_folder
 from modalprompt.scoring.scorers import score
 
@@ -51,9 +51,35 @@ def test_generic_corpus_speaks_no_task_wording(tmp_path):
     assert not humans & task_questions
 
 
+def test_generic_corpus_teaches_llava_skills_in_its_own_wording(tmp_path):
+    """Short answers, multiple choice answered by the letter of the same fact, and boxes of the shapes drawn
+    (what LLaVA-1.5's own data teaches), asked as "Short answer: ...?"."""
+    folder = minicoin.generic_corpus(tmp_path / "generic", size=70, seed=0, test_size=5)
+    choices = boxes = 0
+    for record in json.loads((folder / "train.json").read_text()):
+        turns = record["conversations"]
+        qa = {
+            h["value"].replace("<image>\n", ""): a["value"]
+            for h, a in zip(turns[::2], turns[1::2], strict=True)
+        }
+        for question, answer in qa.items():
+            key = question.removeprefix(f"{minicoin.FACT_PREFIX} ").split("?")[0]
+            if key.endswith(", pick one"):  # the letter names the option that the short answer gives
+                options = dict(line.split(". ", 1) for line in question.split("\n")[1:])
+                assert options[answer] == qa[f"{minicoin.FACT_PREFIX} {key.removesuffix(', pick one')}?"]
+                choices += 1
+            elif key.startswith("box of"):
+                box = parse_box(answer)
+                assert (
+                    box is not None and all(0 <= v <= 1 for v in box) and box[0] < box[2] and box[1] < box[3]
+                )
+                boxes += 1
+    assert choices >= 10 and boxes >= 10
+
+
 def test_generic_corpus_teaches_to_say_every_word_of_the_tasks(tmp_path):
     """Text-only records: the base must be able to say 'unanswerable', option letters, numerals, inside
-    phrases of two to four words ('Repeat:'), to read a labelled list ('cat is B'), and a number word's
+    phrases of two to four words ('Repeat:'), to read a labelled list (the label: 'B'), and a number word's
     numeral ('three is 3')."""
     folder = minicoin.generic_corpus(tmp_path / "generic", size=1500, seed=0, test_size=5)
     records = json.loads((folder / "train.json").read_text())
@@ -71,11 +97,11 @@ def test_generic_corpus_teaches_to_say_every_word_of_the_tasks(tmp_path):
             assert minicoin.NUMBER_WORDS[int(digit)] == word
             numerals.add(digit)
         else:
-            thing, _, letter = answer.split()
             question, *options = human.split("\n")
+            thing = question.removeprefix(f"{minicoin.FACT_PREFIX} {minicoin.LIST_QUESTION} ").removesuffix("?")
             assert question == f"{minicoin.FACT_PREFIX} {minicoin.LIST_QUESTION} {thing}?"
-            assert f"{letter}. {thing}" in options and len(options) == 4
-            labels.add(letter)
+            assert f"{answer}. {thing}" in options and len(options) == 4
+            labels.add(answer)
     assert {a for answers in minicoin.ANSWER_SPACE.values() for a in answers} <= said  # every bare answer
     for task, words in minicoin.vocabulary_by_task().items():  # the many box numbers: half of them at least
         assert len(said & set(words)) >= (0.5 if task == "box_grounding" else 0.8) * len(words), task
@@ -86,7 +112,13 @@ def test_pretrained_base_loads_through_the_production_path(tmp_path):
     corpus = minicoin.generic_corpus(tmp_path / "generic", size=16, seed=0, test_size=5)
     settings = PretrainConfig(hidden=32, layers=1, vision_hidden=16, feature=16, clip_steps=2, caption_steps=2,
                               batch_size=4)  # fmt: skip
-    report = pretrain_base(corpus, tmp_path / "llava", tmp_path / "clip", settings, log=lambda _: None)
+    report = pretrain_base(
+        corpus,
+        tmp_path / "llava",
+        tmp_path / "clip",
+        settings,
+        ProgressConfig(every_steps=0, every_seconds=0),
+    )
     assert report["records"] == 16 + 16 // minicoin.LANGUAGE_EVERY and report["caption_loss"] > 0
     backbone = load_backbone(
         ModelConfig(llava=str(tmp_path / "llava"), clip=str(tmp_path / "clip"), device="cpu")

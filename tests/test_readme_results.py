@@ -34,3 +34,14 @@ def test_every_results_file_the_readme_cites_is_committed(path):
     assert _git("check-ignore", "-q", "--no-index", path).returncode == 1, (
         f"{path} matches a .gitignore pattern"
     )
+
+
+def test_every_generated_table_in_the_readme_equals_its_results_file():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import tables  # a script, not a package
+
+    text = (ROOT / "README.md").read_text()
+    assert tables.MARKED.search(text), "the README holds no generated table: the markers changed"
+    assert tables.render(text) == text, "a table differs from its results file: run benchmarks/tables.py README.md"

@@ -500,10 +500,19 @@ def test_default_config_builds_the_full_minicoin_dag_with_all_methods(tmp_path):
     stats = dict(re.findall(r"^(\w+)\s+(\d+)$", done.stdout.split("Job stats:")[1], re.MULTILINE))
     tasks = 7
     cells = tasks * (tasks + 1) // 2 + (tasks - 1)  # lower triangle + forward cells
-    assert stats["generic_corpus"] == "1" and stats["pretrain_base"] == "1" and stats["minicoin_task"] == "7"
+    # the shipped base stands in for pretraining: its manifest holds the default's settings
+    assert stats["shipped_base"] == "1" and "pretrain_base" not in stats and "generic_corpus" not in stats
+    assert "installing it" in done.stderr and stats["minicoin_task"] == "7"
     assert stats["train"] == str(2 * tasks)  # modalprompt and seq_prompt; the oracle reuses modalprompt's
     assert stats["evaluate"] == str(3 * cells + tasks)  # three prompted methods, and row 0 once
     assert stats["matrix"] == "4"
+
+    raw["model"]["pretrain"]["caption_steps"] += 1  # another base: pretrained here, from its corpus
+    write_config(tmp_path, raw)
+    done = snakemake(tmp_path, "-n")
+    stats = dict(re.findall(r"^(\w+)\s+(\d+)$", done.stdout.split("Job stats:")[1], re.MULTILINE))
+    assert stats["generic_corpus"] == "1" and stats["pretrain_base"] == "1" and "shipped_base" not in stats
+    assert "pretraining the base here (model.pretrain.caption_steps: shipped" in done.stderr
 
 
 def test_ci_config_runs_the_whole_minicoin_dag(tmp_path):

@@ -12,15 +12,17 @@ Seven tasks mirror CoIN's kinds, each with its own image style and instruction w
 | dot_count | VQAv2 | how many dots | exact_match |
 | box_grounding | Grounding | [x1, y1, x2, y2] of the named shape | box_iou |
 
-`generic_corpus` writes captions of the same visual world in one generic wording, for pretraining a base
-model that knows the world but not the tasks' instruction formats.
+`generic_corpus` writes what LLaVA-1.5's own instruction data teaches a real base, about the same visual
+world and in one generic wording no task uses: captions ("Describe the image."), short answers ("Short
+answer: color of circle?" -> "red"), multiple choice answered by a letter, RefCOCO-style boxes ("Short
+answer: box of the red circle?" -> "[0.10, 0.20, 0.50, 0.60]"), and text-only records that teach every
+word the tasks need. The base knows the world and these skills; each task's prompt must learn the task's
+own instruction wording and answer format.
 
 Held out: every task's test set is drawn first (`test_samples`, from its own seed), and no other split and
 no corpus record may show an image with the same pixels as any task's test image (drawn again instead); a
-test set never shows one image twice. The corpus answers in phrases ("the circle is red", "the digit
-three"), never in a task's answer format: no bare option letter, word, digit, colour, count or
-"unanswerable", no box; its text-only records teach the words the tasks need inside longer phrases
-(`answers_in_a_task_format` is the rule, tests/test_minicoin_leaks.py checks the written files).
+test set never shows one image twice; no corpus question shares four words in a row with a task's
+instruction (tests/test_minicoin_leaks.py checks the written files).
 """
 
 from __future__ import annotations
@@ -47,16 +49,21 @@ WORDS = ("cat", "sun", "box", "map", "pen", "cup", "hat", "key")
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SIZE = 48  # image side in pixels
 BOX_SIDES = (12, 28)  # box_grounding: width and height in pixels, each drawn from this range
-SIGN_FONT_SIZE = 14  # sign_reading: letters about 10 px high, legible to 8-pixel patches
+SIGN_FONT_SIZE = 18  # sign_reading: letters about 13 px high, legible to 8-pixel patches
 TASKS = ("shape_choice", "sign_reading", "digit_class", "color_attribute", "blur_query", "dot_count",
          "box_grounding")  # fmt: skip
 GENERIC_INSTRUCTION = "Describe the image."
 FACT_PREFIX = "Short answer:"  # generic questions: "Short answer: color of circle?"
 REPEAT_PREFIX = "Repeat:"  # generic text-only records: "Repeat: cat unanswerable" -> "cat unanswerable"
 NUMERAL_QUESTION = "in digits"  # text-only: "Short answer: three in digits?" -> "three is 3"
-LIST_QUESTION = "label of"  # text-only: "Short answer: label of cat?\nA. red\nB. cat\n..." -> "cat is B"
+LIST_QUESTION = "label of"  # text-only: "Short answer: label of cat?\nA. red\nB. cat\n..." -> "B"
 LANGUAGE_EVERY = 3  # one text-only record per this many image records in the generic corpus
 LANGUAGE_KINDS = ("repeat", "list", "numeral")  # text-only records cycle through these
+# facts also asked as multiple choice (a letter answers), and facts whose short answer is a phrase: a
+# bare word or numeral there would answer sign_reading and digit_class before their prompts are learned
+CHOICES = {"shape": SHAPES, "color": tuple(COLORS), "word": WORDS, "digit": tuple("0123456789"),
+           "number of dots": tuple("12345")}  # fmt: skip
+PHRASED = {"word": lambda word: f"the word {word}", "digit": lambda digit: f"the digit {NUMBER_WORDS[int(digit)]}"}
 MAX_DRAWS = 100  # draws per held-out image before giving up (a generator with too few distinct images)
 
 
@@ -104,7 +111,7 @@ def shape_choice(rng: random.Random, _: dict) -> Sample:
         "ABCD"[SHAPES.index(shape)],
         f"a {color} {shape}",
         {},
-        (("shape", f"it is a {shape}"), ("color", f"it is {color}")),
+        (("shape", shape), ("color", color)),
     )
 
 
@@ -114,11 +121,11 @@ def sign_reading(rng: random.Random, _: dict) -> Sample:
     draw = ImageDraw.Draw(image)
     draw.rectangle((3, 10, SIZE - 3, SIZE - 10), outline=(90, 60, 20), width=2)
     font = ImageFont.load_default(size=SIGN_FONT_SIZE)  # Pillow's bundled font: no file needed
-    x = rng.randint(7, SIZE - 7 - int(draw.textlength(word, font=font)))
-    draw.text((x, rng.randint(13, 16)), word, fill=(20, 20, 20), font=font)
+    x = rng.randint(5, SIZE - 5 - int(draw.textlength(word, font=font)))
+    draw.text((x, rng.randint(11, 14)), word, fill=(20, 20, 20), font=font)
     answers = [word] * 10
     return Sample(image, "What is written on the sign? Answer the question using a single word or phrase.", word,
-                  f"a sign with the word {word}", {"answers": answers}, (("word", f"the word {word}"),))  # fmt: skip
+                  f"a sign with the word {word}", {"answers": answers}, (("word", word),))  # fmt: skip
 
 
 def digit_class(rng: random.Random, state: dict) -> Sample:
@@ -129,7 +136,7 @@ def digit_class(rng: random.Random, state: dict) -> Sample:
     label = int(digits["target"][index])
     return Sample(image, "What number is shown in this image? Answer with the number written in digits.",
                   str(label), f"a handwritten {NUMBER_WORDS[label]}", {},
-                  (("digit", f"the digit {NUMBER_WORDS[label]}"),))  # fmt: skip
+                  (("digit", str(label)),))  # fmt: skip
 
 
 def _load_digits() -> dict:
@@ -149,7 +156,7 @@ def color_attribute(rng: random.Random, _: dict) -> Sample:
     asked = rng.randrange(2)
     return Sample(image, f"What color is the {shapes[asked]}?", colors[asked],
                   f"a {colors[0]} {shapes[0]} and a {colors[1]} {shapes[1]}", {},
-                  tuple((f"color of {shapes[k]}", f"the {shapes[k]} is {colors[k]}") for k in range(2)))  # fmt: skip
+                  tuple((f"color of {shapes[k]}", colors[k]) for k in range(2)))  # fmt: skip
 
 
 def blur_query(rng: random.Random, _: dict) -> Sample:
@@ -171,9 +178,9 @@ def blur_query(rng: random.Random, _: dict) -> Sample:
     cx, cy = rng.randint(r, SIZE - r), rng.randint(r, SIZE - r)
     ImageDraw.Draw(image).ellipse((cx - r, cy - r, cx + r, cy + r), fill=COLORS[color])
     image = image.filter(ImageFilter.GaussianBlur(1.2))
-    return Sample(
-        image, question, color, f"a blurry photo of a {color} thing", {}, (("color", f"it is {color}"),)
-    )
+    box = _box_text((cx - r, cy - r, cx + r, cy + r))
+    return Sample(image, question, color, f"a blurry photo of a {color} thing", {},
+                  (("color", color), (f"box of the {color} thing", box)))  # fmt: skip
 
 
 def dot_count(rng: random.Random, _: dict) -> Sample:
@@ -186,7 +193,12 @@ def dot_count(rng: random.Random, _: dict) -> Sample:
         draw.ellipse((cx - 5, cy - 5, cx + 5, cy + 5), fill=(30, 30, 30))
     noun = "dot" if n == 1 else "dots"
     return Sample(image, "How many dots are there in the image?", str(n), f"{NUMBER_WORDS[n]} black {noun}", {},
-                  (("number of dots", f"{NUMBER_WORDS[n]} {noun}"),))  # fmt: skip
+                  (("number of dots", str(n)),))  # fmt: skip
+
+
+def _box_text(box: tuple[int, int, int, int]) -> str:
+    """LLaVA-1.5's (RefCOCO's) box format: [x1, y1, x2, y2] as fractions of the side, two decimals."""
+    return "[" + ", ".join(f"{min(max(v, 0), SIZE) / SIZE:.2f}" for v in box) + "]"
 
 
 def box_grounding(rng: random.Random, _: dict) -> Sample:
@@ -197,7 +209,7 @@ def box_grounding(rng: random.Random, _: dict) -> Sample:
     x1, y1 = rng.randint(1, SIZE - 1 - w), rng.randint(1, SIZE - 1 - h)
     box = (x1, y1, x1 + w, y1 + h)
     _draw_shape(ImageDraw.Draw(image), shape, box, COLORS[color])
-    answer = "[" + ", ".join(f"{v / SIZE:.2f}" for v in box) + "]"
+    answer = _box_text(box)
     thirds = ("top", "middle", "bottom"), ("left", "middle", "right")
     row, col = (min(2, 3 * (a + b) // (2 * SIZE)) for a, b in ((y1, y1 + h), (x1, x1 + w)))
     where = "center" if row == col == 1 else f"{thirds[0][row]} {thirds[1][col]}"
@@ -206,7 +218,8 @@ def box_grounding(rng: random.Random, _: dict) -> Sample:
                 f"the {color} {shape}.")  # fmt: skip
     return Sample(image, question, answer, f"a {size} {color} {shape} in the {where}",
                   {"answer_bbox": answer, "size": [SIZE, SIZE]},
-                  ((f"where is the {color} {shape}", f"in the {where}"), (f"size of the {shape}", f"it is {size}")))  # fmt: skip
+                  ((f"where is the {color} {shape}", f"in the {where}"), (f"size of the {shape}", size),
+                   (f"box of the {color} {shape}", answer)))  # fmt: skip
 
 
 GENERATORS: dict[str, Callable[[random.Random, dict], Sample]] = {
@@ -302,9 +315,9 @@ def write_task(out: Path, task: str, train_size: int, test_size: int, seed: int)
 
 
 def generic_corpus(out: Path, size: int, seed: int, test_size: int) -> Path:
-    """Captions and generic short questions about the same visual world, as multi-turn CoIN train.json
-    records: the base model learns the world and to answer in phrases, in wordings no task uses. No image
-    is one of the tasks' test images (`test_size` of them per task, from `seed`)."""
+    """Captions, short answers, multiple choice and boxes about the same visual world, as multi-turn CoIN
+    train.json records in one generic wording no task uses (module docstring). No image is one of the
+    tasks' test images (`test_size` of them per task, from `seed`)."""
     rng, state, excluded = random.Random(f"{seed}:generic"), {}, held_out(seed, test_size)
     folder = Path(out)
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -315,8 +328,9 @@ def generic_corpus(out: Path, size: int, seed: int, test_size: int) -> Path:
         name = f"images/generic_{i:05d}.png"
         sample.image.save(folder / name)
         turns = [(GENERIC_INSTRUCTION, sample.caption)] + [
-            (f"{FACT_PREFIX} {key}?", value) for key, value in sample.facts
+            (f"{FACT_PREFIX} {key}?", PHRASED[key](value) if key in PHRASED else value) for key, value in sample.facts
         ]
+        turns += [_choice(rng, key, value) for key, value in sample.facts if key in CHOICES]
         rng.shuffle(turns)
         conversation = []
         for j, (question, answer) in enumerate(turns):
@@ -326,6 +340,15 @@ def generic_corpus(out: Path, size: int, seed: int, test_size: int) -> Path:
     records += _language_records(rng, size // LANGUAGE_EVERY)
     atomic_write_text(folder / "train.json", json.dumps(records, indent=1))
     return folder
+
+
+def _choice(rng: random.Random, key: str, value: str) -> tuple[str, str]:
+    """A generic multiple-choice turn (A-OKVQA-like, LLaVA-1.5's own data): four options in random order,
+    answered by the letter of `value`."""
+    options = [value, *rng.sample([c for c in CHOICES[key] if c != value], 3)]
+    rng.shuffle(options)
+    listed = "\n".join(f"{letter}. {option}" for letter, option in zip("ABCD", options, strict=True))
+    return f"{FACT_PREFIX} {key}, pick one?\n{listed}", "ABCD"[options.index(value)]
 
 
 def vocabulary_by_task(seed: int = 0, per_task: int = 40) -> dict[str, list[str]]:
@@ -350,9 +373,10 @@ def _language_records(rng: random.Random, count: int) -> list[dict]:
     """Text-only records, no image, in turn (LANGUAGE_KINDS): "Repeat:" a phrase of two to four words, so
     that the base model learns to say every word of the world's vocabulary (letters, digits,
     'unanswerable', box numbers) as a pretrained LLM can; reading a labelled list of four things, in random
-    order ("cat is B"); and a number word's numeral ("three is 3"). Never an answer that a task would score
-    as its own (`answers_in_a_task_format`), and no task's instruction. Each Repeat word comes from a task
-    drawn first, so the many box numbers do not crowd out the other words."""
+    order (its label, "B"); and a number word's numeral ("three is 3"). A Repeat phrase is never an answer
+    that a task would score as its own (`answers_in_a_task_format`), and no record holds a task's
+    instruction. Each Repeat word comes from a task drawn first, so the many box numbers do not crowd out
+    the other words."""
     vocabulary, records = vocabulary_by_task(), []
     things = (*SHAPES, *COLORS, *WORDS, *NUMBER_WORDS)
     for i in range(count):
@@ -368,7 +392,7 @@ def _language_records(rng: random.Random, count: int) -> list[dict]:
             asked = rng.randrange(4)
             options = "\n".join(f"{letter}. {thing}" for letter, thing in zip("ABCD", listed, strict=True))
             human = f"{FACT_PREFIX} {LIST_QUESTION} {listed[asked]}?\n{options}"
-            answer = f"{listed[asked]} is {'ABCD'[asked]}"
+            answer = "ABCD"[asked]
         else:
             answer = ""
             while not answer or answers_in_a_task_format(answer, about_an_image=False):

@@ -1,11 +1,11 @@
 """A small base model for CPU, pretrained here on the generic captions of mini-CoIN's visual world.
 
 Two steps, both seeded: a tiny CLIP learns image-caption matching (contrastive), then a tiny LLaVA whose
-vision tower is that CLIP's vision model (frozen, so the image query reuses LLaVA's vision pass) learns to
-caption images after one generic instruction and to answer generic short questions in phrases. The result
-knows the world (colours, shapes, words, digits, counts, positions) and can say every word the tasks need,
-but none of the tasks' instructions or answer formats (the corpus holds none of their test images and
-no answer in their formats: modalprompt.bench.minicoin): that is what the prompts must learn.
+vision tower is that CLIP's vision model (frozen, so the image query reuses LLaVA's vision pass) learns the
+generic corpus: captions, short answers, multiple choice and boxes in one generic wording. The result knows
+the world (colours, shapes, words, digits, counts, positions) and those skills, but none of the tasks'
+instruction wordings, and has seen none of their test images (modalprompt.bench.minicoin): each task's
+prompt must bring the skill out under the task's own instruction and answer format.
 Both folders load through the production path (`load_backbone`).
 """
 
@@ -26,7 +26,7 @@ from transformers import (
 
 from modalprompt.bench import minicoin
 from modalprompt.bench.tiny import build_clip_tokenizer, build_llm_tokenizer, save_base, tiny_configs
-from modalprompt.config import PretrainConfig, to_jsonable
+from modalprompt.config import PretrainConfig, ProgressConfig, to_jsonable
 from modalprompt.data.datasets import (
     SYSTEM_PROMPT,
     Collator,
@@ -34,6 +34,7 @@ from modalprompt.data.datasets import (
     ImagePreprocessor,
     TrainDataset,
 )
+from modalprompt.run.progress import Progress
 
 
 def _corpus_texts(records: list[dict]) -> list[str]:
@@ -68,9 +69,21 @@ def _batches(pool: list[int], batch_size: int, steps: int, seed: int):
 
 
 def _fit(
-    name, params, loss_of, data, pool, collate, s: PretrainConfig, steps: int, seed: int, log
+    name,
+    params,
+    loss_of,
+    data,
+    pool,
+    collate,
+    s: PretrainConfig,
+    steps: int,
+    seed: int,
+    progress: ProgressConfig,
 ) -> tuple[float, float]:
-    """AdamW with 50 warm-up steps then cosine decay, gradient clipping at 1; returns (last loss, seconds)."""
+    """AdamW with 50 warm-up steps then cosine decay, gradient clipping at 1; returns (last loss, seconds).
+    Logs progress lines (rate and ETA) the way training jobs do."""
+    bar = Progress(f"pretrain {name}", steps, "step", every_steps=progress.every_steps,
+                   every_seconds=progress.every_seconds)  # fmt: skip
     optimizer = torch.optim.AdamW(params, lr=s.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda i: min(1.0, (i + 1) / 50) * 0.5 * (1 + math.cos(math.pi * i / steps))
@@ -83,12 +96,19 @@ def _fit(
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        if step % 100 == 0 or step == steps:
-            log(f"{name} step {step}/{steps} loss {loss.item():.3f}")
+        bar.update(1, loss=loss.item(), lr=schedule.get_last_lr()[0],
+                   samples_per_s=step * s.batch_size / max(time.perf_counter() - start, 1e-9))  # fmt: skip
+    bar.close()
     return loss.item(), time.perf_counter() - start
 
 
-def pretrain_base(corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConfig, log=print) -> dict:
+def pretrain_base(
+    corpus: Path,
+    llava_dir: Path,
+    clip_dir: Path,
+    s: PretrainConfig,
+    progress: ProgressConfig = ProgressConfig(),  # noqa: B008
+) -> dict:
     """Train CLIP then LLaVA on `corpus/train.json` (generic captions); write both folders atomically."""
     torch.manual_seed(s.seed)
     records = json.loads((Path(corpus) / "train.json").read_text())
@@ -118,7 +138,16 @@ def pretrain_base(corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConf
 
     clip.train()
     loss, seconds = _fit(
-        "clip", list(clip.parameters()), clip_loss, data, with_image, collate, s, s.clip_steps, s.seed, log
+        "clip",
+        list(clip.parameters()),
+        clip_loss,
+        data,
+        with_image,
+        collate,
+        s,
+        s.clip_steps,
+        s.seed,
+        progress,
     )
     report.update(clip_loss=loss, clip_seconds=seconds)
 
@@ -143,7 +172,7 @@ def pretrain_base(corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConf
         s,
         s.caption_steps,
         s.seed + 1,
-        log,
+        progress,
     )
     report.update(caption_loss=loss, caption_seconds=seconds)
     llava.eval()

@@ -1,5 +1,7 @@
 # Base-model preparation and the demo's data: steps of the DAG like any other.
-from modalprompt.bench import minicoin
+import sys
+
+from modalprompt.bench import minicoin, shipped
 from modalprompt.bench.toy import TOY_TASKS
 from modalprompt.config import tiny_family
 
@@ -70,7 +72,46 @@ if EXP.pipeline.generate_data == Generator.TOY:
             "modalprompt make-toy-data {params.folder:q} > {log:q} 2>&1"
 
 
-if EXP.model.source == ModelSource.PRETRAIN:
+# source: pretrain installs the base shipped with the package when model.pretrain (and the corpus's settings)
+# equal its manifest, and pretrains one here otherwise (modalprompt/bench/shipped.py); the log says which.
+SHIPPED_DIFFERS = (
+    shipped.difference(EXP.model.pretrain, EXP.benchmark)
+    if EXP.model.source == ModelSource.PRETRAIN
+    else "source is not pretrain"
+)
+if EXP.model.source == ModelSource.PRETRAIN and workflow.is_main_process:
+    print(
+        (
+            "modalprompt: model.pretrain equals the shipped base's manifest: installing it"
+            if SHIPPED_DIFFERS is None
+            else f"modalprompt: pretraining the base here ({SHIPPED_DIFFERS})"
+        ),
+        file=sys.stderr,
+    )
+
+if EXP.model.source == ModelSource.PRETRAIN and SHIPPED_DIFFERS is None:
+
+    rule shipped_base:
+        output:
+            llava=BASE_FILES[0],
+            clip=BASE_FILES[1],
+        log:
+            str(layout.log_file(RESULTS, None, "shipped_base")),
+        benchmark:
+            str(layout.benchmark_file(RESULTS, None, "shipped_base"))
+        conda:
+            CONDA_ENV
+        resources:
+            **slurm_resources("prepare"),
+        params:
+            llava=lambda w, output: Path(output.llava).parent,
+            clip=lambda w, output: Path(output.clip).parent,
+            files=shipped.files_digest(),  # a package with another shipped base reinstalls it
+        shell:
+            "modalprompt install-base --llava {params.llava:q} --clip {params.clip:q} > {log:q} 2>&1"
+
+
+if EXP.model.source == ModelSource.PRETRAIN and SHIPPED_DIFFERS is not None:
 
     rule generic_corpus:
         output:

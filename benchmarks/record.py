@@ -1,0 +1,136 @@
+"""What every results file under benchmarks/results/ records about how it was measured, written by the
+script that measured it: the commit and whether the tree was dirty, the command line, the machine (CPU
+model, cores, torch and transformers versions), the 1-minute load average at the start, during the run
+(sampled every `every` seconds) and at the end, and the wall time the script measured.
+
+    with Measurement() as m:
+        ...                                   # the measured work
+    write_results(path, m.record() | {...})   # one atomic write of the whole file
+
+Paths in a results file are relative to the repository (`relative`): no machine's folders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+# the fields a test requires of every results file
+REQUIRED = ("commit", "dirty", "command", "machine", "load", "wall_seconds")
+
+
+def git_state() -> tuple[str, bool]:
+    """(HEAD's full hash, whether tracked files differ from it): the code that was measured."""
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                            capture_output=True, text=True)  # fmt: skip
+    return head.stdout.strip() or "unknown", bool(status.stdout.strip())
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def machine() -> dict[str, Any]:
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(terse=True),
+            "python": platform.python_version(), "torch": _version("torch"),
+            "transformers": _version("transformers")}  # fmt: skip
+
+
+def relative(path: str | Path) -> str:
+    """A path as the results file may hold it: relative to the repository, or its name alone."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return path.name
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The script's command line with repository-relative paths (a scratch folder by its name only)."""
+    argv = sys.argv if argv is None else argv
+    words = ["python", relative(argv[0])]
+    for word in argv[1:]:
+        words.append(relative(word) if os.path.isabs(word) else word)
+    return shlex.join(words)
+
+
+class Measurement:
+    """The wall time and load averages of the work inside `with`, sampled from a background thread."""
+
+    def __init__(self, every: float = 30.0):
+        self.every = every
+        self.samples: list[float] = []
+        self.start = self.end = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.every):
+            self.samples.append(round(os.getloadavg()[0], 2))
+
+    def __enter__(self) -> Measurement:
+        self.commit, self.dirty = git_state()
+        self.load_start = round(os.getloadavg()[0], 2)
+        self.start = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.end = time.perf_counter()
+        self._stop.set()
+        self._thread.join()
+        self.load_end = round(os.getloadavg()[0], 2)
+
+    @property
+    def wall_seconds(self) -> float:
+        return round((self.end or time.perf_counter()) - self.start, 1)
+
+    def record(self, argv: list[str] | None = None) -> dict[str, Any]:
+        during = self.samples or [self.load_end]
+        return {
+            "commit": self.commit,
+            "dirty": self.dirty,
+            "command": command_line(argv),
+            "machine": machine(),
+            "load": {
+                "start": self.load_start,
+                "during_max": max(during),
+                "during_mean": round(sum(during) / len(during), 2),
+                "end": self.load_end,
+                "what": "1-minute load average",
+            },
+            "wall_seconds": self.wall_seconds,
+        }
+
+
+def write_results(path: Path, report: dict[str, Any]) -> None:
+    """The whole file at once (a killed script leaves the old file or none, never half)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=1) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,67 @@
+"""The mini-CoIN base shipped in the package: built from the default config's settings, installed whole and
+checked, loaded through the production path, and replaced by pretraining when the settings differ."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from modalprompt.bases.backbone import load_backbone
+from modalprompt.bench import minicoin, shipped
+from modalprompt.config import ModelConfig, load_experiment
+from modalprompt.errors import DataError
+from modalprompt.files import sha256_file
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_default_config_uses_the_shipped_base():
+    exp = load_experiment(ROOT / "config.yaml")
+    assert shipped.difference(exp.model.pretrain, exp.benchmark) is None
+    manifest = shipped.read_manifest()
+    assert manifest["commit"] != "unknown" and not manifest["commit"].endswith("-dirty")
+    assert {f.split("/")[0] for f in manifest["files"]} == set(shipped.FOLDERS)
+
+
+def test_a_changed_setting_is_named():
+    exp = load_experiment(ROOT / "config.yaml")
+    pretrain = dataclasses.replace(exp.model.pretrain, lr=exp.model.pretrain.lr * 2)
+    benchmark = dataclasses.replace(exp.benchmark, test_size=exp.benchmark.test_size + 1)
+    why = shipped.difference(pretrain, benchmark)
+    assert "model.pretrain.lr: shipped" in why and "benchmark.test_size: shipped" in why
+    # the task files' sizes are not the corpus's: they change no base
+    assert shipped.difference(exp.model.pretrain, dataclasses.replace(exp.benchmark, train_size=7)) is None
+
+
+def test_install_checks_every_file_and_the_base_loads(tmp_path):
+    out = shipped.install(tmp_path / "llava", tmp_path / "clip")
+    assert out["commit"] == shipped.read_manifest()["commit"]
+    backbone = load_backbone(
+        ModelConfig(llava=str(tmp_path / "llava"), clip=str(tmp_path / "clip"), device="cpu")
+    )
+    assert backbone.num_image_tokens == (minicoin.SIZE // 8) ** 2
+
+    copy = tmp_path / "shipped"
+    shutil.copytree(shipped.SHIPPED, copy)
+    weights = copy / "llava" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")  # one byte changed
+    target = tmp_path / "again"
+    with pytest.raises(DataError, match=r"llava/model.safetensors: sha256 differs"):
+        shipped.install(target / "llava", target / "clip", manifest=copy / "manifest.json")
+    assert not (target / "llava").exists()  # nothing half-installed
+
+
+@pytest.mark.slow
+def test_the_shipped_base_was_pretrained_on_the_corpus_the_code_writes_today(tmp_path):
+    """A changed corpus generator (or its settings) makes the shipped base stale: rebuild it then."""
+    corpus = shipped.read_manifest()["settings"]["corpus"]
+    folder = minicoin.generic_corpus(tmp_path / "generic", corpus["generic_size"], corpus["seed"],
+                                     corpus["test_size"])  # fmt: skip
+    assert sha256_file(folder / "train.json") == shipped.read_manifest()["corpus_sha256"], (
+        "the generic corpus changed since the base was shipped: run `make shipped-base` and commit it"
+    )
+    assert json.loads((shipped.SHIPPED / "llava" / "pretraining.json").read_text())["records"] > 0

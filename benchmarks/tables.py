@@ -68,6 +68,8 @@ def minicoin_targets(report: dict) -> str:
         measured = target["measured"]
         if isinstance(measured, dict):
             measured = ", ".join(f"{task} {value:+.1f}" for task, value in measured.items())
+        elif isinstance(measured, float):
+            measured = _num(measured)
         rows.append([name, target["target"], str(measured), "met" if target["met"] else "**not met**"])
     return _rows(["target", "asks", "measured", ""], rows)
 
@@ -75,7 +77,10 @@ def minicoin_targets(report: dict) -> str:
 def minicoin_time(report: dict) -> str:
     """Wall time of the DAG, job seconds per rule, and the base's rebuild."""
     rows = [["whole DAG (wall)", f"{report['dag_wall_seconds']:.0f} s", ""]]
-    rows += [[rule, f"{s['seconds']:.0f} s", f"{s['jobs']} jobs"] for rule, s in report["job_seconds"].items()]
+    rows += [
+        [f"{rule} jobs", f"{s['seconds']:.0f} s", f"{s['jobs']} of them, summed"]
+        for rule, s in report["job_seconds"].items()
+    ]
     if report.get("rebuild_base"):
         for step, seconds in report["rebuild_base"]["seconds"].items():
             rows.append([f"rebuild: {step}", f"{seconds:.0f} s", "not in the DAG above"])
@@ -104,7 +109,9 @@ def render(text: str) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("files", nargs="+", type=Path)
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 where a table differs")
     args = parser.parse_args()

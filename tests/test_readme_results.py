@@ -44,4 +44,6 @@ def test_every_generated_table_in_the_readme_equals_its_results_file():
 
     text = (ROOT / "README.md").read_text()
     assert tables.MARKED.search(text), "the README holds no generated table: the markers changed"
-    assert tables.render(text) == text, "a table differs from its results file: run benchmarks/tables.py README.md"
+    assert tables.render(text) == text, (
+        "a table differs from its results file: run benchmarks/tables.py README.md"
+    )

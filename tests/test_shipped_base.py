@@ -65,3 +65,18 @@ def test_the_shipped_base_was_pretrained_on_the_corpus_the_code_writes_today(tmp
         "the generic corpus changed since the base was shipped: run `make shipped-base` and commit it"
     )
     assert json.loads((shipped.SHIPPED / "llava" / "pretraining.json").read_text())["records"] > 0
+
+
+def test_every_answer_fits_the_default_generation_length():
+    """A box is 21 tokens of the shipped tokenizer (one per digit) and the end token follows: with fewer new
+    tokens every box is cut and box_iou scores 0 whatever the model knows."""
+    from transformers import AutoTokenizer
+
+    exp = load_experiment(ROOT / "config.yaml")
+    tokenizer = AutoTokenizer.from_pretrained(shipped.SHIPPED / "llava")
+    longest = max(
+        len(tokenizer(sample.answer, add_special_tokens=False)["input_ids"]) + 1  # + the end token
+        for drawn in minicoin.test_samples(exp.benchmark.seed, 20).values()
+        for sample, _ in drawn
+    )
+    assert longest == 22 and longest <= exp.evaluation.max_new_tokens

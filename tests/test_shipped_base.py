@@ -80,3 +80,27 @@ def test_every_answer_fits_the_default_generation_length():
         for sample, _ in drawn
     )
     assert longest == 22 and longest <= exp.evaluation.max_new_tokens
+
+
+def test_a_shipped_base_round_trips_through_its_manifest(tmp_path):
+    """What `make shipped-base` writes (`ship`) is what the DAG reads back (`difference`, `install`)."""
+    from modalprompt.bench.pretrain import pretrain_base
+    from modalprompt.config import BenchmarkConfig, PretrainConfig, ProgressConfig
+
+    benchmark = BenchmarkConfig(seed=1, generic_size=16, test_size=5)
+    corpus = minicoin.generic_corpus(tmp_path / "generic", benchmark.generic_size, benchmark.seed,
+                                     benchmark.test_size)  # fmt: skip
+    pretrain = PretrainConfig(hidden=32, layers=1, vision_hidden=16, feature=16, clip_steps=2, caption_steps=2,
+                              batch_size=4)  # fmt: skip
+    report = pretrain_base(corpus, tmp_path / "llava", tmp_path / "clip", pretrain, ProgressConfig(0, 0))
+    into = tmp_path / "package"
+    manifest = shipped.ship(tmp_path / "llava", tmp_path / "clip", shipped.build_settings(pretrain, benchmark),
+                            corpus / "train.json", report, "abc123", into=into)  # fmt: skip
+    assert shipped.difference(pretrain, benchmark, manifest=manifest) is None
+    assert "generic_size" in shipped.difference(pretrain, BenchmarkConfig(seed=1, generic_size=17, test_size=5),
+                                                manifest=manifest)  # fmt: skip
+    shipped.install(tmp_path / "out" / "llava", tmp_path / "out" / "clip", manifest=manifest)
+    for name in shipped.FOLDERS:
+        for file in (tmp_path / name).iterdir():
+            assert (tmp_path / "out" / name / file.name).read_bytes() == file.read_bytes()
+    assert shipped.read_manifest(manifest)["commit"] == "abc123"

@@ -63,7 +63,10 @@ LANGUAGE_KINDS = ("repeat", "list", "numeral")  # text-only records cycle throug
 # bare word or numeral there would answer sign_reading and digit_class before their prompts are learned
 CHOICES = {"shape": SHAPES, "color": tuple(COLORS), "word": WORDS, "digit": tuple("0123456789"),
            "number of dots": tuple("12345")}  # fmt: skip
-PHRASED = {"word": lambda word: f"the word {word}", "digit": lambda digit: f"the digit {NUMBER_WORDS[int(digit)]}"}
+PHRASED = {
+    "word": lambda word: f"the word {word}",
+    "digit": lambda digit: f"the digit {NUMBER_WORDS[int(digit)]}",
+}
 MAX_DRAWS = 100  # draws per held-out image before giving up (a generator with too few distinct images)
 
 
@@ -328,7 +331,8 @@ def generic_corpus(out: Path, size: int, seed: int, test_size: int) -> Path:
         name = f"images/generic_{i:05d}.png"
         sample.image.save(folder / name)
         turns = [(GENERIC_INSTRUCTION, sample.caption)] + [
-            (f"{FACT_PREFIX} {key}?", PHRASED[key](value) if key in PHRASED else value) for key, value in sample.facts
+            (f"{FACT_PREFIX} {key}?", PHRASED[key](value) if key in PHRASED else value)
+            for key, value in sample.facts
         ]
         turns += [_choice(rng, key, value) for key, value in sample.facts if key in CHOICES]
         rng.shuffle(turns)

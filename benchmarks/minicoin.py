@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 from record import Measurement, relative, write_results
 
+from modalprompt.bench.shipped import read_manifest
 from modalprompt.files import sha256_file
 from modalprompt.scoring.metrics import read_matrix
 
@@ -72,7 +73,7 @@ def rebuild_base(raw: dict, folder: Path) -> dict:
         seconds[name] = round(time.perf_counter() - start, 1)
         if done.returncode != 0:
             sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
-    shipped = json.loads((ROOT / "modalprompt" / "bench" / "minicoin_base" / "manifest.json").read_text())
+    shipped = read_manifest()
     same = all(sha256_file(folder / f) == digest for f, digest in shipped["files"].items()
                if f.endswith(".safetensors"))  # fmt: skip
     return {"seconds": seconds, "total_seconds": round(sum(seconds.values()), 1),

@@ -24,6 +24,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from modalprompt.files import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 # the fields a test requires of every results file
 REQUIRED = ("commit", "dirty", "command", "machine", "load", "wall_seconds")
@@ -129,8 +131,4 @@ class Measurement:
 
 def write_results(path: Path, report: dict[str, Any]) -> None:
     """The whole file at once (a killed script leaves the old file or none, never half)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(Path(path), json.dumps(report, indent=1) + "\n")

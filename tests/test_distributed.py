@@ -1,7 +1,9 @@
 """train_stage under torch.distributed (gloo, CPU): 2 ranks give the tensors of 1 rank with the same global batch."""
 
+import contextlib
 import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,8 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from modalprompt.bases.backbone import load_backbone
-from modalprompt.config import MethodConfig, ModelConfig, TrainingConfig, TrainJob, job_to_json
+from modalprompt.config import LoraSettings, MethodConfig, ModelConfig, TrainingConfig, TrainJob, job_to_json
 from modalprompt.run.checkpoint import TENSORS_FILE
+from modalprompt.run.resume import STATE_FILE, Preempted, ResumeState, load_state, rng_states, set_rng_states
 from modalprompt.run.train import train_stage
 
 pytestmark = pytest.mark.slow
@@ -49,6 +52,70 @@ def test_two_ranks_equal_one_rank(tiny_base, toy_tasks, tmp_path):
     one = safetensors.torch.load_file(reference.checkpoint / TENSORS_FILE)
     for key in one:
         assert torch.allclose(one[key], two[key], atol=1e-5), key
+
+
+def _lora_worker(rank, world, port, model_cfg, method, training, task, earlier, out, state, stop_at):
+    """multitask (LoRA, default dropout) on `world` ranks; rank 0 gets SIGUSR1 after step `stop_at` (0: never)."""
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+
+        def preempt(metrics):  # on_step runs on rank 0; the stop reaches every rank through an all-reduce
+            if metrics.step == stop_at:
+                os.kill(os.getpid(), signal.SIGUSR1)
+
+        with contextlib.suppress(Preempted):  # the preempted run stops there; its rerun continues
+            train_stage(load_backbone(model_cfg), method, training, task, [], out, method_name="multitask",
+                        options={"lora": LoraSettings(rank=4, alpha=8.0)}, earlier_tasks=earlier, state_dir=state,
+                        on_step=preempt, progress=False)  # fmt: skip
+    finally:
+        dist.destroy_process_group()
+
+
+def _identity(state) -> str:
+    with safetensors.safe_open(str(state / STATE_FILE), framework="pt") as f:
+        return f.metadata()["identity"]
+
+
+def test_two_ranks_resume_to_the_uninterrupted_tensors_with_dropout(tiny_base, toy_tasks, tmp_path):
+    """A preempted 2-rank stage with dropout on resumes to the tensors of an uninterrupted 2-rank stage."""
+    model_cfg = ModelConfig(llava=str(tiny_base[0]), clip=str(tiny_base[1]), device="cpu")
+    method = MethodConfig(prefix_length=4)
+    training = TrainingConfig(epochs=1, batch_size=2, lr=5e-2, warmup_ratio=0.0)  # 12 steps on 2 ranks
+    assert LoraSettings().dropout > 0
+    state = tmp_path / "state"
+    # Three tasks' records mixed: each rank's batches have their own lengths, so its dropout draws its own.
+    run = (model_cfg, method, training, toy_tasks["colors"], [toy_tasks["count"], toy_tasks["shapes"]])
+    mp.spawn(_lora_worker, args=(2, _free_port(), *run, tmp_path / "ref", None, 0), nprocs=2)
+    mp.spawn(_lora_worker, args=(2, _free_port(), *run, tmp_path / "out", state, 5), nprocs=2)
+    assert ResumeState.read_step(state) == 5 and not (tmp_path / "out" / TENSORS_FILE).exists()
+    assert {"rank0.cpu", "rank1.cpu"} <= set(load_state(state, _identity(state)).rng)
+    mp.spawn(_lora_worker, args=(2, _free_port(), *run, tmp_path / "out", state, 0), nprocs=2)
+    reference = safetensors.torch.load_file(tmp_path / "ref" / TENSORS_FILE)
+    resumed = safetensors.torch.load_file(tmp_path / "out" / TENSORS_FILE)
+    assert resumed.keys() == reference.keys()
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
+
+
+def _rng_worker(rank, world, port, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(rank)  # each rank's own stream (on GPUs, dropout on batches of other shapes)
+        saved = rng_states(torch.device("cpu"), world)
+        expected = torch.rand(4)
+        torch.manual_seed(1234)
+        set_rng_states(saved, torch.device("cpu"), rank)
+        torch.save((sorted(saved), torch.equal(torch.rand(4), expected)), out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_saves_and_restores_its_own_rng_state(tmp_path):
+    mp.spawn(_rng_worker, args=(2, _free_port(), tmp_path), nprocs=2)
+    for rank in (0, 1):
+        keys, restored = torch.load(tmp_path / f"rank{rank}.pt")
+        assert keys == ["rank0.cpu", "rank1.cpu"] and restored, rank
 
 
 def _train_command(model_cfg, method, training, task, out) -> list[str]:

@@ -25,7 +25,7 @@ import torch.distributed as dist
 from modalprompt.files import atomic_write_bytes
 
 STATE_FILE = "state.safetensors"
-FORMAT = "modalprompt-resume-1"
+FORMAT = "modalprompt-resume-2"  # 2: RNG states of every rank
 
 
 class Preempted(Exception):
@@ -93,7 +93,10 @@ def load_state(state_dir: Path, identity: str) -> ResumeState | None:
         meta = f.metadata() or {}
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a modalprompt mid-stage state (format {meta.get('format')!r})")
+        raise ValueError(
+            f"{path}: not a mid-stage state this version of modalprompt reads (format {meta.get('format')!r}, "
+            f"expected {FORMAT!r}): delete it to start this stage over"
+        )
     if meta.get("identity") != identity:
         raise ValueError(
             f"{path} was saved by other settings, another base model, other earlier stages or another "
@@ -127,17 +130,25 @@ def clear_state(state_dir: Path) -> None:
         folder.rmdir()
 
 
-def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
-    states = {"cpu": torch.get_rng_state()}
+def rng_states(device: torch.device, world: int) -> dict[str, torch.Tensor]:
+    """Every rank's RNG states, keyed `rank<r>.cpu` / `rank<r>.cuda`. A collective when world > 1: each
+    rank has drawn its own numbers (dropout on its own batches), so each resumes from its own state."""
+    own = {"cpu": torch.get_rng_state()}
     if device.type == "cuda":
-        states["cuda"] = torch.cuda.get_rng_state(device)
-    return states
+        own["cuda"] = torch.cuda.get_rng_state(device)
+    every: list[dict[str, torch.Tensor] | None] = [own]
+    if world > 1:
+        every = [None] * world
+        dist.all_gather_object(every, own)
+    return {
+        f"rank{rank}.{kind}": state for rank, states in enumerate(every) for kind, state in states.items()
+    }
 
 
-def set_rng_states(states: dict[str, torch.Tensor], device: torch.device) -> None:
-    torch.set_rng_state(states["cpu"])
-    if device.type == "cuda" and "cuda" in states:
-        torch.cuda.set_rng_state(states["cuda"], device)
+def set_rng_states(states: dict[str, torch.Tensor], device: torch.device, rank: int) -> None:
+    torch.set_rng_state(states[f"rank{rank}.cpu"])
+    if device.type == "cuda" and f"rank{rank}.cuda" in states:
+        torch.cuda.set_rng_state(states[f"rank{rank}.cuda"], device)
 
 
 class StopSignals:

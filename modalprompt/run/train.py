@@ -277,8 +277,12 @@ def _set_up_training(backbone, method_impl, method, training, task, data, engine
                 len(dataset), training.batch_size, training.seed, epoch, rank, world, lengths
             )
             plan = plan[skip - epoch * micro_per_epoch :] if skip > epoch * micro_per_epoch else plan
+            # Its own generator: a DataLoader otherwise draws its workers' base seed from the global RNG
+            # each time it starts, so a stage resumed mid-epoch would draw once more than an uninterrupted one
+            # and every later dropout mask would differ.
+            loader_rng = torch.Generator().manual_seed(training.seed + epoch)
             yield from DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=training.num_workers,
-                                  pin_memory=backbone.device.type == "cuda")  # fmt: skip
+                                  pin_memory=backbone.device.type == "cuda", generator=loader_rng)  # fmt: skip
 
     optimizer = torch.optim.AdamW(params, lr=training.lr, betas=training.adam_betas,
                                   weight_decay=training.weight_decay)  # fmt: skip
@@ -410,16 +414,17 @@ def _resume(stage: _Stage, state_dir: Path | None) -> _Done:
     stage.current.load_state_dict(saved.trainable)
     stage.optimizer.load_state_dict(saved.optimizer)
     stage.scheduler.load_state_dict(saved.scheduler)
-    set_rng_states(saved.rng, stage.device)
+    set_rng_states(saved.rng, stage.device, _rank_world()[0])
     history = [StepMetrics(**m) for m in saved.history]
     return _Done(history, saved.samples, saved.done_micro, resumed_from=saved.step)
 
 
 def _save(stage: _Stage, done: _Done, step: int, state_dir: Path) -> None:
+    rng = rng_states(stage.device, stage.world)  # on every rank: a collective when world > 1
     if _rank_world()[0] == 0:
         state = ResumeState(step, done.done_micro, done.samples, [dataclasses.asdict(m) for m in done.history],
                             stage.current.state_dict(), stage.optimizer.state_dict(), stage.scheduler.state_dict(),
-                            rng_states(stage.device))  # fmt: skip
+                            rng)  # fmt: skip
         save_state(state_dir, stage.identity(), state)
 
 

@@ -1,4 +1,5 @@
-"""Tables of numbers in the docs, generated from their results files: nothing is typed in by hand.
+"""Tables of numbers in the README and the docs, generated from their results files: nothing is typed in by
+hand.
 
 A generated table sits between two markers in a Markdown file:
 
@@ -6,10 +7,12 @@ A generated table sits between two markers in a Markdown file:
     | method | avg | ... |
     <!-- end table -->
 
-    python benchmarks/tables.py README.md            # rewrite every marked table from its file
-    python benchmarks/tables.py --check README.md    # exit 1 where a table differs from its file
+    python benchmarks/tables.py                      # rewrite every marked table of README.md and docs/*.md
+    python benchmarks/tables.py --check              # exit 1 where a table differs from its file
+    python benchmarks/tables.py docs/results.md      # only these files
 
-tests/test_readme_results.py runs the check, so a number in the docs never drifts from its file.
+tests/test_readme_results.py runs the check, so a number in the docs never drifts from its file. The table
+functions read only the data keys of a results file, not how it was measured (commit, command, load).
 """
 
 from __future__ import annotations
@@ -87,12 +90,131 @@ def minicoin_time(report: dict) -> str:
     return _rows(["", "seconds", ""], rows)
 
 
+def core_stages(report: dict) -> str:
+    """benchmarks/core.py: each toy stage's training step, throughput and file sizes, then generation."""
+    rows = [
+        [str(s["stage"]), s["task"], f"{s['step_ms_median']:.0f}", f"{s['samples_per_s']:.1f}",
+         f"{s['tensor_file_bytes']:,}", f"{s['meta_file_bytes']:,}"]
+        for s in report["stages"]
+    ]  # fmt: skip
+    gen = report["generation"]
+    rows.append(["generation", f"{gen['samples']} samples, batch {gen['batch_size']}", "",
+                 f"{gen['samples_per_s']:.1f}", "", ""])  # fmt: skip
+    return _rows(
+        ["stage", "task", "step ms (median)", "samples/s", "tensors file, bytes", "stage.json, bytes"], rows
+    )
+
+
+SCALING_METHODS = {"modalprompt": "ModalPrompt", "naive_all_prompts": "all prompts prepended"}
+
+
+def scaling_latency(report: dict) -> str:
+    """benchmarks/scaling.py: prefix length, prefill FLOPs and time per sample against the learned tasks T."""
+    latency = report["latency"]
+    counts = sorted({r["tasks"] for r in latency})
+    cell = {(r["method"], r["tasks"]): r for r in latency}
+    rows = []
+    for method, label in SCALING_METHODS.items():
+        runs = [cell[method, t] for t in counts]
+        rows.append([f"{label}, prefix tokens", *(str(r["prefix_tokens"]) for r in runs)])
+        rows.append(
+            [f"{label}, prefill FLOPs vs T = {counts[0]}", *(f"{r['flops_vs_first']:.2f}" for r in runs)]
+        )
+        rows.append([f"{label}, ms/sample, median (p25-p75)",
+                     *(f"{m['median']:.0f} ({m['q25']:.0f}-{m['q75']:.0f})" for m in (r["ms_per_sample"] for r in runs))])  # fmt: skip
+    return _rows(["T learned tasks", *(str(t) for t in counts)], rows)
+
+
+def scaling_ratios(report: dict) -> str:
+    """benchmarks/scaling.py: time at T = 32 over a smaller T, and the target's verdict."""
+    rows = []
+    for name, ratio in report["ratios"].items():
+        method, high, low = re.fullmatch(r"(.+)_T(\d+)_vs_T(\d+)", name).groups()
+        low_ci, high_ci = ratio["bootstrap_95"]
+        rows.append([SCALING_METHODS.get(method, method), f"T = {low}", f"T = {high}", f"{ratio['of_medians']:.2f}x",
+                     f"{low_ci:.2f}-{high_ci:.2f}"])  # fmt: skip
+    target = report["target"]
+    rows.append([f"target: ModalPrompt at most {target['max_ratio']:.2f}x", "", "", f"{target['ratio_of_medians']:.2f}x",
+                 f"{target['bootstrap_95'][0]:.2f}-{target['bootstrap_95'][1]:.2f}: **{target['verdict']}**"])  # fmt: skip
+    return _rows(["method", "from", "to", "time ratio (of medians)", "95% bootstrap interval"], rows)
+
+
+def _seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:,.1f} s" if value < 100 else f"{value:,.0f} s"
+
+
+def _share(value: float | None) -> str:
+    return "(not reported)" if value is None else f"{value:.0%}"
+
+
+def startup(report: dict) -> str:
+    """benchmarks/startup.py: the no-op check, the DAG and each command's start-up, before and after."""
+    before, after, floor = report["before"], report["after"], report["snakemake_floor"]
+    targets = report["targets"]
+
+    def verdict(name: str, text: str) -> str:
+        target = targets.get(name)
+        return "" if target is None else f"{text}: {'met' if target['met'] else 'not met'}"
+
+    def noop(key: str, floor_key: str) -> list[str]:
+        return [
+            _seconds(before[key]["median_s"]),
+            _seconds(after[key]["median_s"]),
+            _seconds(floor[floor_key]["median_s"]),
+        ]
+
+    rows = [
+        ["no-op check (`snakemake -n`), default config", *noop("noop_default", "default"),
+         verdict("noop_default_s", f"<= {targets['noop_default_s']['target']} s")],
+        ["no-op check, 32-task config", *noop("noop_32_tasks", "32"),
+         verdict("noop_32_tasks_s", f"<= {targets['noop_32_tasks_s']['target']} s")],
+        ["default DAG from a prepared base", _seconds(before["dag"]["wall_s"]), _seconds(after["dag"]["wall_s"]), "",
+         verdict("demo_speedup", f">= {targets['demo_speedup']['target']}x shorter (measured "
+                 f"{targets['demo_speedup']['measured']}x)")],
+    ]  # fmt: skip
+    for kind, label in (("evaluate", "evaluate"), ("train", "train")):
+        b, a = before["dag"][kind], after["dag"][kind]
+        rows.append([f"{label} jobs: time, all {a['count']} / mean", f"{_seconds(b['wall_s'])} / {_seconds(b['mean_wall_s'])}",
+                     f"{_seconds(a['wall_s'])} / {_seconds(a['mean_wall_s'])}", "", ""])  # fmt: skip
+        target = f"<= {targets['eval_startup_share']['target']:.0%}" if kind == "evaluate" else ""
+        rows.append([f"{label} jobs: start-up share", _share(b["startup_share"]), _share(a["startup_share"]), "",
+                     verdict("eval_startup_share", target) if target else ""])  # fmt: skip
+    for command in ("train", "evaluate", "score", "matrix"):
+        b, a = before["commands"][command], after["commands"][command]
+        rows.append([f"`modalprompt {command}`, cold: imports / wall",
+                     f"{_seconds(b['imports_ms'] / 1000)} / {_seconds(b['wall_s'])}",
+                     f"{_seconds(a['imports_ms'] / 1000)} / {_seconds(a['wall_s'])}", "", ""])  # fmt: skip
+    commits = report.get("commits", {})
+    head = [f"before ({commits['before']})" if "before" in commits else "before",
+            f"after ({commits['after']})" if "after" in commits else "after"]  # fmt: skip
+    return _rows(["", *head, "Snakemake's floor", "target"], rows)
+
+
+def published_row(report: dict) -> str:
+    """A published row (docs/published/*.json): final accuracy per task and its metrics."""
+    final, metrics = report["final"], report.get("metrics", {})
+    header = ["", *final, *(name.capitalize() if name == "avg" else name for name in metrics)]
+    row = [f"{report.get('method', 'published')} (published)", *(f"{v:.2f}" for v in final.values()),
+           *(f"{v:.2f}" for v in metrics.values())]  # fmt: skip
+    return _rows(header, [row])
+
+
 TABLES: dict[str, Callable[[dict], str]] = {
     "minicoin-metrics": minicoin_metrics,
     "minicoin-matrix": minicoin_matrix,
     "minicoin-targets": minicoin_targets,
     "minicoin-time": minicoin_time,
+    "core-stages": core_stages,
+    "scaling-latency": scaling_latency,
+    "scaling-ratios": scaling_ratios,
+    "startup": startup,
+    "published-row": published_row,
 }
+
+
+def documents() -> list[Path]:
+    """README.md and every Markdown page under docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 
 
 def render(text: str) -> str:
@@ -112,11 +234,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("files", nargs="+", type=Path)
+    parser.add_argument("files", nargs="*", type=Path, help="default: README.md and docs/**/*.md")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 where a table differs")
     args = parser.parse_args()
     stale = []
-    for path in args.files:
+    for path in args.files or documents():
         text = path.read_text()
         new = render(text)
         if new != text:

@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 # The pipeline's jobs run `modalprompt` from PATH: the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: setup demo test test-slow test-slurm test-browser test-all lint format bench shipped-base schema ui clean
+.PHONY: setup demo test test-slow test-slurm test-browser test-all lint format bench shipped-base schema ui clean \
+	docs docs-reference rulegraph
 
 setup: $(VENV)/.installed
 
@@ -38,18 +39,30 @@ test-browser: setup  ## browser tier: the MLflow UI in Debian's headless Chromiu
 test-all: test test-slow
 
 lint: setup
-	$(BIN)/ruff check modalprompt tests benchmarks
-	$(BIN)/ruff format --check modalprompt tests benchmarks
+	$(BIN)/ruff check modalprompt tests benchmarks docs
+	$(BIN)/ruff format --check modalprompt tests benchmarks docs
 	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint
 
 format: setup
-	$(BIN)/ruff check --fix modalprompt tests benchmarks
-	$(BIN)/ruff format modalprompt tests benchmarks
+	$(BIN)/ruff check --fix modalprompt tests benchmarks docs
+	$(BIN)/ruff format modalprompt tests benchmarks docs
 	$(BIN)/snakefmt workflow
 
 schema: setup  ## regenerate workflow/schemas/config.schema.yaml from modalprompt/config.py
 	$(BIN)/modalprompt schema > workflow/schemas/config.schema.yaml
+
+docs: setup  ## the documentation site (mkdocs.yml, docs/) into site/; fails on any warning
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-reference: setup  ## regenerate docs/configuration.md and every generated table of README.md and docs/
+	$(BIN)/python docs/gen_config_reference.py
+	$(BIN)/python benchmarks/tables.py
+
+rulegraph: setup  ## docs/images/rulegraph.svg: Snakemake's rule graph of config.yaml, drawn by graphviz's dot
+	$(BIN)/snakemake --rulegraph > docs/images/rulegraph.dot
+	dot -Tsvg docs/images/rulegraph.dot > docs/images/rulegraph.svg
+	rm docs/images/rulegraph.dot
 
 ui: setup  ## the MLflow UI on http://127.0.0.1:5000 over config.yaml's tracking store
 	$(BIN)/modalprompt ui --config config.yaml

@@ -177,7 +177,7 @@ def detect_family(folder: Path, family: ModelFamily | str = ModelFamily.AUTO) ->
         known = ", ".join(f"{a.model_type!r} ({a.family})" for a in ADAPTERS.values())
         raise BaseModelError(
             f"{folder}/config.json has model_type {model_type!r}, expected one of {known}; "
-            "README 'Supported base models' says how to add a family"
+            "docs/contributing.md ('Add a base model family') says how to add a family"
         )
     return found
 

@@ -20,7 +20,7 @@ from modalprompt.scoring.metrics import selection_accuracy
 
 # ------------------------------------------------------------------ the official VQA answer normalisation
 # As EvalAIAnswerProcessor (mmf; LLaVA's m4c_evaluator.py, which CoIN's TextVQA evaluation runs) and the VQA
-# API's vqaEval.py: the same published tables and rules. Differences to both are listed in the README.
+# API's vqaEval.py: the same published tables and rules. Differences to both are listed in docs/scoring.md.
 
 _NUMBER_WORDS = {
     "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",

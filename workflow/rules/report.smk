@@ -28,7 +28,7 @@ rule matrix:
             category="Metrics",
             labels={"method": "{method}", "figure": "metrics (JSON)"},
         ),
-        # the same, with every cell scored as the published evaluation code scores it (README: scoring)
+        # the same, with every cell scored as the published evaluation code scores it (docs/scoring.md)
         matrix_published=str(layout.method_dir(RUN, "{method}") / "matrix_published.csv"),
         metrics_published=str(layout.method_dir(RUN, "{method}") / "metrics_published.json"),
         heatmap=report(

@@ -13,9 +13,9 @@ Seven tasks mirror CoIN's kinds, each with its own image style and instruction w
 | box_grounding | Grounding | [x1, y1, x2, y2] of the named shape | box_iou |
 
 `generic_corpus` writes what LLaVA-1.5's own instruction data teaches a real base, about the same visual
-world and in one generic wording no task uses: captions ("Describe the image."), short answers ("Short
-answer: color of circle?" -> "red"), multiple choice answered by a letter, RefCOCO-style boxes ("Short
-answer: box of the red circle?" -> "[0.10, 0.20, 0.50, 0.60]"), and text-only records that teach every
+world and in one generic wording no task uses: captions ("Describe the image."), short answers
+("Short answer: color of circle?" -> "the circle is red"), multiple choice answered by a letter, RefCOCO-style
+boxes ("Short answer: box of the red circle?" -> "[0.10, 0.20, 0.50, 0.60]"), and text-only records that teach every
 word the tasks need. The base knows the world and these skills; each task's prompt must learn the task's
 own instruction wording and answer format.
 
@@ -61,6 +61,7 @@ LANGUAGE_EVERY = 3  # one text-only record per this many image records in the ge
 LANGUAGE_KINDS = ("repeat", "list", "numeral")  # text-only records cycle through these
 # facts also asked as multiple choice (a letter answers), and facts whose short answer is a phrase: a
 # bare word or numeral there would answer sign_reading and digit_class before their prompts are learned
+# (the colour of a named shape is phrased too, "the circle is red", for color_attribute)
 CHOICES = {"shape": SHAPES, "color": tuple(COLORS), "word": WORDS, "digit": tuple("0123456789"),
            "number of dots": tuple("12345")}  # fmt: skip
 PHRASED = {
@@ -159,7 +160,7 @@ def color_attribute(rng: random.Random, _: dict) -> Sample:
     asked = rng.randrange(2)
     return Sample(image, f"What color is the {shapes[asked]}?", colors[asked],
                   f"a {colors[0]} {shapes[0]} and a {colors[1]} {shapes[1]}", {},
-                  tuple((f"color of {shapes[k]}", colors[k]) for k in range(2)))  # fmt: skip
+                  tuple((f"color of {shapes[k]}", f"the {shapes[k]} is {colors[k]}") for k in range(2)))  # fmt: skip
 
 
 def blur_query(rng: random.Random, _: dict) -> Sample:

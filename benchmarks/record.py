@@ -32,11 +32,17 @@ REQUIRED = ("commit", "dirty", "command", "machine", "load", "wall_seconds")
 
 
 def git_state() -> tuple[str, bool]:
-    """(HEAD's full hash, whether tracked files differ from it): the code that was measured."""
-    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-    status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                            capture_output=True, text=True)  # fmt: skip
-    return head.stdout.strip() or "unknown", bool(status.stdout.strip())
+    """(HEAD's full hash, whether tracked files differ from it): the code that was measured. Where git
+    cannot tell (no git, or a copy of the files without the repository): ("unknown", True), never clean."""
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+        status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True)  # fmt: skip
+    except OSError:
+        return "unknown", True
+    if head.returncode != 0 or status.returncode != 0:
+        return "unknown", True
+    return head.stdout.strip(), bool(status.stdout.strip())
 
 
 def cpu_model() -> str:
@@ -109,7 +115,7 @@ class Measurement:
 
     @property
     def wall_seconds(self) -> float:
-        return round((self.end or time.perf_counter()) - self.start, 1)
+        return round((self.end or time.perf_counter()) - self.start, 3)
 
     def record(self, argv: list[str] | None = None) -> dict[str, Any]:
         during = self.samples or [self.load_end]
@@ -122,6 +128,7 @@ class Measurement:
                 "start": self.load_start,
                 "during_max": max(during),
                 "during_mean": round(sum(during) / len(during), 2),
+                "during_samples": len(self.samples),  # 0: the run was shorter than `every` (during = end)
                 "end": self.load_end,
                 "what": "1-minute load average",
             },

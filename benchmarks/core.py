@@ -1,23 +1,23 @@
 """Core costs on tiny local models (CPU): train-step time, stage-file bytes, generation samples/s.
 
-    python benchmarks/core.py --out benchmarks/results/core.json
+    python benchmarks/core.py --out benchmarks/results/core-cpu-2core.json   # a minute or two on 2 cores
 
 Builds the tiny base and toy tasks in a temp folder (nothing downloaded), trains one stage per task,
-and evaluates after the last stage. Prints a table and writes JSON.
+and evaluates after the last stage. Prints a table and writes JSON with how it was measured
+(benchmarks/record.py). `--quick` (for tests) shrinks the base, the steps and the toy tasks: the same code,
+numbers of no use.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from record import Measurement, write_results
 
 from modalprompt.bases.backbone import load_backbone
 from modalprompt.bench.tiny import build_tiny_base
@@ -28,7 +28,7 @@ from modalprompt.run.evaluate import evaluate_stage
 from modalprompt.run.train import train_stage
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -39,14 +39,18 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=8)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, help="write results as JSON here")
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="for tests: a smaller base, 2 steps, tiny tasks")
+    args = parser.parse_args(argv)
+    train_size, test_size = 64, 32
+    if args.quick:
+        args.hidden, args.steps, args.max_new_tokens = 16, 2, 2
+        train_size, test_size = 2 * args.batch_size, 4
     torch.set_num_threads(args.threads)
-    load_start = os.getloadavg()  # the machine may be shared: its load says how noisy the times are
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with Measurement() as measured, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         llava, clip = build_tiny_base(root / "base" / "llava", root / "base" / "clip", hidden=args.hidden)
-        folders = write_toy_tasks(root / "data", train_size=64, test_size=32)
+        folders = write_toy_tasks(root / "data", train_size=train_size, test_size=test_size)
         backbone = load_backbone(ModelConfig(llava=str(llava), clip=str(clip), device="cpu"))
         method = MethodConfig()
         training = TrainingConfig(epochs=100, batch_size=args.batch_size, lr=1e-2, max_steps=args.steps)
@@ -92,12 +96,14 @@ def main() -> None:
         generation = evaluate_stage(backbone, method, evaluation, tasks[0], checkpoints, progress=False)
         n_params = sum(p.numel() for p in backbone.llava.parameters())
 
-    report = {
-        "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
+    report = measured.record(None if argv is None else [__file__, *argv])
+    report["machine"]["threads"] = torch.get_num_threads()
+    report |= {
+        "quick": args.quick,
         "llava_parameters": n_params,
         "hidden": args.hidden,
         "batch_size": args.batch_size,
+        "steps": args.steps,
         "prefix_length": method.prefix_length,
         "stages": stages,
         "generation": {
@@ -107,7 +113,10 @@ def main() -> None:
             "samples_per_s": generation.samples_per_s,
         },
     }
-    print(f"tiny LLaVA: {n_params:,} parameters, hidden {args.hidden}, {report['machine']}")
+    print(
+        f"tiny LLaVA: {n_params:,} parameters, hidden {args.hidden}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}"
+    )
     print(f"{'stage':>5} {'task':<8} {'step ms':>8} {'samples/s':>10} {'tensors B':>10} {'meta B':>7}")
     for s in stages:
         print(
@@ -119,8 +128,7 @@ def main() -> None:
         f"(batch {args.eval_batch_size}, {args.max_new_tokens} new tokens)"
     )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_results(args.out, report)
 
 
 if __name__ == "__main__":

@@ -47,14 +47,14 @@ no_grad (no backward). Attention counts the full S x S square (the usual MFU con
 norms, activations, softmax, the optimizer and the gradient clipping are not counted. The bare lower bound
 counts vision + projector + its own LLM forward and backward with the LM head on n positions.
 
-Prints a table and writes JSON (`--out`) with the device, versions, shape, settings and every number.
+Prints a table and writes JSON (`--out`) with the device, versions, shape, settings and every number, and
+how it was measured (benchmarks/record.py: commit, machine, load average, wall time).
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
-import json
 import platform
 import resource
 import statistics
@@ -67,6 +67,7 @@ from types import SimpleNamespace
 import torch
 import torch.nn.functional as F
 import transformers
+from record import Measurement, write_results
 from torch import nn
 from transformers import (
     CLIPTextConfig,
@@ -555,7 +556,7 @@ def print_table(report: dict) -> None:
             print(f"{name} skipped: {results[name]['skipped']}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -579,7 +580,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--peak-tflops", type=float, default=H100_BF16_DENSE_TFLOPS, help="for MFU")
     parser.add_argument("--out", type=Path, help="write results as JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.seq_len is None:
         args.seq_len = 16 if args.tiny_shape else 128
     if args.clip_len is None:
@@ -597,36 +598,37 @@ def main() -> None:
     if args.attention == "flash_attention_2" and not flash_ok:
         parser.error(flash_reason)
 
-    shape_name, shape = ("tiny", SHAPE_TINY) if args.tiny_shape else ("7b", SHAPE_7B)
-    config = build_config(shape)
-    sync(device)
-    start = time.perf_counter()
-    model = build_model(config, device, dtype)
-    backbone = build_backbone(model, shape, device, dtype)
-    sync(device)
-    build_s = time.perf_counter() - start
-    method = MethodConfig(prefix_length=PROMPT_LENGTH, transfer_num=args.transfer_num)
-    flops = flop_counts(backbone, method, args.batch_size, args.seq_len, args.clip_len, args.tasks)
+    with Measurement() as measured:
+        shape_name, shape = ("tiny", SHAPE_TINY) if args.tiny_shape else ("7b", SHAPE_7B)
+        config = build_config(shape)
+        sync(device)
+        start = time.perf_counter()
+        model = build_model(config, device, dtype)
+        backbone = build_backbone(model, shape, device, dtype)
+        sync(device)
+        build_s = time.perf_counter() - start
+        method = MethodConfig(prefix_length=PROMPT_LENGTH, transfer_num=args.transfer_num)
+        flops = flop_counts(backbone, method, args.batch_size, args.seq_len, args.clip_len, args.tasks)
 
-    results: dict[str, dict] = {}
-    for attention in attentions:
-        if attention == "flash_attention_2" and not flash_ok:
-            results[attention] = {"skipped": flash_reason}
-            continue
-        try:
-            model.set_attn_implementation(attention)
-        except (ImportError, ValueError) as error:  # e.g. a flash_attn build transformers does not accept
-            if args.attention != "both":
-                raise
-            results[attention] = {"skipped": f"set_attn_implementation failed: {error}"}
-            continue
-        package = bench_package_training(backbone, method, args, flops)
-        gc.collect()
-        package.update(bench_package_generation(backbone, method, args))
-        gc.collect()
-        bare = bench_bare_training(model, args, device, dtype, flops["bare_lower_bound"])
-        gc.collect()
-        results[attention] = {"package": package, "bare_lower_bound": bare}
+        results: dict[str, dict] = {}
+        for attention in attentions:
+            if attention == "flash_attention_2" and not flash_ok:
+                results[attention] = {"skipped": flash_reason}
+                continue
+            try:
+                model.set_attn_implementation(attention)
+            except (ImportError, ValueError) as error:  # e.g. a flash_attn build transformers does not accept
+                if args.attention != "both":
+                    raise
+                results[attention] = {"skipped": f"set_attn_implementation failed: {error}"}
+                continue
+            package = bench_package_training(backbone, method, args, flops)
+            gc.collect()
+            package.update(bench_package_generation(backbone, method, args))
+            gc.collect()
+            bare = bench_bare_training(model, args, device, dtype, flops["bare_lower_bound"])
+            gc.collect()
+            results[attention] = {"package": package, "bare_lower_bound": bare}
 
     try:
         import flash_attn
@@ -634,7 +636,8 @@ def main() -> None:
         flash_version = flash_attn.__version__
     except ImportError:
         flash_version = None
-    report = {
+    report = measured.record(None if argv is None else [__file__, *argv])
+    report |= {
         "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
         else platform.processor() or "cpu",
@@ -686,8 +689,7 @@ def main() -> None:
     }
     print_table(report)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        write_results(args.out, report)
 
 
 if __name__ == "__main__":

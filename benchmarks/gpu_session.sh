@@ -10,7 +10,9 @@
 # Usage: [STEPS="gpu-tests scaling"] bash benchmarks/gpu_session.sh OUT_DIR [WHEEL_DIR]
 # WHEEL_DIR: wheels of packages the machine lacks (this project's transformers pin, jsonschema, deepspeed),
 # installed into a private folder first. Each step has its own time limit; a failed step does not stop the
-# others. Logs and JSON results go to OUT_DIR.
+# others. Logs and JSON results go to OUT_DIR; each JSON file is written by its script through
+# benchmarks/record.py (commit, dirty, command, machine, load, wall time). Run it in a git checkout: in a copy
+# of the files without .git the commit reads "unknown", and such a file does not belong in benchmarks/results/.
 set -u -o pipefail
 out=${1:?usage: gpu_session.sh OUT_DIR [WHEEL_DIR]}
 wheels=${2:-}

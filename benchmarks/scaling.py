@@ -21,14 +21,14 @@
    output is created empty and marked done by `snakemake --touch` (which also writes Snakemake's metadata
    as a real run does; takes minutes), then `snakemake -n` is timed; with `--done PROJECT`, the no-op check
    of a project you finished for real.
+Writes JSON with how it was measured (benchmarks/record.py). `--quick` (for tests) times T = 1 and 2 on a
+smaller base, 2 repeats and no DAG: the same code, numbers of no use.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import random
 import re
 import statistics
@@ -40,6 +40,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from record import Measurement, relative, write_results
 
 from modalprompt.bases.backbone import load_backbone
 from modalprompt.bench.tiny import build_tiny_base
@@ -194,12 +195,12 @@ def dag_times(tasks: int, noop: bool, done: Path | None) -> dict:
     if done is not None:
         seconds, log = snakemake(done, "-n")
         result["noop_done_seconds"] = seconds
-        result["noop_done_project"] = str(done)
+        result["noop_done_project"] = relative(done)
         result["noop_done_nothing_to_do"] = "Nothing to be done" in log
     return result
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -226,10 +227,13 @@ def main() -> None:
     parser.add_argument("--noop", action="store_true", help="also time the no-op check of a finished project")
     parser.add_argument("--done", type=Path, help="a finished project folder, for the no-op check time")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="for tests: T = 1, 2 on a smaller base, no DAG")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.tasks, args.repeats, args.hidden, args.layers, args.batch_size = [1, 2], 2, 32, 1, 2
+        args.dag_tasks, args.noop, args.done = 0, False, None
 
-    load_start = os.getloadavg()  # the machine may be shared: its load says how noisy the times are
-    with tempfile.TemporaryDirectory() as tmp:
+    with Measurement() as measured, tempfile.TemporaryDirectory() as tmp:
         llava, clip = build_tiny_base(Path(tmp) / "llava", Path(tmp) / "clip", seed=0, hidden=args.hidden,
                                       layers=args.layers, heads=args.heads, image_size=args.image_size)  # fmt: skip
         backbone = load_backbone(ModelConfig(llava=str(llava), clip=str(clip), device=args.device))
@@ -244,6 +248,7 @@ def main() -> None:
         rows, times = latency(
             backbone, batch, args.tasks, args.k, args.repeats, args.prefix_length, args.seed
         )
+        dag = dag_times(args.dag_tasks, args.noop, args.done) if args.dag_tasks else {}
     parameters = sum(p.numel() for p in backbone.llava.parameters())
     low, high = min(args.tasks), max(args.tasks)
     ratios = {}
@@ -253,27 +258,27 @@ def main() -> None:
             ratios[f"{method}_T{high}_vs_T{args.k}"] = ratio(
                 times, (high, method), (args.k, method), args.seed
             )
-    measured = ratios[f"modalprompt_T{high}_vs_T{low}"]
+    headline = ratios[f"modalprompt_T{high}_vs_T{low}"]
     target = {
         "rule": f"ModalPrompt's time per sample at T = {high} at most {args.target} x T = {low}: met when the whole "
         "95% bootstrap interval of the ratio of medians is at or below it, not met when it is wholly above, "
         "undecided otherwise",
         "max_ratio": args.target,
-        "ratio_of_medians": measured["of_medians"],
-        "bootstrap_95": measured["bootstrap_95"],
+        "ratio_of_medians": headline["of_medians"],
+        "bootstrap_95": headline["bootstrap_95"],
         "verdict": "met"
-        if measured["bootstrap_95"][1] <= args.target
+        if headline["bootstrap_95"][1] <= args.target
         else "not met"
-        if measured["bootstrap_95"][0] > args.target
+        if headline["bootstrap_95"][0] > args.target
         else "undecided",
     }
-    report = {
-        "machine": {
-            "platform": platform.platform(),
-            "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
-            "threads": torch.get_num_threads(),
-            "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
-        },
+    report = measured.record(None if argv is None else [__file__, *argv])
+    report["machine"] |= {
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else args.device,
+        "threads": torch.get_num_threads(),
+    }
+    report |= {
+        "quick": args.quick,
         "base": {
             "llava_parameters": parameters,
             "hidden": args.hidden,
@@ -287,7 +292,7 @@ def main() -> None:
         "latency": rows,
         "ratios": ratios,
         "target": target,
-        **(dag_times(args.dag_tasks, args.noop, args.done) if args.dag_tasks else {}),
+        **dag,
     }
     first = {r["method"]: r for r in rows if r["tasks"] == low}
     for r in rows:  # against the same method at the smallest T (medians; FLOPs have no noise)
@@ -313,8 +318,7 @@ def main() -> None:
     print(f"target: {target['verdict']} ({target['rule']})")
     print({k: v for k, v in report.items() if k.startswith(("dag", "noop"))})
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        write_results(args.out, report)
 
 
 if __name__ == "__main__":

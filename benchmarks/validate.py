@@ -1,18 +1,19 @@
 """Validation speed on a generated 100k-record CoIN file with a few bad records.
 
-    python benchmarks/validate.py --records 100000 --images 20000 --out benchmarks/results/validate.json
+    python benchmarks/validate.py --records 100000 --images 20000 \\
+        --out benchmarks/results/validate-cpu-2core.json
 
 Writes a train.json and a test.json of `--records` records each, referring to `--images` distinct PNG
 files (CoIN tasks share images between questions), with `--bad` broken records of each kind spread over
 the file. Times `validate_train_records` / `validate_eval_records`: opening every distinct image header,
-and existence checks only. Checks that exactly the broken records are reported.
+and existence checks only. Checks that exactly the broken records are reported. Writes JSON with how it was
+measured (benchmarks/record.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import tempfile
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from PIL import Image
+from record import Measurement, write_results
 
 from modalprompt.data.validation import ImageChecker, validate_eval_records, validate_train_records
 
@@ -65,7 +67,7 @@ def _make(root: Path, n: int, n_images: int, n_bad: int, seed: int) -> tuple[lis
     return train, test, bad_train, bad_test
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -73,9 +75,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20_000)
     parser.add_argument("--bad", type=int, default=5, help="broken records of each kind")
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
-    load_start = os.getloadavg()  # the machine may be shared: its load says how noisy the times are
-    with tempfile.TemporaryDirectory() as tmp:
+    args = parser.parse_args(argv)
+    with Measurement() as measured, tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         train, test, bad_train, bad_test = _make(root, args.records, args.images, args.bad, seed=0)
         (root / "train.json").write_text(json.dumps(train))
@@ -110,21 +111,8 @@ def main() -> None:
             f"{r['file']:<6} {check:<12} {r['bad_records']:>4} {r['seconds']:>8.2f} {r['records_per_s']:>10,.0f}"
         )
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(
-            json.dumps(
-                {
-                    "machine": platform.platform(),
-                    "cpus": os.cpu_count(),
-                    "load_average_1_5_15_min": {"start": load_start, "end": os.getloadavg()},
-                    "records": args.records,
-                    "images": args.images,
-                    "runs": rows,
-                },
-                indent=2,
-            )
-            + "\n"
-        )
+        report = measured.record(None if argv is None else [__file__, *argv])
+        write_results(args.out, report | {"records": args.records, "images": args.images, "runs": rows})
 
 
 if __name__ == "__main__":

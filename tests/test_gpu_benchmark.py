@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _benchmark_module():
+    if str(ROOT / "benchmarks") not in sys.path:  # the script imports benchmarks/record.py as its neighbour
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("gpu_llava7b", ROOT / "benchmarks" / "gpu_llava7b.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

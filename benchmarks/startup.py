@@ -1,38 +1,40 @@
-"""Start-up cost of the DAG and of its jobs, this checkout against an earlier commit, in one run.
+"""Start-up cost of this checkout's code: what a pipeline job pays before its work, and what Snakemake's no-op
+check of the DAG costs next to Snakemake's own floor.
 
-    python benchmarks/startup.py --before 30e49ff --out benchmarks/results/startup-cpu-2core.json
+    python benchmarks/startup.py --out benchmarks/results/startup-cpu-2core.json
 
-Measures, each for this checkout ("after") and for the commit given with --before (checked out into a
-scratch git worktree, run with the same Python environment):
-1. the no-op check (`snakemake -n` on a finished project: nothing to do) of the default config and of a
+It measures today's code only (no other commit), run with this Python environment, in scratch folders:
+1. each job command as a pipeline job runs it, for real on a tiny base and the toy tasks: train (2 steps),
+   evaluate, score, matrix, each cold (its own process: how Snakemake starts score and matrix, and every
+   job under Slurm). Per command: the wall time, the import time (`python -X importtime`: the sum of the
+   top-level imports) and which heavy libraries it imports; for train and evaluate also the split of the
+   wall time into the work the job reports (loading the model, then training or generating) and the rest,
+   the start-up (interpreter, imports, parsing the settings). Once each: a cold start is ~10 s of imports
+   whose spread is small next to it.
+2. the evaluate command warm (`--warm yes`, how the local DAG runs evaluate and train jobs: a thin client
+   hands the command to a child forked from a server that has imported torch and transformers once): the
+   first call, which starts the server, then --repeats calls, split the same way (median). The server is
+   this run's own (a private temporary folder) and is stopped at the end. Editing the package's files
+   while it runs starts another server (recorded: `servers_started` must be 1 for the numbers to hold).
+3. the no-op check (`snakemake -n` on a finished project: nothing to do) of the default config and of a
    32-task config, median of --repeats runs; a finished project is made by `snakemake --touch` over empty
-   outputs (it writes the same metadata a real run does);
-2. each job command's import time (`python -X importtime`: the sum of the top-level imports) and wall time,
-   run for real on a tiny base and the toy tasks: train (2 steps), evaluate, score, matrix;
-3. with --dag (the slow part), the default DAG from nothing (the README's `make demo`), before and after:
-   wall time, and every evaluate and train job's time split into start-up and work. With --prepared DIR
-   both versions start from DIR's models/ and data/ (a finished default run's: the pretrained mini-CoIN
-   base and the generated tasks, copied with their times, so Snakemake plans neither), and the DAG is the
-   rest: every training stage, evaluation, score and summary; the base's pretraining (over an hour on
-   2 cores, the same code in both versions) is then left out of both walls. The job's time is
-   Snakemake's benchmark file; its work is what the job reports in its log (model loading and the
-   generation or training loop); start-up is the rest (interpreter, imports, and for a warm job the
-   client and the fork).
+   outputs (it writes the metadata a real run does).
 4. Snakemake's own floor (a stand-in, labelled as one): the no-op check of a generated Snakefile with as
-   many jobs as each real DAG, in a like shape (a chain of training stages, evaluations on a stage, a score on
-   each evaluation), whose rules have no params, logs, resources or functions of ours. It is what any
-   workflow of that size costs on this machine with this Snakemake; the real check can only come near it.
-The targets (issue 17) are checked on the numbers of this one run. The load average of the machine at the
-start and end is recorded: the project's machines are shared, and a loaded machine inflates every time.
+   many jobs as each real DAG, in a like shape (a chain of training stages, evaluations on a stage, a score
+   on each evaluation), whose rules have no params, logs, resources or functions of ours: what any workflow
+   of that size costs on this machine with this Snakemake; the real check can only come near it.
+The no-op targets are judged on this run's numbers, beside the floor. The DAG's own wall time is not
+measured here (benchmarks/minicoin.py measures it). Under 10 minutes on 2 idle cores with --repeats 3 (most
+of it making the 32-task project finished and checking it); --repeats 2 saves about a minute.
+Writes JSON with how it was measured (benchmarks/record.py): commit, machine, load average, wall time.
+`--quick` (for tests): the toy config in place of the default and 32-task ones and one repeat; the same code.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -43,32 +45,35 @@ import time
 from pathlib import Path
 
 import yaml
+from record import Measurement, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGETS = {"noop_default_s": 2.5, "noop_32_tasks_s": 6.0, "eval_startup_share": 1 / 3, "demo_speedup": 2.0}
+TARGETS = {"noop_default_s": 2.5, "noop_32_tasks_s": 6.0}
+HEAVY = ("torch", "transformers", "mlflow", "scipy")  # libraries whose import a job's start-up pays
 
 
-class Checkout:
-    """A version of the project: its Snakefile and package, run with this Python environment."""
+def _env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1",
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **extra}  # fmt: skip
 
-    def __init__(self, name: str, root: Path):
-        self.name, self.root = name, root
-        self.env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1",
-                    "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
 
-    def run(self, args: list[str], cwd: Path, **kw) -> tuple[float, subprocess.CompletedProcess]:
-        start = time.perf_counter()
-        done = subprocess.run(args, cwd=cwd, env=self.env, capture_output=True, text=True, **kw)
-        return time.perf_counter() - start, done
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> tuple[float, subprocess.CompletedProcess]:
+    """Seconds and the finished process of `args`."""
+    start = time.perf_counter()
+    done = subprocess.run(args, cwd=cwd, env=env or _env(), capture_output=True, text=True)
+    return time.perf_counter() - start, done
 
-    def snakemake(self, project: Path, *flags: str) -> tuple[float, subprocess.CompletedProcess]:
-        return self.run([sys.executable, "-m", "snakemake", "-s", str(self.root / "workflow" / "Snakefile"),
-                         "--directory", str(project), "--configfile", str(project / "config.yaml"), *flags],
-                        cwd=project)  # fmt: skip
 
-    def modalprompt(self, cwd: Path, *args: str, importtime: bool = False):
-        flags = ["-X", "importtime"] if importtime else []
-        return self.run([sys.executable, *flags, "-m", "modalprompt", *args], cwd=cwd)
+def snakemake(project: Path, *flags: str) -> tuple[float, subprocess.CompletedProcess]:
+    return run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--directory",
+                str(project), "--configfile", str(project / "config.yaml"), *flags], cwd=project)  # fmt: skip
+
+
+def modalprompt(cwd: Path, *args: str, importtime: bool = False, env: dict[str, str] | None = None):
+    flags = ["-X", "importtime"] if importtime else []
+    return run([sys.executable, *flags, "-m", "modalprompt", *args], cwd=cwd, env=env)
 
 
 def _project(folder: Path, raw: dict) -> Path:
@@ -78,20 +83,20 @@ def _project(folder: Path, raw: dict) -> Path:
     return folder
 
 
-def _finished(checkout: Checkout, project: Path) -> None:
+def _finished(project: Path) -> None:
     """Every output present and recorded in Snakemake's metadata, without running a job."""
-    _, log = checkout.snakemake(project, "--touch", "--cores", "1")
+    _, log = snakemake(project, "--touch", "--cores", "1")
     missing = re.findall(r"Output files not touched because they don't exist: (.*)", log.stdout + log.stderr)
     for path in {p.strip() for line in missing for p in line.split(", ")}:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).touch()
-    checkout.snakemake(project, "--touch", "--cores", "1")
+    snakemake(project, "--touch", "--cores", "1")
 
 
-def noop_seconds(checkout: Checkout, raw: dict, folder: Path, repeats: int) -> dict:
+def noop_seconds(raw: dict, folder: Path, repeats: int) -> dict:
     project = _project(folder, raw)
-    _finished(checkout, project)
-    return _timed_noops(lambda: checkout.snakemake(project, "-n"), repeats)
+    _finished(project)
+    return _timed_noops(lambda: snakemake(project, "-n"), repeats)
 
 
 def _timed_noops(check, repeats: int) -> dict:
@@ -143,14 +148,14 @@ rule score:
 """
 
 
-def planned_job_count(checkout: Checkout, project: Path) -> int:
+def planned_job_count(project: Path) -> int:
     """How many jobs the project's whole DAG has (a dry run of everything)."""
-    _, done = checkout.snakemake(project, "-n", "--forceall")
+    _, done = snakemake(project, "-n", "--forceall")
     stats = (done.stdout + done.stderr).partition("Job stats:")[2]
     return int(re.search(r"^total\s+(\d+)$", stats, re.M).group(1))
 
 
-def snakemake_floor(checkout: Checkout, jobs: int, stages: int, folder: Path, repeats: int) -> dict:
+def snakemake_floor(jobs: int, stages: int, folder: Path, repeats: int) -> dict:
     """The no-op check of the stand-in Snakefile with about `jobs` jobs over `stages` stages (item 4)."""
     evals = max(1, round((jobs - stages - 1) / (2 * stages)))
     folder.mkdir(parents=True)
@@ -160,14 +165,14 @@ def snakemake_floor(checkout: Checkout, jobs: int, stages: int, folder: Path, re
         for name in ["ckpt"] + [f"e{e}.{ext}" for e in range(evals) for ext in ("jsonl", "score")]:
             (folder / f"s{s}" / name).touch()
     command = [sys.executable, "-m", "snakemake", "-s", str(folder / "Snakefile"), "--directory", str(folder)]
-    checkout.run([*command, "--touch", "--cores", "1"], cwd=folder)
-    timed = _timed_noops(lambda: checkout.run([*command, "-n"], cwd=folder), repeats)
+    run([*command, "--touch", "--cores", "1"], cwd=folder)
+    timed = _timed_noops(lambda: run([*command, "-n"], cwd=folder), repeats)
     return {"jobs": stages + 2 * stages * evals + 1, "real_dag_jobs": jobs, **timed}
 
 
-def thirty_two_tasks(root: Path) -> dict:
-    """The toy config of the checkout at `root` (each version reads its own keys) with 32 tasks."""
-    raw = yaml.safe_load((root / "config" / "toy.yaml").read_text())
+def thirty_two_tasks() -> dict:
+    """The toy config with 32 tasks."""
+    raw = yaml.safe_load((ROOT / "config" / "toy.yaml").read_text())
     toy = raw["tasks"]
     raw["tasks"] = [{**toy[i % len(toy)], "name": f"task{i:02d}"} for i in range(32)]
     return raw
@@ -183,16 +188,21 @@ def import_total_ms(stderr: str) -> float:
     return round(total / 1000, 1)
 
 
-def command_costs(checkout: Checkout, folder: Path) -> dict:
-    """Each job command run for real (cold: a fresh process) on a tiny base and the toy tasks."""
-    folder.mkdir(parents=True)
-    raw = yaml.safe_load((checkout.root / "config" / "toy.yaml").read_text())
-    raw["training"].update(max_steps=2, batch_size=4)
-    raw["evaluation"].update(max_new_tokens=4)
-    _project(folder, raw)
-    checkout.modalprompt(folder, "make-tiny-base", "models/tiny/llava", "models/tiny/clip")
-    checkout.modalprompt(folder, "make-toy-data", "data/toy")
-    commands = {
+def job_split(wall: float, stdout: str) -> dict:
+    """A job's wall time against what it reports on its last JSON line (`load_seconds`: the model,
+    `seconds`: training or generation; `startup_seconds`: its process's age when its command began, which
+    for a warm job is the forked child's); start-up is the wall time less load and work."""
+    report = next((json.loads(line) for line in reversed(stdout.splitlines()) if line.startswith("{")), {})
+    load, work = report.get("load_seconds"), report.get("seconds")
+    known = load is not None and work is not None
+    return {"load_s": load, "work_s": work, "reported_startup_s": report.get("startup_seconds"),
+            "startup_s": round(wall - load - work, 2) if known else None,
+            "startup_share": round((wall - load - work) / wall, 3) if known and wall else None}  # fmt: skip
+
+
+def _commands(folder: Path) -> dict[str, list[str]]:
+    """The job commands, on the tiny base and the toy tasks in `folder` (made by `_toy_project`)."""
+    return {
         "train": ["train", "--config", "config.yaml", "--task", "colors", "--out", "stage-1", "--quiet"],
         "evaluate": ["evaluate", "--config", "config.yaml", "--task", "colors", "--checkpoints", "stage-1",
                      "--out", "colors.jsonl", "--quiet"],
@@ -200,166 +210,121 @@ def command_costs(checkout: Checkout, folder: Path) -> dict:
                   "data/toy/colors/test.json", "--task", "colors", "--stage", "1", "--out", "colors.score.json"],
         "matrix": ["matrix", "--tasks", "colors", "--scores", "colors.score.json", "--out-dir", "matrix"],
     }  # fmt: skip
-    out = {}
-    for name, args in commands.items():
-        seconds, done = checkout.modalprompt(folder, *args, importtime=True)
+
+
+def _toy_project(folder: Path) -> None:
+    raw = yaml.safe_load((ROOT / "config" / "toy.yaml").read_text())
+    raw["training"].update(max_steps=2, batch_size=4)
+    raw["evaluation"].update(max_new_tokens=4)
+    _project(folder, raw)
+    for args in (["make-tiny-base", "models/tiny/llava", "models/tiny/clip"], ["make-toy-data", "data/toy"]):
+        _, done = modalprompt(folder, *args)
         if done.returncode != 0:
-            raise SystemExit(f"{checkout.name}: modalprompt {name} failed:\n{done.stderr[-3000:]}")
-        loaded = {
-            lib: re.search(rf"\|\s+{lib}$", done.stderr, re.M) is not None
-            for lib in ("torch", "transformers", "mlflow", "scipy")
-        }
+            raise SystemExit(f"modalprompt {args[0]} failed:\n{done.stderr[-3000:]}")
+
+
+def command_costs(folder: Path) -> dict:
+    """Each job command run for real, cold (a fresh process), in order (each reads the one before's files)."""
+    out = {}
+    for name, args in _commands(folder).items():
+        seconds, done = modalprompt(folder, *args, importtime=True)
+        if done.returncode != 0:
+            raise SystemExit(f"modalprompt {name} failed:\n{done.stderr[-3000:]}")
+        loaded = {lib: re.search(rf"\|\s+{lib}$", done.stderr, re.M) is not None for lib in HEAVY}
         out[name] = {"wall_s": round(seconds, 2), "imports_ms": import_total_ms(done.stderr), "loads": loaded}
+        if name in ("train", "evaluate"):
+            out[name] |= job_split(seconds, done.stdout)
     return out
 
 
-def dag_run(checkout: Checkout, folder: Path, prepared: Path | None = None) -> dict:
-    """The default config's DAG from nothing (from `prepared`'s base and data when given): wall time, the
-    jobs it ran, and the split of each evaluate and train job."""
-    raw = yaml.safe_load((checkout.root / "config.yaml").read_text())
-    project = _project(folder, raw)
-    if prepared:
-        for part in ("models", "data"):
-            shutil.copytree(prepared / part, project / part, copy_function=shutil.copy2)
-    seconds, done = checkout.snakemake(project, "--cores", "2")
-    (project / "snakemake.log").write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise SystemExit(f"{checkout.name}: the default DAG failed, see {project / 'snakemake.log'}")
-    results = project / "results" / raw["experiment"]
-    # the planned jobs per rule: Snakemake's "Job stats" table, printed before the first job
-    stats = (done.stdout + done.stderr).partition("Job stats:")[2].split("\n\n")[0]
-    return {
-        "wall_s": round(seconds, 1),
-        "prepared": str(prepared) if prepared else None,
-        "jobs": {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M)},
-        "evaluate": _job_split(results, "evaluate"),
-        "train": _job_split(results, "train"),
-    }
+def warm_evaluate(folder: Path, repeats: int) -> dict:
+    """The evaluate command with --warm yes: the first call (which starts the server), then `repeats` calls;
+    the server is private to this run (its own TMPDIR, so its own socket) and stopped at the end."""
+    private = Path(tempfile.mkdtemp(prefix="warm-"))  # short: the socket's path has a length limit
+    env = _env(TMPDIR=str(private))
+    args = ["--warm", "yes", *_commands(folder)["evaluate"]]
+    servers: set[str] = set()  # one socket per server: a second means the package's files changed meanwhile
+    try:
+        calls = []
+        for _ in range(1 + repeats):
+            seconds, done = modalprompt(folder, *args, env=env)
+            if done.returncode != 0:
+                raise SystemExit(f"modalprompt --warm yes evaluate failed:\n{done.stderr[-3000:]}")
+            calls.append({"wall_s": round(seconds, 2), **job_split(seconds, done.stdout)})
+            servers |= {sock.name for sock in private.glob("modalprompt-warm-*/*.sock")}
+    finally:
+        for sock in private.glob("modalprompt-warm-*/*.sock"):
+            sock.unlink()  # the server ends once its socket file is gone
+        shutil.rmtree(private, ignore_errors=True)
+    later = calls[1:]
 
+    def median(key: str) -> float | None:
+        values = [c[key] for c in later if c[key] is not None]
+        return round(statistics.median(values), 3) if values else None
 
-def _job_split(results: Path, rule: str) -> dict:
-    """Snakemake's benchmark time of each `rule` job against the work its log reports."""
-    rows = []
-    for tsv in sorted((results / "benchmarks").rglob(f"{rule}-stage-*.tsv")):
-        with tsv.open() as f:
-            wall = float(next(csv.DictReader(f, delimiter="\t"))["s"])
-        log = results / "logs" / tsv.relative_to(results / "benchmarks").with_suffix(".log")
-        report = next((json.loads(line) for line in reversed(log.read_text().splitlines())
-                       if line.startswith("{")), {})  # fmt: skip
-        work = report.get("seconds")
-        load = report.get("load_seconds")
-        rows.append({"wall_s": wall, "work_s": work, "load_s": load})
-    known = [r for r in rows if r["work_s"] is not None and r["load_s"] is not None]
-    wall = sum(r["wall_s"] for r in known)
-    work = sum(r["work_s"] + r["load_s"] for r in known)
-    return {
-        "count": len(rows),
-        "wall_s": round(sum(r["wall_s"] for r in rows), 1),
-        "mean_wall_s": round(statistics.mean(r["wall_s"] for r in rows), 2) if rows else None,
-        "startup_share": round((wall - work) / wall, 3) if known and wall else None,
-        "mean_startup_s": round((wall - work) / len(known), 2) if known else None,
-        "reported": len(known),  # jobs whose log reports load and work (the before code reports neither)
-    }
-
-
-def _load() -> list[float]:
-    return [round(v, 2) for v in os.getloadavg()]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--before", default="30e49ff", help="the commit to compare against")
-    parser.add_argument("--repeats", type=int, default=3, help="no-op checks timed per project")
-    parser.add_argument(
-        "--dag", action="store_true", help="also run the default DAG from nothing, both versions"
-    )
-    parser.add_argument("--prepared", type=Path, help="with --dag: start both DAGs from this folder's models/ "
-                        "and data/ (a finished default run's), leaving the base's pretraining out")  # fmt: skip
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep the projects' results")
-    args = parser.parse_args()
-
-    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
-              "commits": {"before": args.before, "after": _head()}, "load_average_start": _load()}  # fmt: skip
-    with tempfile.TemporaryDirectory() as scratch:
-        tmp = args.keep or Path(scratch)
-        tmp.mkdir(parents=True, exist_ok=True)
-        before_root = tmp / "before"
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(before_root), args.before],
-                       check=True, capture_output=True)  # fmt: skip
-        try:
-            checkouts = [Checkout("before", before_root), Checkout("after", ROOT)]
-            for checkout in checkouts:
-                side = report.setdefault(checkout.name, {})
-                default = yaml.safe_load((checkout.root / "config.yaml").read_text())
-                side["noop_default"] = noop_seconds(checkout, default, tmp / checkout.name / "noop-default",
-                                                    args.repeats)  # fmt: skip
-                side["noop_32_tasks"] = noop_seconds(checkout, thirty_two_tasks(checkout.root), tmp / checkout.name / "noop-32",
-                                                     args.repeats)  # fmt: skip
-                side["commands"] = command_costs(checkout, tmp / checkout.name / "commands")
-                print(checkout.name, json.dumps(side), flush=True)
-            after = checkouts[1]  # Snakemake is the same for both versions: its floor once, at each size
-            report["snakemake_floor"] = {
-                size: snakemake_floor(after, planned_job_count(after, tmp / "after" / f"noop-{size}"),
-                                      len(raw["tasks"]), tmp / "floor" / size, args.repeats)
-                for size, raw in (("default", yaml.safe_load((ROOT / "config.yaml").read_text())),
-                                  ("32", thirty_two_tasks(ROOT)))
-            }  # fmt: skip
-            print("floor", json.dumps(report["snakemake_floor"]), flush=True)
-            if args.dag:
-                for checkout in checkouts:
-                    report[checkout.name]["dag"] = dag_run(
-                        checkout, tmp / checkout.name / "dag", args.prepared
-                    )
-                    print(checkout.name, "dag", json.dumps(report[checkout.name]["dag"]), flush=True)
-        finally:
-            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before_root)],
-                           capture_output=True)  # fmt: skip
-    report["load_average_end"] = _load()
-    report["targets"] = _verdicts(report)
-    print(json.dumps(report["targets"], indent=1))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
+    return {"served_warm": bool(servers), "servers_started": len(servers), "first_call": calls[0],
+            "calls": later, "median_wall_s": median("wall_s"), "median_startup_s": median("startup_s"),
+            "median_startup_share": median("startup_share")}  # fmt: skip
 
 
 def _verdicts(report: dict) -> dict:
-    after, before = report["after"], report["before"]
-    verdicts = {
-        "noop_default_s": {
-            "measured": after["noop_default"]["median_s"],
-            "target": TARGETS["noop_default_s"],
-        },
-        "noop_32_tasks_s": {
-            "measured": after["noop_32_tasks"]["median_s"],
-            "target": TARGETS["noop_32_tasks_s"],
-        },
-    }
-    for v in verdicts.values():
-        v["met"] = v["measured"] <= v["target"]
-    for key, size in (("noop_default_s", "default"), ("noop_32_tasks_s", "32")):
-        if size in report.get("snakemake_floor", {}):  # what Snakemake alone takes for a DAG of that size
-            verdicts[key]["snakemake_floor_s"] = report["snakemake_floor"][size]["median_s"]
-    if "dag" in after:
-        share = after["dag"]["evaluate"]["startup_share"]
-        verdicts["eval_startup_share"] = {"measured": share, "target": round(TARGETS["eval_startup_share"], 3),
-                                          "met": share is not None and share <= TARGETS["eval_startup_share"]}  # fmt: skip
-    if "dag" in after and "dag" in before:
-        speedup = before["dag"]["wall_s"] / after["dag"]["wall_s"]
-        verdicts["demo_speedup"] = {"measured": round(speedup, 2), "target": TARGETS["demo_speedup"],
-                                    "met": speedup >= TARGETS["demo_speedup"]}  # fmt: skip
-    else:
-        verdicts["demo_speedup"] = {"measured": None, "target": TARGETS["demo_speedup"], "met": None}
+    verdicts = {}
+    for key, size, floor in (
+        ("noop_default_s", "noop_default", "default"),
+        ("noop_32_tasks_s", "noop_32_tasks", "32"),
+    ):
+        if size in report:
+            measured = report[size]["median_s"]
+            verdicts[key] = {"measured": measured, "target": TARGETS[key], "met": measured <= TARGETS[key],
+                             "snakemake_floor_s": report["snakemake_floor"][floor]["median_s"]}  # fmt: skip
     return verdicts
 
 
-def _head() -> str:
-    done = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    return done.stdout.strip()
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="no-op checks per project, warm calls after the first"
+    )
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--keep", type=Path, help="run in this (new) folder and keep the projects")
+    parser.add_argument("--quick", action="store_true", help="for tests: the toy config only, one repeat")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = 1
+    # (name in the report, its floor's name, the config)
+    sizes = ([("noop_toy", "toy", yaml.safe_load((ROOT / "config" / "toy.yaml").read_text()))] if args.quick else
+             [("noop_default", "default", yaml.safe_load((ROOT / "config.yaml").read_text())),
+              ("noop_32_tasks", "32", thirty_two_tasks())])  # fmt: skip
+
+    report: dict = {}
+    with Measurement() as measured, tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or Path(scratch)
+        tmp.mkdir(parents=True, exist_ok=True)
+        _toy_project(tmp / "commands")
+        report["commands"] = command_costs(tmp / "commands")
+        print("commands", json.dumps(report["commands"]), flush=True)
+        report["warm_evaluate"] = warm_evaluate(tmp / "commands", args.repeats)
+        print("warm evaluate", json.dumps(report["warm_evaluate"]), flush=True)
+        report["snakemake_floor"] = {}
+        for name, floor, raw in sizes:
+            report[name] = noop_seconds(raw, tmp / name, args.repeats)
+            jobs = planned_job_count(tmp / name)
+            report["snakemake_floor"][floor] = snakemake_floor(jobs, len(raw["tasks"]), tmp / "floor" / floor,
+                                                               args.repeats)  # fmt: skip
+            print(
+                name,
+                json.dumps(report[name]),
+                "floor",
+                json.dumps(report["snakemake_floor"][floor]),
+                flush=True,
+            )
+    report = {**measured.record(None if argv is None else [__file__, *argv]), "quick": args.quick,
+              "repeats": args.repeats, **report, "targets": _verdicts(report)}  # fmt: skip
+    print(json.dumps(report["targets"], indent=1))
+    if args.out:
+        write_results(args.out, report)
 
 
 if __name__ == "__main__":

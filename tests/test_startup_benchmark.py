@@ -1,4 +1,5 @@
-"""benchmarks/startup.py reads Python's import times and a DAG's benchmark files and job logs correctly."""
+"""benchmarks/startup.py reads Python's import times and a job's report correctly, and its stand-in for
+Snakemake's floor is a finished DAG of about the real size."""
 
 from __future__ import annotations
 
@@ -22,25 +23,19 @@ def test_import_total_sums_the_top_level_imports_only():
     assert startup.import_total_ms(stderr) == 3.0
 
 
-def test_job_split_takes_the_work_a_job_reports_from_its_wall_time(tmp_path):
-    results = tmp_path / "results"
-    for stage, (wall, load, work) in enumerate([(3.0, 0.5, 0.5), (5.0, 1.0, 1.0)], start=1):
-        tsv = results / "benchmarks" / "modalprompt" / f"evaluate-stage-{stage}-colors.tsv"
-        tsv.parent.mkdir(parents=True, exist_ok=True)
-        tsv.write_text(f"s\th:m:s\tmax_rss\n{wall}\t0:00:0{int(wall)}\t100\n")
-        log = results / "logs" / "modalprompt" / f"evaluate-stage-{stage}-colors.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("progress line\n" + json.dumps({"seconds": work, "load_seconds": load}) + "\n")
-    split = startup._job_split(results, "evaluate")
-    assert split["count"] == 2 and split["reported"] == 2 and split["wall_s"] == 8.0
-    assert split["startup_share"] == round((8.0 - 3.0) / 8.0, 3) and split["mean_startup_s"] == 2.5
+def test_job_split_takes_the_work_a_job_reports_from_its_wall_time():
+    """Start-up is the wall time less the model's loading and the work, from the job's last JSON line."""
+    stdout = "a progress line\n" + json.dumps({"seconds": 1.5, "load_seconds": 0.5, "startup_seconds": 0.02})
+    split = startup.job_split(4.0, stdout + "\n")
+    assert split == {"load_s": 0.5, "work_s": 1.5, "reported_startup_s": 0.02, "startup_s": 2.0,
+                     "startup_share": 0.5}  # fmt: skip
+    assert startup.job_split(1.0, "no report\n")["startup_s"] is None
 
 
 def test_the_snakemake_floor_is_a_finished_dag_of_about_the_real_size(tmp_path):
     """The stand-in has about as many jobs as asked, every one present and recorded: its no-op check plans
     nothing (otherwise it would time planning, not the no-op)."""
-    checkout = startup.Checkout("after", ROOT)
-    floor = startup.snakemake_floor(checkout, jobs=40, stages=3, folder=tmp_path / "floor", repeats=1)
+    floor = startup.snakemake_floor(jobs=40, stages=3, folder=tmp_path / "floor", repeats=1)
     assert floor["nothing_to_do"] and floor["real_dag_jobs"] == 40
     assert abs(floor["jobs"] - 40) <= 6  # 3 training stages + 2 x 3 x evals + all
     assert (tmp_path / "floor" / "s3" / "e5.score").is_file()

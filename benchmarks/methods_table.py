@@ -1,12 +1,18 @@
-"""Every method of a finished run over seeds, as one results file and a README table (mean +- standard
-deviation per metric).
+"""Every method of an experiment over seeds, run and timed by this script as one results file; and the
+Markdown table of such a file (mean +- standard deviation per metric).
 
-    python benchmarks/methods_table.py --config config/ci-all.yaml --out benchmarks/results/ci-all-cpu-2core.json
+    python benchmarks/methods_table.py --config config/minicoin-all.yaml --cores 2 \\
+        --out benchmarks/results/minicoin-all-cpu-2core.json
+    python benchmarks/methods_table.py --table benchmarks/results/minicoin-all-cpu-2core.json
 
-Reads what `snakemake --configfile CONFIG` (or `modalprompt run --config CONFIG`, which writes the same files)
-wrote: each method's metrics.json over the seeds (results/<experiment>/<method>/), the environment
-fingerprint of one stage, and the job times of Snakemake's benchmark files (none after `modalprompt run`; give
-its wall time with --wall-seconds). Prints a Markdown table and writes JSON.
+The first runs `snakemake --configfile CONFIG --cores N` in the repository, timed (the config's paths are
+relative to the config file: config/minicoin-all.yaml shares the default run's generated data and pretrained
+base, so run `make demo` first, or the DAG builds them too and the wall time includes them; the jobs Snakemake
+planned, per rule, are recorded). It refuses to start when the experiment's results folder exists: the wall
+time must be the whole run's. Then it reads what the run wrote: each method's metrics.json over the seeds
+(results/<experiment>/<method>/), the environment fingerprint of one stage, and the job times of Snakemake's
+benchmark files, and writes them with how they were measured (benchmarks/record.py). The config must set
+pipeline.seeds. The second prints the table of a results file written by the first.
 """
 
 from __future__ import annotations
@@ -14,12 +20,18 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
+
+from record import Measurement, relative, write_results
 
 from modalprompt import layout
 from modalprompt.config import load_experiment
-from modalprompt.files import atomic_write_text
 
+ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("avg", "mft", "maa", "bwt", "forgetting", "fwt", "selection_accuracy")
 
 
@@ -33,6 +45,21 @@ def job_seconds(results: Path) -> dict[str, float]:
     return {k: round(v, 1) for k, v in sorted(totals.items())}
 
 
+def run_dag(config: Path, cores: int) -> dict[str, int]:
+    """`snakemake --configfile CONFIG --cores N` in the repository; the jobs it planned, per rule."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--configfile",
+               str(config), "--cores", str(cores)]  # fmt: skip
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }  # the jobs' modalprompt
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"snakemake failed:\n{(done.stdout + done.stderr)[-3000:]}")
+    stats = (done.stdout + done.stderr).partition("Job stats:")[2].split("\n\n")[0]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M)}
+
+
 def cell(metrics: dict, name: str) -> str:
     mean, std = metrics.get(name), metrics.get("std", {}).get(name)
     if mean is None:
@@ -40,38 +67,66 @@ def cell(metrics: dict, name: str) -> str:
     return f"{mean:.1f}" if std is None else f"{mean:.1f} +- {std:.1f}"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--wall-seconds", type=float, help="wall time of the run, as measured")
-    parser.add_argument("--command", help="the command that made the results, as run")
-    args = parser.parse_args()
-    cfg = load_experiment(args.config)
+def markdown(report: dict) -> str:
+    """The table of a results file: one row per method, mean +- standard deviation over the seeds."""
+    lines = ["| method | " + " | ".join(c.replace("_accuracy", "") for c in COLUMNS) + " |",
+             "|---|" + "---|" * len(COLUMNS)]  # fmt: skip
+    lines += [
+        f"| {method} | " + " | ".join(cell(m, c) for c in COLUMNS) + " |"
+        for method, m in report["methods"].items()
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def measure(config: Path, cores: int, argv: list[str] | None) -> dict:
+    cfg = load_experiment(config)
     if not cfg.pipeline.seeds:
-        raise SystemExit(f"{args.config}: pipeline.seeds is not set: this table is over seeds")
+        raise SystemExit(f"{config}: pipeline.seeds is not set: this table is over seeds")
     results = cfg.results_dir
+    if results.exists() and any(results.iterdir()):
+        raise SystemExit(
+            f"{results} exists: delete it (or rename the experiment) so that the run is timed whole"
+        )
+    with Measurement() as measured:
+        jobs = run_dag(config, cores)
     methods = [str(m) for m in dict.fromkeys(cfg.pipeline.methods)]
     table = {m: json.loads((layout.method_dir(results, m) / "metrics.json").read_text()) for m in methods}
     first_run = layout.run_dir(results, cfg.pipeline.seeds[0])
     stage_files = sorted(first_run.glob(f"*/stage-1/checkpoint/{layout.META_FILE}"))
     environment = json.loads(stage_files[0].read_text())["extra"]["environment"] if stage_files else None
-    record = {
-        "config": str(args.config),
+    return {
+        **measured.record(argv),
+        "config": relative(config),
         "experiment": cfg.experiment,
+        "cores_used": cores,
         "tasks": [t.name for t in cfg.tasks],
         "seeds": list(cfg.pipeline.seeds),
+        "jobs": jobs,
         "methods": table,
-        "command": args.command,
-        "wall_seconds": args.wall_seconds,
         "job_seconds": job_seconds(results),
         "environment": environment,
     }
-    atomic_write_text(args.out, json.dumps(record, indent=1) + "\n")
-    print("| method | " + " | ".join(c.replace("_accuracy", "") for c in COLUMNS) + " |")
-    print("|---|" + "---|" * len(COLUMNS))
-    for method, metrics in table.items():
-        print(f"| {method} | " + " | ".join(cell(metrics, c) for c in COLUMNS) + " |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", type=Path, help="run this experiment (pipeline.seeds set) and write --out"
+    )
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--out", type=Path, help="the results file to write")
+    parser.add_argument("--table", type=Path, help="print the table of this results file (runs nothing)")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.table.read_text())), end="")
+        return
+    if not (args.config and args.out):
+        parser.error("give --config and --out (run and record), or --table FILE")
+    report = measure(args.config, args.cores, None if argv is None else [__file__, *argv])
+    write_results(args.out, report)
+    print(markdown(report), end="")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_results_files import problems
 from torch.utils.flop_counter import FlopCounterMode
 
 from modalprompt.config import MethodConfig
@@ -75,6 +76,7 @@ def test_tiny_shape_benchmark_writes_positive_numbers(tmp_path):
     assert "train step (s)" in done.stdout and "lower bound" in done.stdout
 
     report = json.loads(out.read_text())
+    assert problems(report) == [], problems(report)
     assert report["device_type"] == "cpu" and report["settings"]["dtype"] == "float32"
     assert report["shape"]["image_tokens"] == 4  # 28 px / 14 px patches = 2 x 2
     flops = report["flops"]

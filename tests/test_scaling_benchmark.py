@@ -1,4 +1,5 @@
-"""benchmarks/scaling.py runs (small) and reports what the README quotes: a script, not a timed test."""
+"""benchmarks/scaling.py runs (small) and reports what the README quotes, with how it was measured: a script,
+not a timed test."""
 
 import json
 import os
@@ -7,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_results_files import problems
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -20,6 +22,7 @@ def test_scaling_benchmark_reports_latency_per_t_and_dag_times(tmp_path):
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
+    assert problems(report) == [], problems(report)
     rows = {(r["tasks"], r["method"]): r for r in report["latency"]}
     assert (
         rows[(4, "modalprompt")]["prefix_tokens"] == 30

@@ -16,12 +16,20 @@ The frozen base keeps its dtype (bf16 on GPU) and the trained tensors fp32: Deep
 modes, which would cast the trained tensors, stay off; autocast does the mixed precision, as in plain runs.
 
 Every engine gives the tensors of one process with the whole global batch (tests compare them).
+
+DeepSpeed compiles some of its ops on first use (on CPU, `deepspeed_shm_comm`) through torch's extension
+builder, into a per-op folder under the extensions cache guarded by a `lock` file; a process that finds the
+lock waits until it is deleted. A build killed halfway leaves the lock behind and every later job would wait
+forever, so before DeepSpeed starts `check_build_locks` turns such a lock into an error that names it.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -29,6 +37,87 @@ import torch.distributed as dist
 from torch import nn
 
 from modalprompt.config import ConfigError, EngineConfig
+
+LOCK_FILE = "lock"  # the name torch's extension builder gives its lock in each op's build folder
+
+
+class StaleBuildLock(ConfigError):
+    """A torch extension build's lock that no process holds: DeepSpeed would wait for it forever."""
+
+
+def extensions_root() -> Path:
+    """Where torch builds JIT extensions, DeepSpeed's ops among them: $TORCH_EXTENSIONS_DIR, else torch's
+    per-user cache folder for this Python and accelerator (torch.utils.cpp_extension's rule, without
+    creating anything). Each op builds in a folder of its own name below it."""
+    if (root := os.environ.get("TORCH_EXTENSIONS_DIR")) is not None:
+        return Path(root)
+    from torch.utils import cpp_extension
+
+    if torch.version.hip is not None:
+        accelerator = f"rocm{torch.version.hip.replace('.', '')}"
+    elif torch.version.cuda is not None:
+        accelerator = f"cu{torch.version.cuda.replace('.', '')}"
+    else:
+        accelerator = "cpu"
+    python = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+    return Path(cpp_extension.get_default_build_root()) / f"{python}_{accelerator}"
+
+
+def _held(identity: tuple[int, int]) -> bool:
+    """Whether a process on this machine has the file with this (device, inode) open: the builder keeps its
+    lock's descriptor open from taking the lock until it deletes it."""
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            for fd in fd_dir.iterdir():
+                try:
+                    opened = fd.stat()
+                except OSError:
+                    continue
+                if (opened.st_dev, opened.st_ino) == identity:
+                    return True
+        except OSError:  # a process that ended, or another user's
+            continue
+    return False
+
+
+def _unheld(lock: Path) -> bool:
+    """The lock exists, is this user's (another user's processes cannot be seen), and no process on this
+    machine holds it."""
+    try:
+        stat = lock.stat()
+    except FileNotFoundError:
+        return False
+    return stat.st_uid == os.getuid() and not _held((stat.st_dev, stat.st_ino))
+
+
+def _orphaned(lock: Path) -> bool:
+    """An unheld lock that stays unheld: torch closes the descriptor just before it deletes the file, so a
+    build finishing right now is given torch's own polling interval to delete it."""
+    from torch.utils.file_baton import FileBaton
+
+    if not _unheld(lock):
+        return False
+    time.sleep(FileBaton(str(lock)).wait_seconds)
+    return _unheld(lock)
+
+
+def check_build_locks(root: Path | None = None) -> None:
+    """Raise StaleBuildLock for an extension build lock under `root` (default: `extensions_root()`) that no
+    process on this machine holds. Only this machine's processes can be seen: a folder shared with other
+    machines (a network home) whose op another machine is building right now reads as stale too, and the
+    message says so. Without /proc nothing can be told and nothing is checked."""
+    if not Path("/proc/self/fd").is_dir():
+        return
+    root = extensions_root() if root is None else Path(root)
+    for lock in sorted(root.glob(f"*/{LOCK_FILE}")):
+        if _orphaned(lock):
+            raise StaleBuildLock(
+                f"{lock} is the lock of a torch extension build (DeepSpeed compiles its {lock.parent.name} op "
+                "there) and no process on this machine holds it: a build was stopped before it finished, and "
+                f"DeepSpeed would wait for the lock forever. Delete it (rm {lock}) and run again. If other "
+                "machines share that folder and one of them is building the op right now, wait for it to finish "
+                "instead (TORCH_EXTENSIONS_DIR set to a folder of this machine keeps builds apart)."
+            )
 
 
 class Engine(Protocol):
@@ -189,6 +278,7 @@ def make_engine(engine: EngineConfig, model: nn.Module, params: Sequence[nn.Para
             f"does not import ({error}): install the extra (pip install 'modalprompt[deepspeed]'), or set "
             "engine.zero_stage: null for plain data parallel"
         ) from error
+    check_build_locks()  # before DeepSpeed builds or loads its ops, which would wait on a stale lock
     config = deepspeed_config(engine, batch_size, accum, max_grad_norm)
     if engine.zero_stage == 3:
         return ShardedBaseEngine(model, params, optimizer, scheduler, max_grad_norm, world, config)

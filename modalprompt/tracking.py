@@ -8,6 +8,13 @@ the same hash keeps the run, a changed hash replaces it, so reruns never duplica
 (pipeline.seeds) every seed's stage and summary runs carry the seed in their key and tags (its summary runs
 are `kind=seed_summary`), and the method's `kind=summary` run holds the metrics over the seeds: the mean
 under each metric's name and the standard deviation as `<metric>_std`.
+
+Every experiment the project creates or uses carries two experiment tags for MLflow's UI: the experiment
+kind of model training (`mlflow.experimentKind`), and a saved runs-table view, "summary metrics", of the
+summary runs with `avg`, `bwt`, `forgetting` and `selection_accuracy` as columns. MLflow 3.17's UI picks
+its GenAI or model-training layout from its sidebar switch (remembered by the browser) or the URL's
+`workflowType`, not from the tag, so `runs_table_url` is the link that opens the experiment as training
+runs with that view.
 """
 
 from __future__ import annotations
@@ -29,6 +36,48 @@ IDENTITY_TAG = (
     "modalprompt.identity"  # the version of the stage a live run records (stage.json's run_identity)
 )
 MAX_PARAM_LENGTH = 500  # MLflow's limit for one param value
+# The experiment kind MLflow's UI knows an experiment by (its kind selector writes the same tag); the other
+# value is "genai_development"
+EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_development"
+# What a user compares across methods: the columns of the runs table's saved view (logged on every summary
+# run under these names, at step 0)
+TABLE_METRICS = ("avg", "bwt", "forgetting", "selection_accuracy")
+VIEW_ID = "summary-metrics"  # the view's key: the URL's viewStateShareKey
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"  # where MLflow's UI keeps a saved view of the runs table
+VIEW_NAME = "summary metrics"
+VIEW_STATE = {  # the runs table's search and columns, as MLflow's UI saves them
+    "searchFilter": "tags.kind = 'summary'",
+    "orderByKey": "metrics.`avg`",
+    "orderByAsc": False,
+    "startTime": "ALL",
+    "lifecycleFilter": "Active",
+    "datasetsFilter": [],
+    "modelVersionFilter": "All Runs",
+    "selectedColumns": [f"metrics.`{name}`" for name in TABLE_METRICS],
+}
+
+
+def missing_experiment_tags(tags: dict[str, str]) -> dict[str, str]:
+    """The experiment tags to set on an experiment that has `tags`: the kind where it has none (a kind the
+    user chose stays), the saved view where it is missing or another view (an older one of the project's)."""
+    out = {} if tags.get(EXPERIMENT_KIND_TAG) else {EXPERIMENT_KIND_TAG: TRAINING_KIND}
+    try:
+        saved = json.loads(tags[VIEW_TAG])
+        current = saved["name"] == VIEW_NAME and json.loads(saved["state"]) == VIEW_STATE
+    except (KeyError, TypeError, ValueError):
+        current = False
+    if not current:
+        now = int(time.time() * 1000)
+        envelope = {"name": VIEW_NAME, "createdAt": now, "updatedAt": now, "state": json.dumps(VIEW_STATE)}
+        out[VIEW_TAG] = json.dumps(envelope)
+    return out
+
+
+def runs_table_url(ui: str, experiment_id: str) -> str:
+    """The MLflow UI's page (`ui`: e.g. http://127.0.0.1:5000) of the experiment's runs as training runs,
+    in the "summary metrics" view: the summary runs with the metrics of TABLE_METRICS as columns."""
+    query = f"workflowType=machine_learning&viewStateShareKey={VIEW_ID}"
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
@@ -66,10 +115,12 @@ class Tracker:
             self.client.restore_experiment(found.experiment_id)
         if found is None:
             self.experiment_id = self.client.create_experiment(
-                experiment, artifact_location=artifact_location
+                experiment, artifact_location=artifact_location, tags=missing_experiment_tags({})
             )
         else:
             self.experiment_id = found.experiment_id
+            for key, value in missing_experiment_tags(found.tags).items():
+                self.client.set_experiment_tag(self.experiment_id, key, value)
 
     def runs_with_key(self, key: str) -> list[Any]:
         return self.client.search_runs([self.experiment_id], filter_string=f"tags.`{KEY_TAG}` = '{key}'")

@@ -70,8 +70,8 @@ ui: setup  ## the MLflow UI on http://127.0.0.1:5000 over config.yaml's tracking
 shipped-base: setup  ## pretrain the mini-CoIN base from config.yaml and ship it (modalprompt/bench/minicoin_base)
 	$(BIN)/modalprompt ship-base --config config.yaml
 
-bench: setup
-	$(BIN)/python benchmarks/core.py --out benchmarks/results/core.json
+bench: setup  ## time the core code paths on this machine (prints the table; --out FILE writes a results file)
+	$(BIN)/python benchmarks/core.py
 
 clean:
 	rm -rf results models data .snakemake .pytest_cache test-artifacts

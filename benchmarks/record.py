@@ -31,13 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = ("commit", "dirty", "command", "machine", "load", "wall_seconds")
 
 
+RESULTS = "benchmarks/results"  # what the benchmarks write: not the code they measure
+
+
 def git_state() -> tuple[str, bool]:
-    """(HEAD's full hash, whether tracked files differ from it): the code that was measured. Where git
-    cannot tell (no git, or a copy of the files without the repository): ("unknown", True), never clean."""
+    """(HEAD's full hash, whether tracked files other than the results files differ from it): the code that
+    was measured. A results file an earlier benchmark rewrote does not make the next one's tree dirty.
+    Where git cannot tell (no git, or a copy of the files without the repository): ("unknown", True), never
+    clean."""
     try:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-        status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True)  # fmt: skip
+        status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--",
+                                 ".", f":(exclude){RESULTS}"], capture_output=True, text=True)  # fmt: skip
     except OSError:
         return "unknown", True
     if head.returncode != 0 or status.returncode != 0:

@@ -129,7 +129,7 @@ def scaling_latency(report: dict) -> str:
             [f"{label}, prefill FLOPs vs T = {counts[0]}", *(f"{r['flops_vs_first']:.2f}" for r in runs)]
         )
         rows.append([f"{label}, ms/sample, median (p25-p75)",
-                     *(f"{m['median']:.0f} ({m['q25']:.0f}-{m['q75']:.0f})" for m in (r["ms_per_sample"] for r in runs))])  # fmt: skip
+                     *(f"{_ms(m['median'])} ({_ms(m['q25'])}-{_ms(m['q75'])})" for m in (r["ms_per_sample"] for r in runs))])  # fmt: skip
     return _rows(["T learned tasks", *(str(t) for t in counts)], rows)
 
 
@@ -145,6 +145,11 @@ def scaling_ratios(report: dict) -> str:
     rows.append([f"target: ModalPrompt at most {target['max_ratio']:.2f}x", "", "", f"{target['ratio_of_medians']:.2f}x",
                  f"{target['bootstrap_95'][0]:.2f}-{target['bootstrap_95'][1]:.2f}: **{target['verdict']}**"])  # fmt: skip
     return _rows(["method", "from", "to", "time ratio (of medians)", "95% bootstrap interval"], rows)
+
+
+def _ms(value: float) -> str:
+    """Milliseconds with two significant digits below 10 ms (a few ms per sample on a small shape)."""
+    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
 def _seconds(value: float | None) -> str:

@@ -23,7 +23,7 @@ from modalprompt.bases.backbone import load_backbone
 from modalprompt.bench.tiny import build_tiny_base
 from modalprompt.bench.toy import write_toy_tasks
 from modalprompt.config import EvaluationConfig, MethodConfig, ModelConfig, TaskConfig, TrainingConfig
-from modalprompt.run.checkpoint import META_FILE, TENSORS_FILE
+from modalprompt.model.checkpoint import META_FILE, TENSORS_FILE
 from modalprompt.run.evaluate import evaluate_stage
 from modalprompt.run.train import train_stage
 

@@ -23,7 +23,7 @@ from modalprompt.config import (
     TrainingConfig,
     job_to_json,
 )
-from modalprompt.run.checkpoint import TENSORS_FILE
+from modalprompt.model.checkpoint import TENSORS_FILE
 
 REQUIRED_TIERS = "MODALPROMPT_REQUIRE_TIERS"  # e.g. "slurm": set by `make test-slurm` / `make test-browser`
 

@@ -11,7 +11,7 @@ import torch
 
 from modalprompt.config import CodaPromptConfig, DualPromptConfig, L2PConfig, LoraSettings, ReplayConfig
 from modalprompt.data.mixture import kept_records
-from modalprompt.run.checkpoint import META_FILE, TENSORS_FILE, read_meta
+from modalprompt.model.checkpoint import META_FILE, TENSORS_FILE, read_meta
 from modalprompt.run.evaluate import evaluate_stage
 from modalprompt.run.train import train_stage
 

@@ -16,7 +16,7 @@ from modalprompt.bench.tiny import build_tiny_base
 from modalprompt.config import ModelConfig
 from modalprompt.data.datasets import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
 from modalprompt.model.wrapper import ModalPromptModel
-from modalprompt.run.checkpoint import (
+from modalprompt.model.checkpoint import (
     META_FILE,
     TENSORS_FILE,
     CheckpointError,

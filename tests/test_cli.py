@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from modalprompt.run.checkpoint import read_meta
+from modalprompt.model.checkpoint import read_meta
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

@@ -28,7 +28,7 @@ from modalprompt.data.datasets import Collator, EvalDataset, ImagePreprocessor, 
 from modalprompt.errors import BaseModelError, CheckpointError
 from modalprompt.model.prompts import stage_seed
 from modalprompt.model.wrapper import IGNORE_INDEX, ModalPromptModel
-from modalprompt.run.checkpoint import META_FILE, TENSORS_FILE, load_stages
+from modalprompt.model.checkpoint import META_FILE, TENSORS_FILE, load_stages
 from modalprompt.run.train import train_stage
 
 FAMILIES = ("llava", "llava_next", "qwen2_5_vl")

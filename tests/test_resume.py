@@ -16,7 +16,7 @@ import safetensors.torch
 import torch
 
 from modalprompt.config import ModelConfig, TrainJob, job_to_json
-from modalprompt.run.checkpoint import TENSORS_FILE
+from modalprompt.model.checkpoint import TENSORS_FILE
 from modalprompt.run.resume import Preempted, ResumeState
 from modalprompt.run.train import train_stage
 

@@ -11,7 +11,7 @@ import torch
 
 from modalprompt import methods
 from modalprompt.config import METHOD_SECTIONS, CodaPromptConfig, L2PConfig, LoraSettings
-from modalprompt.run.checkpoint import TENSORS_FILE
+from modalprompt.model.checkpoint import TENSORS_FILE
 from modalprompt.run.resume import ResumeState
 from modalprompt.run.train import train_stage
 

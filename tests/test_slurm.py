@@ -21,7 +21,7 @@ import yaml
 from conftest import skip_unless_required
 
 from modalprompt.config import MethodConfig, ModelConfig, TrainingConfig, TrainJob, job_to_json
-from modalprompt.run.checkpoint import TENSORS_FILE
+from modalprompt.model.checkpoint import TENSORS_FILE
 from modalprompt.run.resume import ResumeState
 from modalprompt.run.train import train_stage
 

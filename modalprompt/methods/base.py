@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from modalprompt.config import MethodConfig
     from modalprompt.model.prompts import TaskPrompt
     from modalprompt.model.wrapper import ModalPromptModel
-    from modalprompt.run.checkpoint import StageMeta
+    from modalprompt.model.checkpoint import StageMeta
 
 TRAINING_ONLY = ("prompt_init_seed", "image_loss_weight", "text_loss_weight")  # knobs inference never reads
 
@@ -110,14 +110,14 @@ class Method:
         file holds) and the metadata of the stages loaded. `seed` is training.seed (ModalPrompt seeds its
         prompts with method.prompt_init_seed)."""
         from modalprompt.model.prompts import stage_seed
-        from modalprompt.run.checkpoint import load_stages
+        from modalprompt.model.checkpoint import load_stages
 
         metas = load_stages(model, previous)
         return model.add_task(task, stage_seed(model.method.prompt_init_seed, len(metas) + 1)), metas
 
     def load_for_evaluation(self, model: ModalPromptModel, checkpoints: list[Path]) -> list[str]:
         """Load what an evaluation after stage len(checkpoints) uses; returns the learned tasks, in order."""
-        from modalprompt.run.checkpoint import load_stages
+        from modalprompt.model.checkpoint import load_stages
 
         load_stages(model, checkpoints)
         return list(model.prompts.names)

@@ -13,7 +13,7 @@ from modalprompt.methods.base import Method
 if TYPE_CHECKING:
     from modalprompt.config import MethodConfig
     from modalprompt.model.lora import LoraAdapter, LoraLLM
-    from modalprompt.run.checkpoint import StageMeta
+    from modalprompt.model.checkpoint import StageMeta
 
 
 class LoraFT(Method):
@@ -39,7 +39,7 @@ class LoraFT(Method):
     ) -> tuple[LoraAdapter, list[StageMeta]]:
         """A seeded adapter; from stage 2 on, it continues from stage t-1's tensors."""
         from modalprompt.model.prompts import stage_seed
-        from modalprompt.run.checkpoint import read_chain
+        from modalprompt.model.checkpoint import read_chain
 
         metas = read_chain(previous)
         adapter = model.attach(stage_seed(seed, len(metas) + 1))
@@ -49,7 +49,7 @@ class LoraFT(Method):
         return adapter, metas
 
     def load_for_evaluation(self, model: LoraLLM, checkpoints: list[Path]) -> list[str]:
-        from modalprompt.run.checkpoint import read_chain
+        from modalprompt.model.checkpoint import read_chain
 
         metas = read_chain(checkpoints)
         if checkpoints:
@@ -61,6 +61,6 @@ class LoraFT(Method):
         model.detach_adapter()
 
     def _tensors(self, model: LoraLLM, folder: Path, meta: StageMeta):
-        from modalprompt.run.checkpoint import load_tensors
+        from modalprompt.model.checkpoint import load_tensors
 
         return load_tensors(folder, meta, model.backbone.fingerprint, self.structure(model))

@@ -13,7 +13,7 @@ from modalprompt.methods.lora_ft import LoraFT
 
 if TYPE_CHECKING:
     from modalprompt.model.lora import LoraAdapter, LoraLLM
-    from modalprompt.run.checkpoint import StageMeta
+    from modalprompt.model.checkpoint import StageMeta
 
 
 class Multitask(LoraFT):
@@ -40,7 +40,7 @@ class Multitask(LoraFT):
     def load_for_evaluation(self, model: LoraLLM, checkpoints: list[Path]) -> list[str]:
         """The one stage given: its adapter, and the tasks it was trained on."""
         from modalprompt.errors import CheckpointError
-        from modalprompt.run.checkpoint import read_meta
+        from modalprompt.model.checkpoint import read_meta
 
         if not checkpoints:
             return []

@@ -11,7 +11,7 @@ from modalprompt.methods.base import Method
 if TYPE_CHECKING:
     from modalprompt.config import MethodConfig
     from modalprompt.model.pool import PoolModel, TrainableTensors
-    from modalprompt.run.checkpoint import StageMeta
+    from modalprompt.model.checkpoint import StageMeta
 
 
 class PromptPoolMethod(Method):

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from modalprompt.config import MethodConfig
     from modalprompt.model.prompts import TaskPrompt
     from modalprompt.model.wrapper import ModalPromptModel
-    from modalprompt.run.checkpoint import StageMeta
+    from modalprompt.model.checkpoint import StageMeta
 
 
 class SeqPrompt(Method):
@@ -39,7 +39,7 @@ class SeqPrompt(Method):
     ) -> tuple[TaskPrompt, list[StageMeta]]:
         """The shared prompt continues from stage t-1's tensors (the chain of earlier stages is checked)."""
         from modalprompt.model.prompts import stage_seed
-        from modalprompt.run.checkpoint import load_stages
+        from modalprompt.model.checkpoint import load_stages
 
         metas = load_stages(model, previous, only_last=True)
         start = (
@@ -54,7 +54,7 @@ class SeqPrompt(Method):
         return current, metas
 
     def load_for_evaluation(self, model: ModalPromptModel, checkpoints: list[Path]) -> list[str]:
-        from modalprompt.run.checkpoint import load_stages
+        from modalprompt.model.checkpoint import load_stages
 
         metas = load_stages(model, checkpoints, only_last=True)
         return [m.task for m in metas]

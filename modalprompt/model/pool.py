@@ -33,7 +33,7 @@ from modalprompt.config import CodaPromptConfig, ConfigError, DualPromptConfig, 
 from modalprompt.data.datasets import Batch
 from modalprompt.model.prompts import stage_seed
 from modalprompt.model.wrapper import Generation, ModalPromptModel, ModalPromptOutput, Queries
-from modalprompt.run.checkpoint import StageMeta, load_tensors, read_chain
+from modalprompt.model.checkpoint import StageMeta, load_tensors, read_chain
 
 
 class TrainableTensors:

@@ -46,7 +46,7 @@ from modalprompt.data.datasets import Batch, Collator, TrainDataset
 from modalprompt.data.mixture import MixedTrainDataset, kept_records
 from modalprompt.data.validation import Problem
 from modalprompt.model.build import build_model
-from modalprompt.run.checkpoint import StageMeta, save_stage
+from modalprompt.model.checkpoint import StageMeta, save_stage
 from modalprompt.run.engine import Engine, make_engine
 from modalprompt.run.environment import backbone_environment
 from modalprompt.run.progress import Progress
@@ -432,7 +432,7 @@ def _save(stage: _Stage, done: _Done, step: int, state_dir: Path) -> None:
 
 
 def _record(stage: _Stage, done: _Done, out_dir: Path) -> None:
-    """The stage's checkpoint: its trained tensors and a self-describing stage.json (run/checkpoint.py)."""
+    """The stage's checkpoint: its trained tensors and a self-describing stage.json (model/checkpoint.py)."""
     settings = {"method_name": stage.method_name, "method": stage.method, "training": stage.training,
                 "data": stage.data, "task": stage.task}  # fmt: skip
     if stage.options:

@@ -29,7 +29,7 @@ from pathlib import Path
 from record import Measurement, relative, write_results
 
 from modalprompt import layout
-from modalprompt.config import load_experiment
+from modalprompt.experiment import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("avg", "mft", "maa", "bwt", "forgetting", "fwt", "selection_accuracy")

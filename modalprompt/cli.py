@@ -23,21 +23,17 @@ from typing import Annotated, Any, Literal
 from modalprompt.config import (
     ConfigError,
     EngineConfig,
-    EvalJob,
-    ExperimentConfig,
     JobResources,
     PreemptionConfig,
     ProgressConfig,
-    TrainJob,
-    eval_job,
     job_from_json,
-    load_experiment,
-    train_job,
 )
-from modalprompt.errors import BaseModelError, CheckpointError, DataError
+from modalprompt.errors import BaseModelError, CheckpointError, DataError, PluginError
+from modalprompt.experiment import ExperimentConfig, load_experiment
 from modalprompt.files import atomic_write_text
+from modalprompt.jobs import EvalJob, TrainJob, eval_job, train_job
 
-USER_ERRORS = (ConfigError, BaseModelError, CheckpointError, DataError)
+USER_ERRORS = (ConfigError, BaseModelError, CheckpointError, DataError, PluginError)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: stopped on a signal with its state saved; the same command continues
 
 
@@ -150,7 +146,7 @@ def train(
 ) -> int:
     """train one stage: what the method trains (ModalPrompt: the task's prompt and key network)"""
     from modalprompt.bases.backbone import load_backbone
-    from modalprompt.config import parse_options
+    from modalprompt.jobs import parse_options
     from modalprompt.run.distributed import init_from_environment, shutdown
     from modalprompt.run.resume import Preempted
     from modalprompt.run.train import train_stage
@@ -269,7 +265,7 @@ def evaluate(
 ) -> None:
     """generate answers for a task's eval file after stage s"""
     from modalprompt.bases.backbone import load_backbone
-    from modalprompt.config import parse_options
+    from modalprompt.jobs import parse_options
     from modalprompt.run.evaluate import evaluate_stage
 
     startup = _process_age()  # the interpreter and the imports above (a warm job: the fork)
@@ -633,7 +629,7 @@ def schema() -> None:
     """print the JSON Schema of config.yaml (YAML)"""
     import yaml
 
-    from modalprompt.config import json_schema
+    from modalprompt.experiment import json_schema
 
     print(yaml.safe_dump(json_schema(), sort_keys=False, width=120), end="")
 

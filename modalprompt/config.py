@@ -1,9 +1,10 @@
-"""Typed settings: the experiment as read from config.yaml, and the per-job settings the pipeline passes.
+"""Typed settings: the sections every experiment has, and how settings are read, checked and written.
 
-Every field carries one line of help and, where it has one, its allowed range. `from_dict` rejects unknown
-keys, wrong types and out-of-range values with a message naming the file, the key path and what is
-expected. `json_schema()` derives `workflow/schemas/config.schema.yaml` from these classes (a test keeps the
-committed file equal to it). Defaults reproduce the reference (method.md).
+Every field carries one line of help (`_help`) and, where it has one, its allowed range. `from_dict`
+rejects unknown keys, wrong types and out-of-range values with a message naming the file, the key path and
+what is expected; `object_schema` gives a class's JSON Schema. The methods define their own sections
+(modalprompt/methods/), and modalprompt/experiment.py puts both together as config.yaml's ExperimentConfig:
+this module knows no method. Defaults reproduce the reference (method.md).
 """
 
 from __future__ import annotations
@@ -16,12 +17,9 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from modalprompt import methods
+from modalprompt import plugins
 
 T = typing.TypeVar("T")
 
@@ -63,11 +61,24 @@ class ModelSource(enum.StrEnum):
     PRETRAIN = "pretrain"  # the pipeline pretrains a small base on mini-CoIN's generic corpus (CPU benchmark)
 
 
-class ModelFamily(enum.StrEnum):  # modalprompt.bases: one adapter per family
-    AUTO = "auto"  # from the model_type in model.llava's config.json
-    LLAVA = "llava"  # LlavaForConditionalGeneration (LLaVA-1.5)
-    LLAVA_NEXT = "llava_next"  # LlavaNextForConditionalGeneration (LLaVA-NeXT / 1.6, any-resolution tiles)
-    QWEN2_5_VL = "qwen2_5_vl"  # Qwen2_5_VLForConditionalGeneration
+def _open_enum(name: str, built_in: dict[str, str], group: str) -> type[enum.StrEnum]:
+    """An enum of the built-in values and the names of the installed packages' entry points of `group`
+    (their registry loads them, and reports a name that clashes with a built-in one)."""
+    installed = {value.upper(): value for value in plugins.names(group) if value not in built_in.values()}
+    return enum.StrEnum(name, {**built_in, **installed})
+
+
+# model.family: modalprompt.bases, one adapter per family (bases/backbone.py ADAPTERS), and installed ones
+ModelFamily = _open_enum(
+    "ModelFamily",
+    {
+        "AUTO": "auto",  # from the model_type in model.llava's config.json
+        "LLAVA": "llava",  # LlavaForConditionalGeneration (LLaVA-1.5)
+        "LLAVA_NEXT": "llava_next",  # LlavaNextForConditionalGeneration (LLaVA-NeXT / 1.6, any-resolution tiles)
+        "QWEN2_5_VL": "qwen2_5_vl",  # Qwen2_5_VLForConditionalGeneration
+    },
+    plugins.BASES,
+)
 
 
 class Generator(enum.StrEnum):
@@ -77,7 +88,6 @@ class Generator(enum.StrEnum):
 
 
 # The methods of modalprompt.methods, by name (pipeline.methods; the method a job runs).
-MethodName = enum.StrEnum("MethodName", {name.upper(): name for name in methods.REGISTRY})
 
 
 class Query(enum.StrEnum):
@@ -87,15 +97,19 @@ class Query(enum.StrEnum):
     TEXT = "text"  # the CLIP text feature of the instruction (method.text_feature)
 
 
-class Scorer(enum.StrEnum):  # modalprompt.scoring.scorers.SCORERS
-    OPTION_LETTER = "option_letter"  # the option letter an answer names (ScienceQA)
-    VQA_SOFT = "vqa_soft"  # VQA soft accuracy over the human answers (TextVQA)
-    EXACT_MATCH = "exact_match"  # case-insensitive, trailing periods dropped (GQA)
-    EXACT_MATCH_STRICT = (
-        "exact_match_strict"  # case-insensitive, nothing else dropped (VizWiz, VQAv2, OCR-VQA)
-    )
-    CONTAINS = "contains"  # the class name occurs in the answer (ImageNet)
-    BOX_IOU = "box_iou"  # IoU > 0.5 with the reference box (Grounding)
+# tasks[].scorer: modalprompt.scoring.scorers.SCORERS, and installed ones
+Scorer = _open_enum(
+    "Scorer",
+    {
+        "OPTION_LETTER": "option_letter",  # the option letter an answer names (ScienceQA)
+        "VQA_SOFT": "vqa_soft",  # VQA soft accuracy over the human answers (TextVQA)
+        "EXACT_MATCH": "exact_match",  # case-insensitive, trailing periods dropped (GQA)
+        "EXACT_MATCH_STRICT": "exact_match_strict",  # case-insensitive, nothing else dropped (VizWiz, VQAv2, OCR-VQA)
+        "CONTAINS": "contains",  # the class name occurs in the answer (ImageNet)
+        "BOX_IOU": "box_iou",  # IoU > 0.5 with the reference box (Grounding)
+    },
+    plugins.SCORERS,
+)
 
 
 def _help(text: str, **kwargs: Any) -> Any:
@@ -243,118 +257,20 @@ class TrainingConfig:
     )
 
 
-# ----------------------------------------------------------------------------- the baselines' own settings
-# Each method names the sections it reads (methods.Method.sections); its jobs carry exactly those. Fields
-# marked training_only are held at their defaults in evaluation jobs (inference never reads them).
+# ----------------------------------------------------------------------------- the methods' own sections
+# A method defines its own section (methods.Section: a dataclass of `_help` fields) and names the sections it
+# reads (methods.Method.sections); its jobs carry exactly those. Fields marked training_only are held at
+# their defaults in evaluation jobs (inference never reads them).
 
 
-def _training_overrides(who: str) -> Any:
+def training_overrides(who: str) -> Any:
+    """A section's `training` field: overrides of `training` keys for the methods that read it."""
     return _help(
         f"Overrides of `training` keys for {who} (applied after the task's own overrides).",
         default_factory=dict,
         overrides=TrainingConfig,
         training_only=True,
     )
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA on every linear layer of the LLM (lora_ft, replay, multitask). Defaults: CoIN's LoRA scripts
-    (`--lora_r 128 --lora_alpha 256`) and LLaVA's train.py (lora_dropout 0.05, all linear layers of the LLM)."""
-
-    rank: int = _help("LoRA rank r.", default=128, minimum=1)
-    alpha: float = _help(
-        "LoRA alpha: the update is scaled by alpha / r.", default=256.0, exclusive_minimum=0.0
-    )
-    dropout: float = _help(
-        "Dropout on the LoRA branch's input while training.", default=0.05, minimum=0.0, exclusive_maximum=1.0,
-        training_only=True,
-    )  # fmt: skip
-    target_modules: tuple[str, ...] = _help(
-        "Names of the LLM's linear layers that get LoRA (LLaMA's names: every linear layer of the LLM).",
-        default=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
-    )
-    training: dict[str, Any] = _training_overrides("the LoRA methods (e.g. their learning rate)")
-
-    def structure(self) -> dict[str, Any]:
-        return {"rank": self.rank, "alpha": self.alpha, "target_modules": list(self.target_modules)}
-
-
-@dataclass(frozen=True)
-class ReplayConfig:
-    buffer_size: int = _help(
-        "Training records of earlier tasks replayed with each stage, split evenly over those tasks; each task's "
-        "share is a seeded prefix of a fixed permutation of its records (training.seed).",
-        default=1000,
-        minimum=0,
-        training_only=True,
-    )
-
-
-@dataclass(frozen=True)
-class L2PConfig:
-    """L2P (Wang et al., CVPR 2022): one shared pool of prompts with keys; the top-k keys by cosine to the
-    query pick the prompts. Defaults: the paper and its official code (pool 10, length 5, top 5, pull 0.1)."""
-
-    pool_size: int = _help("M: prompts in the pool.", default=10, minimum=1)
-    prompt_length: int = _help("L_p: rows per prompt.", default=5, minimum=1)
-    top_k: int = _help("N: prompts selected per sample.", default=5, minimum=1)
-    pull_weight: float = _help(
-        "lambda: weight of the surrogate loss pulling the selected keys to the query.", default=0.1,
-        minimum=0.0, training_only=True,
-    )  # fmt: skip
-    query: Query = _help("The feature keys are matched against.", default=Query.IMAGE)
-    training: dict[str, Any] = _training_overrides("l2p")
-
-    def structure(self) -> dict[str, Any]:
-        return {"pool_size": self.pool_size, "prompt_length": self.prompt_length}
-
-
-@dataclass(frozen=True)
-class DualPromptConfig:
-    """DualPrompt (Wang et al., ECCV 2022): a G-prompt shared by all tasks and one E-prompt with a key per
-    task (chosen by the query at inference). Defaults: the official code (G length 5, E length 5, pull 1.0)."""
-
-    g_length: int = _help("L_g: rows of the shared G-prompt.", default=5, minimum=1)
-    e_length: int = _help("L_e: rows of each task's E-prompt.", default=5, minimum=1)
-    pull_weight: float = _help(
-        "lambda: weight of the matching loss pulling the task's key to the query.", default=1.0, minimum=0.0,
-        training_only=True,
-    )  # fmt: skip
-    query: Query = _help("The feature keys are matched against.", default=Query.IMAGE)
-    training: dict[str, Any] = _training_overrides("dualprompt")
-
-    def structure(self) -> dict[str, Any]:
-        return {"g_length": self.g_length, "e_length": self.e_length}
-
-
-@dataclass(frozen=True)
-class CodaPromptConfig:
-    """CODA-Prompt (Smith et al., CVPR 2023): prompt components with keys and attention vectors, summed with
-    weights cos(query * A_m, K_m); each task adds its own components. Defaults: the official code (100
-    components over 10 tasks = 10 per task, length 8, orthogonality weight 0)."""
-
-    components_per_task: int = _help("Prompt components each task adds.", default=10, minimum=1)
-    prompt_length: int = _help("L_p: rows of the weighted prompt.", default=8, minimum=1)
-    ortho_weight: float = _help(
-        "Weight of the orthogonality penalty on the current components (0 in the official code).", default=0.0,
-        minimum=0.0, training_only=True,
-    )  # fmt: skip
-    query: Query = _help("The feature keys are matched against.", default=Query.IMAGE)
-    training: dict[str, Any] = _training_overrides("coda_prompt")
-
-    def structure(self) -> dict[str, Any]:
-        return {"components_per_task": self.components_per_task, "prompt_length": self.prompt_length}
-
-
-# the config sections of the baselines, by the name a method lists in `sections`
-METHOD_SECTIONS: dict[str, type] = {
-    "lora": LoraSettings,
-    "replay": ReplayConfig,
-    "l2p": L2PConfig,
-    "dualprompt": DualPromptConfig,
-    "coda_prompt": CodaPromptConfig,
-}
 
 
 def for_evaluation(section: T) -> T:
@@ -366,17 +282,6 @@ def for_evaluation(section: T) -> T:
         if f.metadata.get("training_only")
     }
     return dataclasses.replace(section, **kept)
-
-
-def parse_options(options: dict[str, Any], where: str = "--settings") -> dict[str, Any]:
-    """A job's `options` (the sections its method reads, as JSON) as their typed settings."""
-    unknown = sorted(set(options) - set(METHOD_SECTIONS))
-    if unknown:
-        raise ConfigError(f"{where}: options {unknown} are no method's settings ({sorted(METHOD_SECTIONS)})")
-    return {
-        name: from_dict(METHOD_SECTIONS[name], value, f"{where}: options.{name}")
-        for name, value in options.items()
-    }
 
 
 @dataclass(frozen=True)
@@ -498,227 +403,7 @@ class TrackingConfig:
     )
 
 
-@dataclass(frozen=True)
-class PipelineConfig:
-    zero_shot: bool = _help(
-        "Also evaluate the base model without prompts (row 0) and each stage on the next task (for fwt).",
-        default=True,
-    )
-    methods: tuple[MethodName, ...] = _help(
-        "Methods to run side by side: "
-        + "; ".join(f"{m.name}: {m.summary}" for m in methods.REGISTRY.values())
-        + ".",
-        default=(MethodName("modalprompt"),),
-    )
-    seeds: tuple[int, ...] | None = _help(
-        "Seeds as a dimension of the DAG: every method's stages and evaluations run once per seed (each seed "
-        "replaces training.seed and method.prompt_init_seed), in <results>/<experiment>/seed-<s>/, and each "
-        "method's metrics are reported as mean and standard deviation over the seeds. null: one run with the "
-        "configured seeds, in <results>/<experiment>/.",
-        default=None,
-    )
-    generate_data: Generator = _help(
-        "Write the task files as a pipeline step: none (given), toy (the demo) or minicoin.",
-        default=Generator.NONE,
-    )
-    warm_start: bool = _help(
-        "Local runs: each train and evaluate job runs in a process forked from a local server that has "
-        "imported torch and transformers once (modalprompt/run/warm.py), instead of paying the imports "
-        "itself; jobs inside Slurm allocations always start on their own. Changing it reruns nothing.",
-        default=True,
-    )
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    """The whole experiment as read from config.yaml; paths resolved by `load_experiment`."""
-
-    experiment: str = _help(
-        "Experiment name (a folder under paths.results).", default="modalprompt", pattern=TASK_NAME_PATTERN
-    )
-    paths: PathsConfig = _help("Where models, data and results live.", default_factory=PathsConfig)
-    model: ModelConfig = _help("The frozen base models.", default_factory=ModelConfig)
-    method: MethodConfig = _help("ModalPrompt's knobs.", default_factory=MethodConfig)
-    training: TrainingConfig = _help("Training defaults for every task.", default_factory=TrainingConfig)
-    lora: LoraSettings = _help(
-        "LoRA of the LLM (methods lora_ft, replay, multitask).", default_factory=LoraSettings
-    )
-    replay: ReplayConfig = _help("The replay buffer (method replay).", default_factory=ReplayConfig)
-    l2p: L2PConfig = _help("The L2P prompt pool (method l2p).", default_factory=L2PConfig)
-    dualprompt: DualPromptConfig = _help(
-        "DualPrompt's G- and E-prompts (method dualprompt).", default_factory=DualPromptConfig
-    )
-    coda_prompt: CodaPromptConfig = _help(
-        "CODA-Prompt's components (method coda_prompt).", default_factory=CodaPromptConfig
-    )
-    evaluation: EvaluationConfig = _help(
-        "Evaluation defaults for every task.", default_factory=EvaluationConfig
-    )
-    data: DataConfig = _help("Validation of the task files.", default_factory=DataConfig)
-    tasks: tuple[TaskConfig, ...] = _help("The task sequence, in training order.", default=())
-    benchmark: BenchmarkConfig = _help(
-        "The generated benchmark (pipeline.generate_data).", default_factory=BenchmarkConfig
-    )
-    pipeline: PipelineConfig = _help(
-        "What the pipeline runs besides the stages.", default_factory=PipelineConfig
-    )
-    resources: ResourcesConfig = _help("Cluster resources per job kind.", default_factory=ResourcesConfig)
-    preemption: PreemptionConfig = _help(
-        "Mid-stage states of training jobs, for time limits, preemption and crashes.",
-        default_factory=PreemptionConfig,
-    )
-    engine: EngineConfig = _help(
-        "How training steps run over the processes: plain data parallel or DeepSpeed ZeRO.",
-        default_factory=EngineConfig,
-    )
-    progress: ProgressConfig = _help(
-        "How often running jobs report progress in their logs.", default_factory=ProgressConfig
-    )
-    tracking: TrackingConfig = _help("Where MLflow records the runs.", default_factory=TrackingConfig)
-    source: str = _help(
-        "The file this config was read from (set by the loader).", default="<dict>", internal=True
-    )
-
-    def task(self, name: str) -> TaskConfig:
-        for task in self.tasks:
-            if task.name == name:
-                return task
-        known = ", ".join(t.name for t in self.tasks)
-        raise ConfigError(f"{self.source}: no task named {name!r} in `tasks` (known: {known})")
-
-    def stage_of(self, name: str) -> int:
-        """1-based position of a task in the sequence."""
-        return [t.name for t in self.tasks].index(self.task(name).name) + 1
-
-    def training_for(self, name: str) -> TrainingConfig:
-        task = self.task(name)
-        merged = {**dataclasses.asdict(self.training), **task.training}
-        return from_dict(
-            TrainingConfig, merged, f"{self.source}: tasks[{task.name}].training (with overrides)"
-        )
-
-    def evaluation_for(self, name: str) -> EvaluationConfig:
-        task = self.task(name)
-        merged = {**dataclasses.asdict(self.evaluation), **task.evaluation}
-        return from_dict(
-            EvaluationConfig, merged, f"{self.source}: tasks[{task.name}].evaluation (with overrides)"
-        )
-
-    @property
-    def results_dir(self) -> Path:
-        return Path(self.paths.results) / self.experiment
-
-    @property
-    def tracking_uri(self) -> str:
-        return self.tracking.uri or f"sqlite:///{(self.results_dir / 'mlflow.db').resolve()}"
-
-
-# ----------------------------------------------------------------------------- per-job settings
-
-
-@dataclass(frozen=True)
-class TrainJob:
-    """Exactly what a stage's training job needs (and what makes it rerun when it changes)."""
-
-    method_name: MethodName = _help("The method whose stage this is.", default=MethodName("modalprompt"))
-    model: ModelConfig = _help("Base models.", default_factory=ModelConfig)
-    method: MethodConfig = _help(
-        "The method settings this method trains with (those it ignores at fixed values).",
-        default_factory=MethodConfig,
-    )
-    training: TrainingConfig = _help(
-        "This task's training settings, overrides applied.", default_factory=TrainingConfig
-    )
-    data: DataConfig = _help("Validation settings.", default_factory=DataConfig)
-    task: TaskConfig = _help("The task, paths resolved.", default_factory=TaskConfig)
-    options: dict[str, Any] = _help(
-        "The settings of the method's own config sections (lora, replay, l2p, ...) it trains with.",
-        default_factory=dict,
-    )
-    earlier_tasks: tuple[TaskConfig, ...] = _help(
-        "Tasks 1..t-1, paths resolved, for a method that trains on their records too (replay, multitask).",
-        default=(),
-    )
-
-
-@dataclass(frozen=True)
-class EvalJob:
-    """Exactly what one evaluation job needs."""
-
-    method_name: MethodName = _help("The method evaluated.", default=MethodName("modalprompt"))
-    model: ModelConfig = _help("Base models.", default_factory=ModelConfig)
-    method: MethodConfig = _help(
-        "The method settings this method evaluates with (those it ignores at fixed values).",
-        default_factory=MethodConfig,
-    )
-    evaluation: EvaluationConfig = _help(
-        "This task's evaluation settings, overrides applied.", default_factory=EvaluationConfig
-    )
-    data: DataConfig = _help("Validation settings.", default_factory=DataConfig)
-    task: TaskConfig = _help("The task, paths resolved.", default_factory=TaskConfig)
-    options: dict[str, Any] = _help(
-        "The settings of the method's own config sections it evaluates with (training-only ones at defaults).",
-        default_factory=dict,
-    )
-
-
-def train_job(
-    cfg: ExperimentConfig, name: str, method_name: str = "modalprompt", seed: int | None = None
-) -> TrainJob:
-    """Training reads the train file and images only: the eval file and the scorer are left out, so
-    changing them does not retrain. The method keeps only the method settings it trains with, its own
-    sections (`options`, their `training` overrides applied) and, when it trains on them, the earlier tasks.
-    A `seed` (pipeline.seeds) replaces training.seed and method.prompt_init_seed."""
-    method = methods.get(method_name)
-    if not method.trains:
-        raise ConfigError(
-            f"method {method.name!r} trains nothing (it evaluates {method.prompts_of!r}'s prompts)"
-        )
-    task = _for_training(cfg.task(name))
-    training = cfg.training_for(name)
-    for section in method.sections:
-        overrides = getattr(getattr(cfg, section), "training", {})
-        if overrides:
-            merged = {**dataclasses.asdict(training), **overrides}
-            training = from_dict(TrainingConfig, merged, f"{cfg.source}: {section}.training (with overrides)")
-    knobs = cfg.method
-    if seed is not None:
-        training = dataclasses.replace(training, seed=seed)
-        knobs = dataclasses.replace(knobs, prompt_init_seed=seed)
-    options = {section: to_jsonable(getattr(cfg, section)) for section in method.sections}
-    earlier = (
-        tuple(_for_training(t) for t in cfg.tasks[: cfg.stage_of(name) - 1])
-        if method.reads_earlier_tasks
-        else ()
-    )
-    return TrainJob(MethodName(method.name), cfg.model, method.training_settings(knobs), training, cfg.data, task,
-                    options, earlier)  # fmt: skip
-
-
-def eval_job(cfg: ExperimentConfig, name: str, method_name: str = "modalprompt") -> EvalJob:
-    """Evaluation reads the eval file and images only; scoring is a later step with its own settings. The
-    method keeps only the method settings it evaluates with (its own sections without the training-only
-    fields). No seed reaches an evaluation: it reads the checkpoints that seed trained."""
-    method = methods.get(method_name)
-    task = dataclasses.replace(
-        _bare(cfg.task(name)), train_file="", answers_file="", scorer=Scorer.EXACT_MATCH
-    )
-    options = {section: to_jsonable(for_evaluation(getattr(cfg, section))) for section in method.sections}
-    return EvalJob(MethodName(method.name), cfg.model, method.evaluation_settings(cfg.method),
-                   cfg.evaluation_for(name), cfg.data, task, options)  # fmt: skip
-
-
-def _for_training(task: TaskConfig) -> TaskConfig:
-    """What training reads of a task: its train file and image root."""
-    return dataclasses.replace(_bare(task), eval_file="", answers_file="", scorer=Scorer.EXACT_MATCH)
-
-
-def _bare(task: TaskConfig) -> TaskConfig:
-    """The task without its override dicts (they are already applied in the job's settings)."""
-    return dataclasses.replace(task, training={}, evaluation={})
-
-
-def job_to_json(job: TrainJob | EvalJob) -> str:
+def job_to_json(job: Any) -> str:
     """Canonical JSON (sorted keys): equal settings give equal strings, so Snakemake params compare well."""
     return json.dumps(to_jsonable(job), sort_keys=True, separators=(",", ":"))
 
@@ -812,88 +497,6 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     return cls(**values)
 
 
-def _under(base: Path, value: str) -> str:
-    return str((base / value).resolve()) if value else value
-
-
-def load_experiment(path: str | Path) -> ExperimentConfig:
-    """Read config.yaml, validate it, and resolve its paths (see PathsConfig)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(
-            f"config file {path} does not exist: pass --config with the path of your config.yaml"
-        )
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    return resolve_paths(experiment_from_dict(raw, str(path)), path.resolve().parent)
-
-
-def resolve_paths(cfg: ExperimentConfig, config_dir: Path) -> ExperimentConfig:
-    """paths.* relative to the config's folder; model folders under paths.models; task files under paths.data."""
-    paths = PathsConfig(
-        *(_under(config_dir, getattr(cfg.paths, f.name)) for f in dataclasses.fields(PathsConfig))
-    )
-    models, data = Path(paths.models), Path(paths.data)
-    model = dataclasses.replace(
-        cfg.model,
-        llava=_under(models, cfg.model.llava),
-        clip=_under(models, cfg.model.clip),
-        original_llava=_under(models, cfg.model.original_llava),
-    )
-    tasks = tuple(
-        dataclasses.replace(
-            t,
-            train_file=_under(data, t.train_file),
-            eval_file=_under(data, t.eval_file),
-            image_root=_under(data, t.image_root),
-            answers_file=_under(data, t.answers_file),
-        )
-        for t in cfg.tasks
-    )
-    return dataclasses.replace(cfg, paths=paths, model=model, tasks=tasks)
-
-
-def experiment_from_dict(raw: dict[str, Any], source: str = "<dict>") -> ExperimentConfig:
-    cfg = from_dict(ExperimentConfig, {**raw, "source": source}, f"{source}:")
-    seen: set[str] = set()
-    for i, task in enumerate(cfg.tasks):
-        if task.name in seen:
-            raise ConfigError(
-                f"{source}: tasks[{i}].name = {task.name!r} appears twice: task names must be unique"
-            )
-        seen.add(task.name)
-        for key in ("train_file", "eval_file", "image_root"):
-            if not getattr(task, key):
-                raise ConfigError(
-                    f"{source}: tasks[{i}].{key} is missing: give the task's {key.replace('_', ' ')}"
-                )
-    if cfg.engine.offload and cfg.engine.zero_stage != 3:
-        raise ConfigError(
-            f"{source}: engine.offload is true but engine.zero_stage is {cfg.engine.zero_stage}: offloading "
-            "the base's shards needs zero_stage 3 (or set offload: false)"
-        )
-    if cfg.model.source in (ModelSource.ORIGINAL, ModelSource.PRETRAIN) and cfg.model.family not in (
-        ModelFamily.AUTO,
-        ModelFamily.LLAVA,
-    ):
-        raise ConfigError(
-            f"{source}: model.source is {cfg.model.source.value!r}, which makes a LLaVA-1.5 base, but model.family "
-            f"is {cfg.model.family.value!r}: set model.family to auto or llava"
-        )
-    seeds = cfg.pipeline.seeds
-    if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
-        raise ConfigError(
-            f"{source}: pipeline.seeds = {list(seeds)}: give distinct seeds, at least one (or null for one run)"
-        )
-    if cfg.model.source == ModelSource.ORIGINAL and not cfg.model.original_llava:
-        raise ConfigError(
-            f"{source}: model.source is 'original' but model.original_llava is empty: give its folder"
-        )
-    return cfg
-
-
 def tiny_family(family: ModelFamily) -> str:
     """The family of the tiny base that `model.source: tiny` builds: the configured one, LLaVA-1.5 for auto."""
     return ModelFamily.LLAVA.value if family == ModelFamily.AUTO else family.value
@@ -935,7 +538,7 @@ def _type_schema(tp: Any, with_defaults: bool) -> dict[str, Any]:
             schema["enum"] = [*schema["enum"], None]
         return schema
     if dataclasses.is_dataclass(tp):
-        return _object_schema(tp, with_defaults)
+        return object_schema(tp, with_defaults)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         return {"type": "string", "enum": [m.value for m in tp]}
     if origin is tuple:
@@ -950,7 +553,8 @@ def _type_schema(tp: Any, with_defaults: bool) -> dict[str, Any]:
     return {"type": "object"}
 
 
-def _object_schema(cls: type, with_defaults: bool) -> dict[str, Any]:
+def object_schema(cls: type, with_defaults: bool = True) -> dict[str, Any]:
+    """The JSON Schema of a settings dataclass: each field's type, help, bounds and (with_defaults) default."""
     hints = typing.get_type_hints(cls)
     properties = {}
     for f in dataclasses.fields(cls):
@@ -959,7 +563,7 @@ def _object_schema(cls: type, with_defaults: bool) -> dict[str, Any]:
         if (
             "overrides" in f.metadata
         ):  # override dicts: the overridden keys, no defaults (they would override)
-            schema = _object_schema(f.metadata["overrides"], with_defaults=False)
+            schema = object_schema(f.metadata["overrides"], with_defaults=False)
         else:
             schema = _type_schema(hints[f.name], with_defaults)
         schema["description"] = f.metadata["help"]
@@ -969,11 +573,3 @@ def _object_schema(cls: type, with_defaults: bool) -> dict[str, Any]:
             schema["default"] = to_jsonable(default)
         properties[f.name] = schema
     return {"type": "object", "additionalProperties": False, "properties": properties}
-
-
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of config.yaml, derived from ExperimentConfig."""
-    schema = _object_schema(ExperimentConfig, with_defaults=True)
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema",
-            "description": "modalprompt experiment configuration (generated by modalprompt.config.json_schema)",
-            **schema}  # fmt: skip

@@ -11,3 +11,8 @@ class BaseModelError(ValueError):
 
 class CheckpointError(ValueError):
     """A stage checkpoint is missing, truncated, or does not belong with this base model or config."""
+
+
+class PluginError(ValueError):
+    """An installed package's method, base-model family or scorer (an entry point) does not load, or its
+    name is taken; the message names the entry point and the package it comes from."""

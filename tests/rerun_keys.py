@@ -22,7 +22,9 @@ import sys
 from pathlib import Path
 
 from modalprompt import methods
-from modalprompt.config import eval_job, job_to_json, load_experiment, tiny_family, train_job
+from modalprompt.config import job_to_json, tiny_family
+from modalprompt.experiment import load_experiment
+from modalprompt.jobs import eval_job, train_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "config").glob("*.yaml"))]

@@ -9,8 +9,12 @@ import pytest
 import safetensors.torch
 import torch
 
-from modalprompt.config import CodaPromptConfig, DualPromptConfig, L2PConfig, LoraSettings, ReplayConfig
 from modalprompt.data.mixture import kept_records
+from modalprompt.methods.coda_prompt import CodaPromptConfig
+from modalprompt.methods.dualprompt import DualPromptConfig
+from modalprompt.methods.l2p import L2PConfig
+from modalprompt.methods.lora_ft import LoraSettings
+from modalprompt.methods.replay import ReplayConfig
 from modalprompt.model.checkpoint import META_FILE, TENSORS_FILE, read_meta
 from modalprompt.run.evaluate import evaluate_stage
 from modalprompt.run.train import train_stage
@@ -191,7 +195,7 @@ def test_run_in_one_process_over_seeds_with_the_baselines(tiny_base, tmp_path):
     import yaml
 
     from modalprompt.bench.toy import write_toy_tasks
-    from modalprompt.config import load_experiment
+    from modalprompt.experiment import load_experiment
     from modalprompt.run.experiment import run_experiment
 
     llava, clip = tiny_base

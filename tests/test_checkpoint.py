@@ -15,7 +15,6 @@ from modalprompt.bases.backbone import load_backbone
 from modalprompt.bench.tiny import build_tiny_base
 from modalprompt.config import ModelConfig
 from modalprompt.data.datasets import Collator, ConversationEncoder, EvalDataset, ImagePreprocessor
-from modalprompt.model.wrapper import ModalPromptModel
 from modalprompt.model.checkpoint import (
     META_FILE,
     TENSORS_FILE,
@@ -24,6 +23,7 @@ from modalprompt.model.checkpoint import (
     load_stages,
     read_meta,
 )
+from modalprompt.model.wrapper import ModalPromptModel
 from modalprompt.run.train import train_stage
 
 

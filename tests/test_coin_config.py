@@ -15,7 +15,7 @@ import yaml
 from coin_fixture import INSTRUCTIONS, TASKS, write_coin
 
 from modalprompt.cli import main
-from modalprompt.config import load_experiment
+from modalprompt.experiment import load_experiment
 from modalprompt.layout import evaluation_cells
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -6,22 +6,9 @@ import jsonschema
 import pytest
 import yaml
 
-from modalprompt.config import (
-    ConfigError,
-    EvalJob,
-    ExperimentConfig,
-    MethodConfig,
-    TextFeature,
-    TrainJob,
-    config_hash,
-    eval_job,
-    experiment_from_dict,
-    job_from_json,
-    job_to_json,
-    json_schema,
-    load_experiment,
-    train_job,
-)
+from modalprompt.config import ConfigError, MethodConfig, TextFeature, config_hash, job_from_json, job_to_json
+from modalprompt.experiment import ExperimentConfig, experiment_from_dict, json_schema, load_experiment
+from modalprompt.jobs import EvalJob, TrainJob, eval_job, train_job
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"

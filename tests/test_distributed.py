@@ -15,7 +15,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from modalprompt.bases.backbone import load_backbone
-from modalprompt.config import LoraSettings, MethodConfig, ModelConfig, TrainingConfig, TrainJob, job_to_json
+from modalprompt.config import MethodConfig, ModelConfig, TrainingConfig, job_to_json
+from modalprompt.jobs import TrainJob
+from modalprompt.methods.lora_ft import LoraSettings
 from modalprompt.model.checkpoint import TENSORS_FILE
 from modalprompt.run.resume import STATE_FILE, Preempted, ResumeState, load_state, rng_states, set_rng_states
 from modalprompt.run.train import train_stage

@@ -19,9 +19,9 @@ from modalprompt.config import (
     ModelConfig,
     Schedule,
     TrainingConfig,
-    TrainJob,
-    experiment_from_dict,
 )
+from modalprompt.experiment import experiment_from_dict
+from modalprompt.jobs import TrainJob
 from modalprompt.run.engine import PlainEngine, deepspeed_config, make_engine
 
 

@@ -26,9 +26,9 @@ from modalprompt.bench.tiny import build_tiny_base
 from modalprompt.config import MethodConfig, ModelConfig, TaskConfig, TrainingConfig
 from modalprompt.data.datasets import Collator, EvalDataset, ImagePreprocessor, TrainDataset
 from modalprompt.errors import BaseModelError, CheckpointError
+from modalprompt.model.checkpoint import META_FILE, TENSORS_FILE, load_stages
 from modalprompt.model.prompts import stage_seed
 from modalprompt.model.wrapper import IGNORE_INDEX, ModalPromptModel
-from modalprompt.model.checkpoint import META_FILE, TENSORS_FILE, load_stages
 from modalprompt.run.train import train_stage
 
 FAMILIES = ("llava", "llava_next", "qwen2_5_vl")

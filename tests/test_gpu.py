@@ -8,7 +8,8 @@ import torch
 from conftest import same_tensors, train_cli
 
 from modalprompt.bases.backbone import load_backbone
-from modalprompt.config import DType, EvaluationConfig, MethodConfig, ModelConfig, TrainingConfig, TrainJob
+from modalprompt.config import DType, EvaluationConfig, MethodConfig, ModelConfig, TrainingConfig
+from modalprompt.jobs import TrainJob
 from modalprompt.run.evaluate import evaluate_stage
 from modalprompt.run.train import train_stage
 

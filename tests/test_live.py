@@ -11,7 +11,8 @@ import pytest
 
 from modalprompt import layout
 from modalprompt.cli import main
-from modalprompt.config import TrainingConfig, TrainJob, job_to_json
+from modalprompt.config import TrainingConfig, job_to_json
+from modalprompt.jobs import TrainJob
 from modalprompt.tracking import HASH_TAG, KEY_TAG, LIVE_TAG, sync_method
 
 

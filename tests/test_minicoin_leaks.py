@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from modalprompt.bench import minicoin
-from modalprompt.config import load_experiment
 from modalprompt.data.validation import parse_box
+from modalprompt.experiment import load_experiment
 from modalprompt.scoring.scorers import box_iou_value
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from modalprompt.config import ModelConfig, TrainJob, job_to_json
+from modalprompt.config import ModelConfig, job_to_json
+from modalprompt.jobs import TrainJob
 from modalprompt.model.checkpoint import TENSORS_FILE
 from modalprompt.run.resume import Preempted, ResumeState
 from modalprompt.run.train import train_stage

@@ -10,7 +10,10 @@ import safetensors.torch
 import torch
 
 from modalprompt import methods
-from modalprompt.config import METHOD_SECTIONS, CodaPromptConfig, L2PConfig, LoraSettings
+from modalprompt.experiment import METHOD_SECTIONS
+from modalprompt.methods.coda_prompt import CodaPromptConfig
+from modalprompt.methods.l2p import L2PConfig
+from modalprompt.methods.lora_ft import LoraSettings
 from modalprompt.model.checkpoint import TENSORS_FILE
 from modalprompt.run.resume import ResumeState
 from modalprompt.run.train import train_stage

@@ -11,7 +11,9 @@ import yaml
 
 from modalprompt import layout
 from modalprompt.cli import main
-from modalprompt.config import ConfigError, eval_job, experiment_from_dict, job_to_json, train_job
+from modalprompt.config import ConfigError, job_to_json
+from modalprompt.experiment import experiment_from_dict
+from modalprompt.jobs import eval_job, train_job
 from modalprompt.scoring.report import summary_text, write_comparison, write_method_summary
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,8 +12,9 @@ import pytest
 
 from modalprompt.bases.backbone import load_backbone
 from modalprompt.bench import minicoin, shipped
-from modalprompt.config import ModelConfig, load_experiment
+from modalprompt.config import ModelConfig
 from modalprompt.errors import DataError
+from modalprompt.experiment import load_experiment
 from modalprompt.files import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -20,7 +20,8 @@ import torch
 import yaml
 from conftest import skip_unless_required
 
-from modalprompt.config import MethodConfig, ModelConfig, TrainingConfig, TrainJob, job_to_json
+from modalprompt.config import MethodConfig, ModelConfig, TrainingConfig, job_to_json
+from modalprompt.jobs import TrainJob
 from modalprompt.model.checkpoint import TENSORS_FILE
 from modalprompt.run.resume import ResumeState
 from modalprompt.run.train import train_stage

@@ -8,9 +8,9 @@ import safetensors.torch
 import torch
 
 from modalprompt.config import Schedule
+from modalprompt.model.checkpoint import META_FILE, TENSORS_FILE, read_meta
 from modalprompt.model.prompts import stage_seed
 from modalprompt.model.wrapper import ModalPromptModel
-from modalprompt.model.checkpoint import META_FILE, TENSORS_FILE, read_meta
 from modalprompt.run.schedule import lr_multiplier, shard_batches
 from modalprompt.run.train import _require_only_current_trainable, train_stage
 

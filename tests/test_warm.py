@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from modalprompt.config import EvalJob, EvaluationConfig, TrainingConfig, TrainJob, job_to_json
+from modalprompt.config import EvaluationConfig, TrainingConfig, job_to_json
+from modalprompt.jobs import EvalJob, TrainJob
 from modalprompt.run import warm
 
 pytestmark = pytest.mark.skipif(not warm.wanted(), reason="warm start needs fork and a local run")

@@ -1,42 +1,26 @@
-"""The continual-learning methods, one module each behind `Method` (base.py), and their registry.
-
-Adding a method: a module with its `Method` subclass, and its line in `REGISTRY` below. Import needs no
-torch (the Snakefile reads the registry).
+"""The continual-learning methods: each module (or folder) here holds one method, its settings and its model,
+and registers it (`@register`, registry.py); installed packages add theirs through entry points (group
+`modalprompt.methods`, modalprompt/plugins.py). Importing this package imports them all, so that
+`REGISTRY` is complete; it needs no torch (the Snakefile reads the registry).
 """
 
 from __future__ import annotations
 
-from modalprompt.methods.base import Method
-from modalprompt.methods.coda_prompt import CodaPrompt
-from modalprompt.methods.dualprompt import DualPrompt
-from modalprompt.methods.l2p import L2P
-from modalprompt.methods.lora_ft import LoraFT
-from modalprompt.methods.modalprompt import ModalPrompt
-from modalprompt.methods.multitask import Multitask
-from modalprompt.methods.oracle import Oracle
-from modalprompt.methods.replay import Replay
-from modalprompt.methods.seq_prompt import SeqPrompt
-from modalprompt.methods.zero_shot import ZeroShot
+import importlib
+import pkgutil
 
-REGISTRY: dict[str, Method] = {
-    method.name: method
-    for method in (
-        ModalPrompt(),
-        SeqPrompt(),
-        Oracle(),
-        ZeroShot(),
-        LoraFT(),
-        Replay(),
-        Multitask(),
-        L2P(),
-        DualPrompt(),
-        CodaPrompt(),
-    )
-}
+from modalprompt import plugins
+from modalprompt.methods.base import Method, Section
+from modalprompt.methods.registry import REGISTRY, get, readers, register, sections
+
+__all__ = ["REGISTRY", "Method", "Section", "get", "readers", "register", "sections"]
 
 
-def get(name: str) -> Method:
-    try:
-        return REGISTRY[str(name)]
-    except KeyError:
-        raise ValueError(f"unknown method {name!r}: choose one of {sorted(REGISTRY)}") from None
+def _import_every_method() -> None:
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    for entry_point in plugins.installed(plugins.METHODS):
+        plugins.load(entry_point)  # its module registers its method
+
+
+_import_every_method()

@@ -2,25 +2,27 @@
 
 A method answers five questions, so that no stage function or rule tests a method's name:
 - what it trains: `prompts_of` names whose stage checkpoints its evaluations load (its own name when it
-  trains them, another method's, or None for none); `model_kind` names the model a stage trains or
-  evaluates (modalprompt.model.build: ModalPrompt's wrapper by default), `start_stage` sets up stage t's
-  trainable tensors (what its stage
-  file holds), `load_for_evaluation` loads what an evaluation after stage s uses, and `release` undoes what
-  it changed inside the frozen base (LoRA layers) once a stage or evaluation is done;
+  trains them, another method's, or None for none); `build_model` makes the model a stage trains or
+  evaluates (ModalPrompt's wrapper by default), `start_stage` sets up stage t's trainable tensors (what its
+  stage file holds), `load_for_evaluation` loads what an evaluation after stage s uses, and `release` undoes
+  what it changed inside the frozen base (LoRA layers) once a stage or evaluation is done;
 - which stages depend on which: `training_inputs` / `evaluation_inputs` (the checkpoints a stage's
   training or evaluation reads), and `reads_earlier_tasks` (whether a stage also trains on the records of
   tasks 1..t-1, as replay and multitask do);
 - how it selects prompts: `selects` (per sample, by score: selection accuracy and confusion are reported),
   `forced_task` (a task that must rank first at inference) and the selection knobs it keeps;
 - which settings affect its jobs: `training_settings` / `evaluation_settings` return exactly the `method`
-  settings it uses, knobs it ignores set to fixed values, and `sections` names its own config sections
-  (lora, replay, l2p, ...), so its jobs' rerun keys and its stage.json record what ran;
+  settings it uses, knobs it ignores set to fixed values; `section` is its own config section (a settings
+  dataclass under its own key of config.yaml) and `sections` names every section its jobs read (its own and
+  another method's, as replay reads `lora`), so its jobs' rerun keys and its stage.json record what ran;
 - which cells of the accuracy matrix it needs: `cells`, and `repeats_base` for a method whose every stage
   is the base model.
 
-Importing a method needs no torch (the Snakefile asks methods about jobs and cells); the hooks that touch a
-model import what they need when called. `options` below are a job's sections as typed settings
-(config.parse_options), keyed by section name.
+A method's module registers its class where it is defined (`@register`, methods/registry.py). Importing it
+needs no torch (the Snakefile asks methods about jobs and cells): the hooks that touch a model import what
+they need when called, and a method with a model of its own keeps it in a module of its own folder
+(l2p/model.py). `options` below are a job's sections as typed settings (jobs.parse_options), keyed by
+section name.
 """
 
 from __future__ import annotations
@@ -33,12 +35,25 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from modalprompt import layout
 
 if TYPE_CHECKING:
+    from modalprompt.bases.backbone import Backbone
     from modalprompt.config import MethodConfig
+    from modalprompt.model.checkpoint import StageMeta
     from modalprompt.model.prompts import TaskPrompt
     from modalprompt.model.wrapper import ModalPromptModel
-    from modalprompt.model.checkpoint import StageMeta
 
 TRAINING_ONLY = ("prompt_init_seed", "image_loss_weight", "text_loss_weight")  # knobs inference never reads
+LISTED_AFTER_BUILT_INS = 100  # the listing order of a method that sets none: after the built-in ones
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+    """A method's own config section: its key in config.yaml, its settings dataclass (fields with help,
+    config._help; fields inference never reads marked training_only), and what it is, in a few words (the
+    config's help adds which methods read it)."""
+
+    key: str
+    settings: type
+    about: str
 
 
 class Method:
@@ -49,10 +64,12 @@ class Method:
     prompts_of: ClassVar[str | None]
     selects: ClassVar[bool] = True
     repeats_base: ClassVar[bool] = False
-    sections: ClassVar[tuple[str, ...]] = ()  # its own config sections (config.METHOD_SECTIONS)
+    section: ClassVar[Section | None] = None  # its own config section
+    sections: ClassVar[tuple[str, ...]] = ()  # the keys of the sections its jobs read (its own included)
     reads_earlier_tasks: ClassVar[bool] = False  # a stage also trains on tasks 1..t-1's records
     adapts_base: ClassVar[bool] = False  # what it trains sits inside the frozen base (no DeepSpeed engine)
-    model_kind: ClassVar[str] = "prompts"  # the model it runs (modalprompt.model.build.MODELS)
+    # where listings (the config's help, its enum of methods, the docs) put it; ties by name
+    listing_order: ClassVar[int] = LISTED_AFTER_BUILT_INS
 
     @property
     def trains(self) -> bool:
@@ -102,6 +119,14 @@ class Method:
 
     # ------------------------------------------------------------------ the model (stage functions)
 
+    def build_model(self, backbone: Backbone, method: MethodConfig, options: dict[str, Any]) -> Any:
+        """The model its stages train and evaluate, from the `method` settings and its own sections: one with
+        `backbone`, forward(batch) -> ModalPromptOutput and generate(batch, max_new_tokens, force_task) ->
+        Generation (model/wrapper.py). ModalPrompt's wrapper with its prompt store by default."""
+        from modalprompt.model.wrapper import ModalPromptModel
+
+        return ModalPromptModel(backbone, method)
+
     def start_stage(
         self, model: ModalPromptModel, previous: list[Path], task: str, seed: int
     ) -> tuple[TaskPrompt, list[StageMeta]]:
@@ -109,8 +134,8 @@ class Method:
         tensors. Returns them (anything with parameters(), state_dict() and load_state_dict(): what the stage
         file holds) and the metadata of the stages loaded. `seed` is training.seed (ModalPrompt seeds its
         prompts with method.prompt_init_seed)."""
-        from modalprompt.model.prompts import stage_seed
         from modalprompt.model.checkpoint import load_stages
+        from modalprompt.model.prompts import stage_seed
 
         metas = load_stages(model, previous)
         return model.add_task(task, stage_seed(model.method.prompt_init_seed, len(metas) + 1)), metas

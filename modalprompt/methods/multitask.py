@@ -10,17 +10,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modalprompt.methods.lora_ft import LoraFT
+from modalprompt.methods.registry import register
 
 if TYPE_CHECKING:
-    from modalprompt.model.lora import LoraAdapter, LoraLLM
+    from modalprompt.methods.lora_ft.model import LoraAdapter, LoraLLM
     from modalprompt.model.checkpoint import StageMeta
 
 
+@register
 class Multitask(LoraFT):
     name = "multitask"
     summary = "LoRA trained from the base on all tasks seen so far, jointly (the upper bound)"
     prompts_of = "multitask"
     reads_earlier_tasks = True
+    listing_order = 7
 
     def training_inputs(self, stage: int) -> list[int]:
         return []  # from the base: no earlier stage

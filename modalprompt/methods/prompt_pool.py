@@ -1,5 +1,6 @@
 """What the prompt-pool methods (l2p, dualprompt, coda_prompt) share: no ModalPrompt knob, their own config
-section, and a model (modalprompt/model/pool.py) that loads its stages and sets up what a stage trains."""
+section, and a model (a model/pool.py PoolModel, in each method's model.py) that loads its stages and sets
+up what a stage trains. Not a method itself: it registers nothing."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from modalprompt.methods.base import Method
 
 if TYPE_CHECKING:
     from modalprompt.config import MethodConfig
-    from modalprompt.model.pool import PoolModel, TrainableTensors
     from modalprompt.model.checkpoint import StageMeta
+    from modalprompt.model.pool import PoolModel, TrainableTensors
 
 
 class PromptPoolMethod(Method):

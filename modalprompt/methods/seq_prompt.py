@@ -8,19 +8,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modalprompt.methods.base import Method
+from modalprompt.methods.registry import register
 
 if TYPE_CHECKING:
     from modalprompt.config import MethodConfig
+    from modalprompt.model.checkpoint import StageMeta
     from modalprompt.model.prompts import TaskPrompt
     from modalprompt.model.wrapper import ModalPromptModel
-    from modalprompt.model.checkpoint import StageMeta
 
 
+@register
 class SeqPrompt(Method):
     name = "seq_prompt"
     summary = "one shared prompt tuned task after task, no selection (the forgetting baseline)"
     prompts_of = "seq_prompt"
     selects = False
+    listing_order = 2
 
     @staticmethod
     def _single_prompt(method: MethodConfig) -> MethodConfig:
@@ -38,8 +41,8 @@ class SeqPrompt(Method):
         self, model: ModalPromptModel, previous: list[Path], task: str, seed: int
     ) -> tuple[TaskPrompt, list[StageMeta]]:
         """The shared prompt continues from stage t-1's tensors (the chain of earlier stages is checked)."""
-        from modalprompt.model.prompts import stage_seed
         from modalprompt.model.checkpoint import load_stages
+        from modalprompt.model.prompts import stage_seed
 
         metas = load_stages(model, previous, only_last=True)
         start = (

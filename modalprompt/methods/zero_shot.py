@@ -7,18 +7,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from modalprompt.methods.base import Method
+from modalprompt.methods.registry import register
 
 if TYPE_CHECKING:
     from modalprompt.config import MethodConfig
     from modalprompt.model.wrapper import ModalPromptModel
 
 
+@register
 class ZeroShot(Method):
     name = "zero_shot"
     summary = "the base model without prompts"
     prompts_of = None
     selects = False
     repeats_base = True
+    listing_order = 4
 
     def evaluation_settings(self, method: MethodConfig) -> MethodConfig:
         return type(method)()  # no prompts: no method setting is read

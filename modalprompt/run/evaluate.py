@@ -19,7 +19,6 @@ from modalprompt.config import DataConfig, EvaluationConfig, MethodConfig, Progr
 from modalprompt.data.datasets import Collator, EvalDataset
 from modalprompt.data.validation import Problem
 from modalprompt.files import atomic_write_text
-from modalprompt.model.build import build_model
 from modalprompt.run.progress import Progress
 
 
@@ -62,9 +61,7 @@ def evaluate_stage(
     `method_name`, which decides what is loaded and how prompts are chosen (`options`: its own sections,
     typed); write JSONL if `out_file`."""
     method_impl = methods.get(method_name)
-    model = build_model(
-        method_impl.model_kind, backbone, method_impl.evaluation_settings(method), options or {}
-    )
+    model = method_impl.build_model(backbone, method_impl.evaluation_settings(method), options or {})
     try:
         names = method_impl.load_for_evaluation(model, [Path(c) for c in checkpoints])
         return _generate_all(backbone, method_impl, model, names, evaluation, task, out_file, data, progress,

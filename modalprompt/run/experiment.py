@@ -11,8 +11,9 @@ from pathlib import Path
 
 from modalprompt import layout, methods
 from modalprompt.bases.backbone import load_backbone
-from modalprompt.config import ExperimentConfig, eval_job, parse_options, train_job
+from modalprompt.experiment import ExperimentConfig
 from modalprompt.files import atomic_write_text
+from modalprompt.jobs import eval_job, parse_options, train_job
 from modalprompt.run.evaluate import evaluate_stage
 from modalprompt.run.train import train_stage
 from modalprompt.scoring import report

@@ -45,7 +45,6 @@ from modalprompt.config import (
 from modalprompt.data.datasets import Batch, Collator, TrainDataset
 from modalprompt.data.mixture import MixedTrainDataset, kept_records
 from modalprompt.data.validation import Problem
-from modalprompt.model.build import build_model
 from modalprompt.model.checkpoint import StageMeta, save_stage
 from modalprompt.run.engine import Engine, make_engine
 from modalprompt.run.environment import backbone_environment
@@ -128,7 +127,7 @@ def train_stage(
     """Train `task` as stage len(previous) + 1 of method `method_name` and write its checkpoint to `out_dir`.
 
     The method decides what trains and which of the `method` settings it uses (methods/); `options` are its
-    own sections as typed settings (config.parse_options), `earlier_tasks` tasks 1..t-1 for a method that
+    own sections as typed settings (jobs.parse_options), `earlier_tasks` tasks 1..t-1 for a method that
     trains on their records too (replay, multitask). `on_start` and
     `on_step` (rank 0 only) see the stage begin and each optimizer step's metrics; `progress` writes a
     progress line every `progress_every` (a bar on a terminal). With
@@ -180,7 +179,7 @@ class _Stage:
     task: TaskConfig
     earlier_tasks: list[TaskConfig]  # whose records it also trains on
     world: int
-    model: Any  # the method's model (methods.Method.build)
+    model: Any  # the method's model (methods.Method.build_model)
     current: Any  # the trainable tensors: parameters(), state_dict(), load_state_dict()
     earlier: list[StageMeta]  # stages 1..t-1
     dataset: TrainDataset | MixedTrainDataset
@@ -216,7 +215,7 @@ def _set_up(backbone, method_impl, method, training, task, previous, data, engin
             f"engine.zero_stage = {engine.zero_stage}: method {method_impl.name!r} trains tensors inside the "
             "base's LLM, which the DeepSpeed engines shard or hide; use engine.zero_stage: null for it"
         )
-    model = build_model(method_impl.model_kind, backbone, method, options)
+    model = method_impl.build_model(backbone, method, options)
     try:
         current, earlier = method_impl.start_stage(
             model, [Path(p) for p in previous], task.name, training.seed

@@ -1,21 +1,14 @@
-# Settings and paths shared by the rules. The logic lives in the package: modalprompt.config (settings and
-# each job's rerun key), modalprompt.methods (what each method trains and which cells it needs),
-# modalprompt.layout (every output path). Nothing here imports torch, transformers or mlflow.
+# Settings and paths shared by the rules. The logic lives in the package: modalprompt.experiment (the
+# settings), modalprompt.jobs (each job's rerun key), modalprompt.methods (what each method trains and which
+# cells it needs), modalprompt.layout (every output path). Nothing here imports torch, transformers or mlflow.
 import functools
 import json
 from pathlib import Path
 
 from modalprompt import layout, methods
-from modalprompt.config import (
-    ConfigError,
-    Generator,
-    ModelSource,
-    eval_job,
-    experiment_from_dict,
-    job_to_json,
-    resolve_paths,
-    train_job,
-)
+from modalprompt.config import ConfigError, Generator, ModelSource, job_to_json
+from modalprompt.experiment import experiment_from_dict, resolve_paths
+from modalprompt.jobs import eval_job, train_job
 from modalprompt.tracking import unreachable
 
 CONFIG_FILE = Path((list(workflow.overwrite_configfiles) or ["config.yaml"])[-1]).resolve()

@@ -1,4 +1,5 @@
-"""LoRA on the frozen LLM (peft), for the baselines that fine-tune it: lora_ft, replay, multitask.
+"""lora_ft's model: LoRA on the frozen LLM (peft), for the baselines that fine-tune it (lora_ft, replay,
+multitask).
 
 peft puts its LoRA layers in place of the LLM's linear layers (its documented mechanism); the frozen base
 weights stay untouched inside them, and `LoraAdapter.remove` puts the original layers back, so the base a
@@ -8,13 +9,18 @@ methods train and evaluate: ModalPrompt's wrapper (embedding, image features, LL
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from modalprompt.bases.backbone import Backbone
-from modalprompt.config import ConfigError, LoraSettings, MethodConfig
+from modalprompt.config import ConfigError, MethodConfig
 from modalprompt.data.datasets import Batch
 from modalprompt.model.wrapper import Generation, ModalPromptModel, ModalPromptOutput
+
+if TYPE_CHECKING:
+    from modalprompt.methods.lora_ft import LoraSettings
 
 ADAPTER = "default"  # peft's adapter name; one adapter at a time
 

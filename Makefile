@@ -39,14 +39,14 @@ test-browser: setup  ## browser tier: the MLflow UI in Debian's headless Chromiu
 test-all: test test-slow
 
 lint: setup
-	$(BIN)/ruff check modalprompt tests benchmarks docs
-	$(BIN)/ruff format --check modalprompt tests benchmarks docs
+	$(BIN)/ruff check modalprompt tests benchmarks docs examples
+	$(BIN)/ruff format --check modalprompt tests benchmarks docs examples
 	$(BIN)/snakefmt --check workflow
 	$(BIN)/snakemake --lint
 
 format: setup
-	$(BIN)/ruff check --fix modalprompt tests benchmarks docs
-	$(BIN)/ruff format modalprompt tests benchmarks docs
+	$(BIN)/ruff check --fix modalprompt tests benchmarks docs examples
+	$(BIN)/ruff format modalprompt tests benchmarks docs examples
 	$(BIN)/snakefmt workflow
 
 schema: setup  ## regenerate workflow/schemas/config.schema.yaml from modalprompt/config.py

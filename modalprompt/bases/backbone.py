@@ -24,19 +24,44 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from modalprompt import plugins
 from modalprompt.bases.adapter import BaseAdapter
 from modalprompt.bases.llava import LlavaAdapter
 from modalprompt.bases.llava_next import LlavaNextAdapter
 from modalprompt.bases.qwen2_5_vl import Qwen2_5_VLAdapter
 from modalprompt.config import Attention, DType, ModelConfig, ModelFamily
-from modalprompt.errors import BaseModelError
+from modalprompt.errors import BaseModelError, PluginError
 
 IMAGE_TOKEN = "<image>"
 
-# model.family -> its adapter; adding a family: its module in bases/ and its line here
+# model.family -> its adapter: the built-in families (a module in bases/ and its line here), then the
+# installed packages' (group modalprompt.bases, modalprompt/plugins.py)
 ADAPTERS: dict[str, type[BaseAdapter]] = {
     a.family: a for a in (LlavaAdapter, LlavaNextAdapter, Qwen2_5_VLAdapter)
 }
+
+
+def _add_installed_adapters() -> None:
+    """Each entry point names a BaseAdapter subclass whose `family` is the entry point's name; a family or
+    model_type that another adapter has already is refused (model.family: auto finds a family by it)."""
+    for entry_point in plugins.installed(plugins.BASES):
+        adapter = plugins.load(entry_point)
+        where = plugins.describe(entry_point)
+        if not (isinstance(adapter, type) and issubclass(adapter, BaseAdapter)):
+            raise PluginError(f"{where} is not a subclass of BaseAdapter (modalprompt/bases/adapter.py)")
+        if adapter.family != entry_point.name:
+            raise PluginError(
+                f"{where}: its adapter's family is {adapter.family!r}: name the entry point after it"
+            )
+        for other in ADAPTERS.values():
+            if other.family == adapter.family or other.model_type == adapter.model_type:
+                raise PluginError(f"{where}: family {adapter.family!r} (model_type {adapter.model_type!r}) clashes "
+                                  f"with {other.__module__}.{other.__name__} (family {other.family!r}, model_type "
+                                  f"{other.model_type!r})")  # fmt: skip
+        ADAPTERS[adapter.family] = adapter
+
+
+_add_installed_adapters()
 
 
 @dataclass

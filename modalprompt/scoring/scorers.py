@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modalprompt import plugins
 from modalprompt.data.validation import load_records, parse_box, read_answers
-from modalprompt.errors import DataError
+from modalprompt.errors import DataError, PluginError
 from modalprompt.scoring.metrics import selection_accuracy
 
 # ------------------------------------------------------------------ the official VQA answer normalisation
@@ -206,6 +207,24 @@ SCORERS: dict[str, Callable[[str, Any], float]] = {
     "contains": contains,
     "box_iou": box_iou,
 }
+
+
+def _add_installed_scorers() -> None:
+    """The scorers of installed packages (group modalprompt.scorers): the entry point's name is the scorer's
+    (a task's `scorer`), its object a function (prediction, reference) -> float in [0, 1]."""
+    for entry_point in plugins.installed(plugins.SCORERS):
+        if entry_point.name in SCORERS:
+            raise PluginError(f"{plugins.describe(entry_point)}: a scorer named {entry_point.name!r} exists "
+                              "already: name the entry point otherwise")  # fmt: skip
+        scorer = plugins.load(entry_point)
+        if not callable(scorer):
+            raise PluginError(
+                f"{plugins.describe(entry_point)} is not a function (prediction, reference) -> float"
+            )
+        SCORERS[entry_point.name] = scorer
+
+
+_add_installed_scorers()
 
 
 # ------------------------------------------------------------------ the published evaluation, bugs included

@@ -134,6 +134,20 @@ def test_a_changed_package_or_environment_gets_another_server(tmp_path, private_
     assert warm.socket_path() != first
 
 
+def test_installing_a_package_gets_another_server(tmp_path, private_servers, monkeypatch):
+    """A package installed since (it may bring methods, families or scorers) is not served by a server that
+    loaded the registries before it."""
+    site_packages = tmp_path / "site-packages"
+    site_packages.mkdir()
+    monkeypatch.setattr(warm.site, "getsitepackages", lambda: [str(site_packages)])
+    first = warm.socket_path()
+    before = site_packages.stat()
+    (site_packages / "a_package-0.1.0.dist-info").mkdir()
+    # what the install did to the folder's time, made sure of on a clock coarser than the test
+    os.utime(site_packages, ns=(before.st_atime_ns, before.st_mtime_ns + 1_000_000))
+    assert warm.socket_path() != first
+
+
 def test_under_slurm_or_as_a_rank_the_job_runs_in_its_own_process(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     assert not warm.wanted() and warm.run_warm(["evaluate"]) is None

@@ -11,8 +11,8 @@ only the imports are shared.
 
 The first client starts the server, which ends after `IDLE_SECONDS` without work, or once its socket file
 is deleted. A server serves only
-clients of the same Python, package source and import-time environment (the socket name is a hash of
-them), so editing the package starts a fresh one. When no server can be reached, or under Slurm (a job
+clients of the same Python, package source, installed packages and import-time environment (the socket
+name is a hash of them), so editing the package or installing another starts a fresh one. When no server can be reached, or under Slurm (a job
 there has its node to itself and pays the imports once), the command runs in its own process as before.
 The server is single-threaded (forking a threaded process is unsafe), and never initialises CUDA.
 """
@@ -25,6 +25,7 @@ import json
 import os
 import selectors
 import signal
+import site
 import socket
 import struct
 import subprocess
@@ -62,11 +63,20 @@ def _source_stamp() -> str:
     return digest.hexdigest()
 
 
+def _installed_stamp() -> str:
+    """Changes whenever a package is installed or removed (the modification times of the site-packages
+    folders): a package may bring methods, base families or scorers (modalprompt/plugins.py) that a server
+    started before it would not know."""
+    folders = [*site.getsitepackages(), site.getusersitepackages()]
+    return ",".join(str(os.stat(folder).st_mtime_ns) for folder in folders if os.path.isdir(folder))
+
+
 def socket_path(env: dict[str, str] | None = None) -> Path:
-    """The server for this Python, this package source and this import-time environment."""
+    """The server for this Python, this package source, the installed packages and this import-time
+    environment."""
     env = os.environ if env is None else env
     shaping = sorted((k, v) for k, v in env.items() if k.startswith(ENV_PREFIXES))
-    key = json.dumps([sys.executable, _source_stamp(), shaping, os.getuid()])
+    key = json.dumps([sys.executable, _source_stamp(), _installed_stamp(), shaping, os.getuid()])
     folder = Path(tempfile.gettempdir()) / f"modalprompt-warm-{os.getuid()}"
     folder.mkdir(mode=0o700, exist_ok=True)
     return folder / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.sock"

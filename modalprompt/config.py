@@ -87,9 +87,6 @@ class Generator(enum.StrEnum):
     MINICOIN = "minicoin"  # mini-CoIN's tasks under <paths.data>/minicoin (modalprompt.bench.minicoin)
 
 
-# The methods of modalprompt.methods, by name (pipeline.methods; the method a job runs).
-
-
 class Query(enum.StrEnum):
     """What a prompt-pool method matches its keys against (a frozen encoder's feature of the sample)."""
 

@@ -176,10 +176,10 @@ def _method_section_fields(taken: set[str]) -> list[tuple[str, Any, dataclasses.
     """A field per method section, its help naming the methods that read it."""
     fields = []
     for key, section in methods.sections().items():
-        if key in taken:
-            raise PluginError(f"the config section {key!r} of method(s) {methods.readers(key)} clashes with "
-                              "a section every experiment has: give it another key")  # fmt: skip
         readers = methods.readers(key)
+        if key in taken:
+            raise PluginError(f"the config section {key!r} of method(s) {readers} clashes with a section every "
+                              "experiment has: give it another key")  # fmt: skip
         who = f"{'methods' if len(readers) > 1 else 'method'} {', '.join(readers)}"
         help_text = f"{section.about} ({who})."
         fields.append((key, section.settings, _help(help_text, default_factory=section.settings)))
@@ -187,6 +187,9 @@ def _method_section_fields(taken: set[str]) -> list[tuple[str, Any, dataclasses.
 
 
 def _experiment_class() -> type:
+    """ExperimentConfig: the sections every experiment has, with the registered methods' own between
+    `training` and `evaluation`, where config.yaml and the generated reference (docs/configuration.md) list
+    them."""
     before, after = _fields_of(_SectionsBeforeTheMethods), _fields_of(_SectionsAfterTheMethods)
     common = {name for name, _, _ in before + after}
     return dataclasses.make_dataclass(
@@ -201,8 +204,6 @@ def _experiment_class() -> type:
     )
 
 
-# The methods' sections sit between `training` and `evaluation`, where config.yaml and the generated
-# reference (docs/configuration.md) list them.
 ExperimentConfig = _experiment_class()
 
 

@@ -17,7 +17,7 @@ process. No torch here: the config reads the names (its allowed values) without 
 from __future__ import annotations
 
 import functools
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, EntryPoints, entry_points
 from typing import Any
 
 from modalprompt.errors import PluginError
@@ -28,9 +28,13 @@ SCORERS = "modalprompt.scorers"
 
 
 @functools.cache
+def _every_entry_point() -> EntryPoints:
+    return entry_points()  # one pass over the installed packages' metadata, for all three groups
+
+
 def installed(group: str) -> tuple[EntryPoint, ...]:
     """The group's entry points of every installed package, by name."""
-    return tuple(sorted(entry_points(group=group), key=lambda ep: ep.name))
+    return tuple(sorted(_every_entry_point().select(group=group), key=lambda ep: ep.name))
 
 
 def names(group: str) -> list[str]:

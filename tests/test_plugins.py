@@ -1,7 +1,8 @@
 """Methods, base-model families and scorers from installed packages (entry points, modalprompt/plugins.py):
 one that loads joins its registry and the config's allowed values; one that fails to load, or whose name is
-taken, stops with a message that names the entry point and the package it comes from. Each case runs in a
-process of its own, with the package installed beside it (tests/installed.py): the registries load once.
+taken, stops with a message that names the entry point and the package it comes from. Each case with a
+package runs in a process of its own, the package installed beside it (tests/installed.py): the registries
+load once per process.
 """
 
 from __future__ import annotations
@@ -10,7 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from installed import environment, install
+
+from modalprompt.config import MethodConfig
+from modalprompt.errors import PluginError
+from modalprompt.methods import Method, Section, registry
 
 METHOD = """
 from modalprompt.methods import Method, Section, register
@@ -87,6 +93,24 @@ def test_a_method_section_named_like_a_common_one_is_refused(tmp_path):
         "the config section 'training' of method(s) ['extra'] clashes with a section every experiment has"
         in (done.stderr)
     )
+
+
+def _method(name: str, section: Section | None, reads: tuple[str, ...]) -> Method:
+    return type(name, (Method,), {"name": name, "summary": "", "prompts_of": name, "section": section,
+                                  "sections": reads})()  # fmt: skip
+
+
+def test_two_methods_defining_one_section_key_or_reading_an_undefined_one_are_refused(monkeypatch):
+    first, second = Section("knobs", MethodConfig, "one"), Section("knobs", dict, "another")
+    monkeypatch.setattr(registry, "REGISTRY", {"a": _method("a", first, ("knobs",)),
+                                               "b": _method("b", second, ("knobs",))})  # fmt: skip
+    with pytest.raises(PluginError, match="methods 'a' and 'b' both define a config section 'knobs'"):
+        registry.sections()
+    monkeypatch.setattr(registry, "REGISTRY", {"a": _method("a", None, ("knobs",))})
+    with pytest.raises(
+        PluginError, match=r"method 'a' reads config sections \['knobs'\] that no method defines"
+    ):
+        registry.sections()
 
 
 SCORER = """

@@ -146,12 +146,14 @@ def train(
 ) -> int:
     """train one stage: what the method trains (ModalPrompt: the task's prompt and key network)"""
     from modalprompt.bases.backbone import load_backbone
+    from modalprompt.cost import job_started
     from modalprompt.jobs import parse_options
     from modalprompt.run.distributed import init_from_environment, shutdown
     from modalprompt.run.resume import Preempted
     from modalprompt.run.train import train_stage
 
     startup = _process_age()  # the interpreter and the imports above (a warm job: the fork)
+    started = job_started(startup)  # its cost counts from the process's start
     job, experiment = _job(settings, config, task, threads, TrainJob,
                            lambda cfg, name: train_job(cfg, name, method, seed))  # fmt: skip
     engine = experiment.engine if experiment is not None else EngineConfig()
@@ -173,7 +175,7 @@ def train(
                              progress_every=_progress(experiment, progress_steps, progress_seconds),
                              state_dir=state_dir, save_every_steps=save_every, engine=engine,
                              on_start=live.start, on_step=live.step, options=options,
-                             earlier_tasks=job.earlier_tasks)  # fmt: skip
+                             earlier_tasks=job.earlier_tasks, started=started)  # fmt: skip
     except Preempted as stopped:
         print(f"modalprompt: {stopped}; run the same command again to continue", file=sys.stderr)
         return EXIT_PREEMPTED
@@ -188,8 +190,14 @@ def train(
                       "steps": result.steps, "seconds": round(result.seconds, 3),
                       "samples_per_s": round(result.samples_per_s, 2), "skipped_records": len(result.skipped),
                       "resumed_from_step": result.resumed_from_step, "startup_seconds": startup,
-                      "load_seconds": round(loading, 3)}))  # fmt: skip
+                      "load_seconds": round(loading, 3), **_cost_summary(result.cost)}))  # fmt: skip
     return 0
+
+
+def _cost_summary(cost) -> dict[str, float]:
+    """What a job's summary line says of its cost (all of it is in its stage.json or cost file)."""
+    return {"wall_seconds": round(cost.wall_seconds, 3), "device_hours": round(cost.device_hours, 6),
+            "peak_memory_mb": round(cost.peak_memory_mb, 1)}  # fmt: skip
 
 
 class _LiveCurves:
@@ -265,10 +273,12 @@ def evaluate(
 ) -> None:
     """generate answers for a task's eval file after stage s"""
     from modalprompt.bases.backbone import load_backbone
+    from modalprompt.cost import job_started
     from modalprompt.jobs import parse_options
     from modalprompt.run.evaluate import evaluate_stage
 
     startup = _process_age()  # the interpreter and the imports above (a warm job: the fork)
+    started = job_started(startup)  # its cost counts from the process's start
     job, experiment = _job(
         settings, config, task, threads, EvalJob, lambda cfg, name: eval_job(cfg, name, method)
     )
@@ -278,11 +288,11 @@ def evaluate(
     result = evaluate_stage(backbone, job.method, job.evaluation, job.task, checkpoints, out, data=job.data,
                             method_name=job.method_name, progress=not quiet,
                             progress_every=_progress(experiment, progress_steps, progress_seconds),
-                            options=parse_options(job.options))  # fmt: skip
+                            options=parse_options(job.options), started=started)  # fmt: skip
     print(json.dumps({"task": result.task, "stage": result.stage, "samples": len(result.predictions),
                       "skipped_records": len(result.skipped), "seconds": round(result.seconds, 3),
                       "samples_per_s": round(result.samples_per_s, 2), "startup_seconds": startup,
-                      "load_seconds": round(loading, 3)}))  # fmt: skip
+                      "load_seconds": round(loading, 3), **_cost_summary(result.cost)}))  # fmt: skip
 
 
 def run(
@@ -319,6 +329,9 @@ def score(
         ),
     ] = (),
     out: Annotated[Path | None, Arg("write the full result (with per-question scores) as JSON here")] = None,
+    cost: Annotated[
+        Path | None, Arg("the evaluation's cost file (<task>.cost.json), copied into the result as `cost`")
+    ] = None,
 ) -> None:
     """score a predictions JSONL against its eval file (joined on question_id)"""
     from modalprompt.scoring.scorers import score_predictions
@@ -328,6 +341,8 @@ def score(
     answers = answers_file[0] if answers_file else None
     result = score_predictions(scorer, predictions, eval_file, task, max_samples or None, answers)
     record = {"task": task, "stage": stage, **result.to_json()}
+    if cost:
+        record["cost"] = json.loads(cost.read_text())
     if out:
         atomic_write_text(out, json.dumps(record, indent=1, default=str) + "\n")
     print(json.dumps({k: v for k, v in record.items() if k != "per_question"}, default=str))
@@ -337,15 +352,18 @@ def matrix(
     *,
     tasks: Annotated[list[str], Arg("task names in training order")],
     scores: Annotated[list[Path], Arg("score JSON files (from score --stage)")],
-    out_dir: Annotated[Path, Arg("folder of matrix.csv, selection.csv, metrics.json, heatmap.png")],
+    out_dir: Annotated[
+        Path, Arg("folder of matrix.csv, selection.csv, metrics.json, heatmap.png, cost.json")
+    ],
     method: Annotated[str, Arg("the method whose matrix this is (modalprompt.methods)")] = "modalprompt",
     title: Annotated[str, Arg("heatmap title")] = "accuracy (%)",
+    stages: Annotated[list[Path], Arg("the stage.json of every stage the matrix's rows come from")] = (),
 ) -> None:
-    """matrix.csv, selection.csv, metrics.json and heatmap.png of a method from its score files"""
+    """matrix.csv, selection.csv, metrics.json, heatmap.png and cost.json of a method from its score files"""
     from modalprompt import methods
     from modalprompt.scoring.report import write_method_summary
 
-    result = write_method_summary(out_dir, tasks, scores, title, methods.get(method).repeats_base)
+    result = write_method_summary(out_dir, tasks, scores, title, methods.get(method).repeats_base, stages)
     print((Path(out_dir) / "matrix.csv").read_text(), end="")
     print(json.dumps(result))
 
@@ -421,6 +439,40 @@ def confusion(
     from modalprompt.scoring.report import write_confusion
 
     write_confusion(out_dir, tasks, predictions, title)
+
+
+def answer_overlap(
+    *,
+    tasks: Annotated[list[str], Arg("task names in training order")],
+    train_files: Annotated[list[Path], Arg("each task's train.json, in task order")],
+    eval_files: Annotated[list[Path], Arg("each task's test.json / val.json, in task order")],
+    scorers: Annotated[list[str], Arg("each task's scorer, in task order (it normalises the answers)")],
+    max_samples: Annotated[
+        list[int], Arg("each task's evaluation max_samples, in task order (0: all; none given: all)")
+    ] = (),
+    out: Annotated[Path, Arg("answer_overlap.csv to write")],
+) -> None:
+    """the share of each task's test answers among each task's training answers, as a CSV"""
+    from modalprompt.scoring.overlap import format_overlap, write_answer_overlap
+
+    limits = [n or None for n in max_samples] if max_samples else [None] * len(tasks)
+    overlap = write_answer_overlap(out, tasks, train_files, eval_files, scorers, limits)
+    print(format_overlap(tasks, overlap), end="")
+
+
+def overlap_forgetting(
+    *,
+    overlap: Annotated[Path, Arg("answer_overlap.csv (from answer-overlap)")],
+    matrix: Annotated[Path, Arg("the method's matrix.csv")],
+    out_dir: Annotated[Path, Arg("folder of answer_overlap.png and overlap_forgetting.json")],
+    title: Annotated[str, Arg("figure title")] = "answer overlap and forgetting",
+) -> None:
+    """a method's answer overlap beside its forgetting, with their Pearson correlation"""
+    from modalprompt.scoring.overlap import write_overlap_forgetting
+
+    result = write_overlap_forgetting(out_dir, overlap, matrix, title)
+    print(json.dumps({"correlation": result["correlation"], "pearson_r": result["pearson_r"],
+                      "cells": len(result["cells"])}))  # fmt: skip
 
 
 def summary(
@@ -634,7 +686,8 @@ def schema() -> None:
     print(yaml.safe_dump(json_schema(), sort_keys=False, width=120), end="")
 
 
-COMMANDS = (train, evaluate, run, submit, score, matrix, aggregate, metrics, compare, published, confusion, summary, track, ui,
+COMMANDS = (train, evaluate, run, submit, score, matrix, aggregate, metrics, compare, published, confusion, answer_overlap,
+            overlap_forgetting, summary, track, ui,
             validate, convert_llava, make_tiny_base, make_toy_data, make_minicoin, pretrain_base, install_base, ship_base, schema, warm_server)  # fmt: skip
 
 

@@ -5,11 +5,14 @@ so the files, the contract between jobs, have one definition.
     <results>/<experiment>/<method>/stage-<s>/history.jsonl         per-step training metrics
     <results>/<experiment>/<method>/stage-<s>/resume/               mid-stage state while it trains
     <results>/<experiment>/<method>/stage-<s>/eval/<task>.jsonl      predictions (stage 0: no prompts)
+    <results>/<experiment>/<method>/stage-<s>/eval/<task>.cost.json  what the evaluation cost
     <results>/<experiment>/<method>/stage-<s>/eval/<task>.score.json
-    <results>/<experiment>/<method>/{matrix.csv, selection.csv, metrics.json, heatmap.png}
+    <results>/<experiment>/<method>/{matrix.csv, selection.csv, metrics.json, heatmap.png, cost.json}
     <results>/<experiment>/<method>/{matrix_published.csv, metrics_published.json}  as the published code scores
     <results>/<experiment>/<method>/selection_confusion.{csv,png}   (methods that select prompts)
-    <results>/<experiment>/comparison/{forgetting.png, metrics.csv}  (all methods side by side)
+    <results>/<experiment>/<method>/{answer_overlap.png, overlap_forgetting.json}  overlap against forgetting
+    <results>/<experiment>/comparison/{forgetting.png, metrics.csv, accuracy_cost.png}  (all methods)
+    <results>/<experiment>/answer_overlap.csv                       the tasks' shared answers
     <results>/<experiment>/{tracking.json, mlflow.db, logs/, benchmarks/}
 
 With seeds as a dimension of the DAG (pipeline.seeds), each seed's run has the layout above under
@@ -74,6 +77,15 @@ def score_file(results: Path, method: str, stage: int, task: str) -> Path:
     return stage_dir(results, method, stage) / "eval" / f"{task}.score.json"
 
 
+def cost_file_of(predictions: Path) -> Path:
+    """What an evaluation cost, beside its predictions: eval/<task>.cost.json."""
+    return Path(predictions).with_suffix(".cost.json")
+
+
+def eval_cost_file(results: Path, method: str, stage: int, task: str) -> Path:
+    return cost_file_of(predictions_file(results, method, stage, task))
+
+
 def evaluation_cells(tasks: list[str], zero_shot: bool) -> list[tuple[int, str]]:
     """(stage, task) pairs to evaluate: every task seen so far after each stage; with `zero_shot`, also the
     base model on every task (row 0) and each stage on the next task, the cells forward transfer needs."""
@@ -112,9 +124,15 @@ def tracking_file(results: Path) -> Path:
 
 # the same matrix and metrics with every cell scored as the published evaluation code scores it (bugs included)
 PUBLISHED_FILES = ("matrix_published.csv", "metrics_published.json")
-SUMMARY_FILES = ("matrix.csv", "selection.csv", "metrics.json", "heatmap.png", *PUBLISHED_FILES)
+COST_FILE = "cost.json"  # a method's cost per stage and in all (modalprompt/cost.py)
+SUMMARY_FILES = ("matrix.csv", "selection.csv", "metrics.json", "heatmap.png", *PUBLISHED_FILES, COST_FILE)
 CONFUSION_FILES = ("selection_confusion.csv", "selection_confusion.png")  # methods that select prompts
-COMPARISON_FILES = ("forgetting.png", "metrics.csv")  # <results>/<experiment>/comparison/: all methods
+# <results>/<experiment>/comparison/: all methods
+COMPARISON_FILES = ("forgetting.png", "metrics.csv", "accuracy_cost.png")
 # <results>/<experiment>/<method>/ with pipeline.seeds: the method over its seeds (the mean matrix is matrix.csv)
 AGGREGATE_FILES = ("matrix.csv", "matrix_std.csv", "selection.csv", "metrics.json", "metrics_published.json",
-                   "heatmap.png")  # fmt: skip
+                   "heatmap.png", COST_FILE)  # fmt: skip
+# the tasks' shared answers (<results>/<experiment>/), and per method set against its forgetting (the final
+# matrix's folder)
+ANSWER_OVERLAP_FILE = "answer_overlap.csv"
+OVERLAP_FILES = ("answer_overlap.png", "overlap_forgetting.json")

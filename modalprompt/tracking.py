@@ -2,12 +2,13 @@
 
 `sync_method` makes the MLflow experiment match the files of one method's results: a run per stage
 (settings as params, per-step curves, samples/s, peak memory, checkpoint path, git commit, versions) and a
-summary run (the accuracy matrix as `acc/<task>` with step = stage, the metrics, the matrix files and the
-heatmap as artifacts). Each run carries a key tag and a hash of the files it came from: a rerun that finds
-the same hash keeps the run, a changed hash replaces it, so reruns never duplicate. With seeds
-(pipeline.seeds) every seed's stage and summary runs carry the seed in their key and tags (its summary runs
-are `kind=seed_summary`), and the method's `kind=summary` run holds the metrics over the seeds: the mean
-under each metric's name and the standard deviation as `<metric>_std`.
+summary run (the accuracy matrix as `acc/<task>` with step = stage, the metrics, what the method cost as
+`cost_<train|eval|total>_<field>` and per stage `cost/<train|eval>_<field>` with step = stage (cost.json),
+the matrix files and the heatmap as artifacts). Each run carries a key tag and a hash of the files it
+came from: a rerun that finds the same hash keeps the run, a changed hash replaces it, so reruns never
+duplicate. With seeds (pipeline.seeds) every seed's stage and summary runs carry the seed in their key and
+tags (its summary runs are `kind=seed_summary`), and the method's `kind=summary` run holds the metrics
+over the seeds: the mean under each metric's name and the standard deviation as `<metric>_std`.
 
 Every experiment the project creates or uses carries two experiment tags for MLflow's UI: the experiment
 kind of model training (`mlflow.experimentKind`), and a saved runs-table view, "summary metrics", of the
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from modalprompt import layout
+from modalprompt.cost import cost_metrics
 from modalprompt.scoring.metrics import SUMMARY_METRICS
 
 KEY_TAG = "modalprompt.key"
@@ -447,7 +449,7 @@ def sync_comparison(uri: str, experiment: str, results: Path, methods: list[str]
 
 def _summary_metrics(folder: Path, tasks: list[str]) -> list[tuple[str, float, int]]:
     """avg, bwt, ..., selection_accuracy at step 0 (metrics.json); acc/<task> and selection/<task> with
-    step = stage."""
+    step = stage; the cost metrics of cost.json (cost.cost_metrics), where there is one."""
     from modalprompt.scoring.metrics import read_matrix
 
     metrics = json.loads((folder / "metrics.json").read_text())
@@ -457,6 +459,8 @@ def _summary_metrics(folder: Path, tasks: list[str]) -> list[tuple[str, float, i
     if (folder / "selection.csv").is_file():
         _, selection = read_matrix(folder / "selection.csv")
         out += _cells("selection", tasks, selection)
+    if (folder / layout.COST_FILE).is_file():
+        out += cost_metrics(json.loads((folder / layout.COST_FILE).read_text()))
     return out
 
 

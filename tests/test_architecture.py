@@ -147,7 +147,8 @@ def test_the_workflow_parse_imports_no_torch_transformers_or_mlflow():
 @pytest.mark.parametrize(
     "module",
     ["modalprompt.config", "modalprompt.layout", "modalprompt.methods", "modalprompt.scoring.report",
-     "modalprompt.scoring.scorers", "modalprompt.data.validation", "modalprompt.tracking", "modalprompt.bench.toy"],
+     "modalprompt.scoring.scorers", "modalprompt.data.validation", "modalprompt.tracking", "modalprompt.bench.toy",
+     "modalprompt.cost", "modalprompt.scoring.overlap"],
 )  # fmt: skip
 def test_light_modules_stay_light(module):
     """The config, the methods' registry, the report and scoring, validation and tracking import no torch

@@ -43,6 +43,7 @@ def test_three_stages_by_hand_then_run(tmp_path):
                     "--history", out / "history.jsonl", "--quiet", cwd=tmp_path)  # fmt: skip
         summary = json.loads(line.strip().splitlines()[-1])
         assert summary["stage"] == len(checkpoints) + 1 and summary["steps"] > 0
+        assert summary["wall_seconds"] > summary["seconds"] and summary["device_hours"] > 0  # the job's cost
         history = [json.loads(r) for r in (out / "history.jsonl").read_text().splitlines()]
         assert len(history) == summary["steps"] and history[-1]["loss"] < history[0]["loss"]
         checkpoints.append(out)
@@ -61,6 +62,11 @@ def test_three_stages_by_hand_then_run(tmp_path):
     method = tmp_path / "results" / "tiny-demo" / "modalprompt"
     assert (method / "matrix.csv").read_text().splitlines()[0] == "stage,colors,shapes,count"
     assert json.loads((method / "metrics.json").read_text())["fwt"] is not None
+    cost = json.loads((method / "cost.json").read_text())  # `run` writes what the DAG writes
+    assert cost["complete"] and cost["train"]["jobs"] == 3 and cost["total"]["device_hours"] > 0
+    overlap = (tmp_path / "results" / "tiny-demo" / "answer_overlap.csv").read_text().splitlines()
+    assert overlap[1] == "colors,100.0000,0.0000,0.0000"
+    assert json.loads((method / "overlap_forgetting.json").read_text())["correlation"] == "pearson"
     # the same settings and seeds give the same stage files by hand and through `run`
     for task, stage in (("colors", 1), ("shapes", 2), ("count", 3)):
         by_hand = (tmp_path / "by-hand" / task / "task.safetensors").read_bytes()

@@ -32,6 +32,10 @@ def test_bf16_stage_on_cuda(tiny_base, toy_tasks, tmp_path):
         progress=False,
     )
     assert len(evaluated.predictions) == 6
+    for cost in (result.cost, evaluated.cost):  # GPU-hours of one GPU, its peak allocated memory
+        assert (cost.device, cost.devices) == ("gpu", 1)
+        assert cost.device_hours == pytest.approx(cost.wall_seconds / 3600)
+        assert cost.peak_memory_mb > 0
 
 
 def _zero3_job(tiny_base, toy_tasks, dtype: DType) -> TrainJob:

@@ -135,6 +135,72 @@ def test_full_run_produces_matrix_metrics_and_heatmap(project):
     assert (project / RESULTS / "benchmarks" / "modalprompt" / "train-stage-1.tsv").is_file()
 
 
+def test_every_job_records_its_cost_and_the_matrix_step_sums_them(project):
+    """Each training stage's stage.json and each evaluation's cost file (copied into its score) hold the
+    job's wall time, device-hours (core-hours here: wall x the job's one thread), samples/s and peak
+    memory; cost.json sums them per stage and in all."""
+    method = project / RESULTS / "modalprompt"
+    trained = {s: json.loads((method / f"stage-{s}" / "checkpoint" / "stage.json").read_text())["extra"]
+               for s in (1, 2, 3)}  # fmt: skip
+    evaluated = {}
+    for s, task in cells():
+        owner = project / RESULTS / ("zero_shot" if s == 0 else "modalprompt")
+        cost = json.loads((owner / f"stage-{s}" / "eval" / f"{task}.cost.json").read_text())
+        assert json.loads((owner / f"stage-{s}" / "eval" / f"{task}.score.json").read_text())["cost"] == cost
+        assert (cost["task"], cost["stage"], cost["samples"]) == (task, s, 8)  # the toy's 8 test records
+        evaluated.setdefault(s, []).append(cost)
+    for extra in trained.values():
+        cost = extra["cost"]
+        # the job's wall time: start-up and loading included, so more than the training loop
+        assert cost["wall_seconds"] > extra["seconds"] and cost["samples"] == extra["samples"]
+    for cost in [t["cost"] for t in trained.values()] + [c for costs in evaluated.values() for c in costs]:
+        assert (cost["device"], cost["devices"]) == ("cpu", 1)  # resources.*.cpus: 1 -> --threads 1
+        assert cost["device_hours"] == pytest.approx(cost["wall_seconds"] / 3600)
+        assert cost["samples_per_s"] == pytest.approx(cost["samples"] / cost["wall_seconds"])
+        assert cost["peak_memory_mb"] > 0
+    summed = json.loads((method / "cost.json").read_text())
+    assert set(summed["stages"]) == {"0", "1", "2", "3"} and summed["complete"]
+    assert summed["stages"]["0"]["train"] is None  # row 0: the base model, evaluated only
+    for s in (1, 2, 3):
+        stage = summed["stages"][str(s)]
+        assert stage["train"]["device_hours"] == pytest.approx(trained[s]["cost"]["device_hours"])
+        assert stage["eval"]["jobs"] == len(evaluated[s])
+        assert stage["eval"]["wall_seconds"] == pytest.approx(sum(c["wall_seconds"] for c in evaluated[s]))
+        assert stage["eval"]["peak_memory_mb"] == max(c["peak_memory_mb"] for c in evaluated[s])
+    every_eval = [c for costs in evaluated.values() for c in costs]
+    assert summed["eval"]["jobs"] == len(cells()) and summed["train"]["jobs"] == 3
+    assert summed["eval"]["device_hours"] == pytest.approx(sum(c["device_hours"] for c in every_eval))
+    assert summed["total"]["device_hours"] == pytest.approx(
+        summed["train"]["device_hours"] + summed["eval"]["device_hours"]
+    )
+    assert (project / RESULTS / "comparison" / "accuracy_cost.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_answer_overlap_of_the_toy_tasks_and_its_correlation_with_forgetting(project):
+    """The toy tasks share no answer: the overlap is 100 on the diagonal (each task's test answers are among
+    its training answers) and 0 elsewhere; with no spread in the overlap, Pearson's r is undefined (null).
+    Each method's forgetting cells are those of its matrix."""
+    from modalprompt.scoring.metrics import read_matrix
+
+    overlap = (project / RESULTS / "answer_overlap.csv").read_text().splitlines()
+    assert overlap == ["train_answers_of,colors,shapes,count", "colors,100.0000,0.0000,0.0000",
+                       "shapes,0.0000,100.0000,0.0000", "count,0.0000,0.0000,100.0000"]  # fmt: skip
+    method = project / RESULTS / "modalprompt"
+    result = json.loads((method / "overlap_forgetting.json").read_text())
+    assert result["correlation"] == "pearson" and result["pearson_r"] is None
+    _, rows = read_matrix(method / "matrix.csv")
+    assert [(c["stage"], c["tested"]) for c in result["cells"]] == [
+        (2, "colors"),
+        (3, "colors"),
+        (3, "shapes"),
+    ]
+    for c in result["cells"]:
+        j = TASKS.index(c["tested"])
+        best = max(rows[k][j] for k in range(j + 1, c["stage"]))
+        assert c["forgetting"] == pytest.approx(best - rows[c["stage"]][j]) and c["overlap"] == 0.0
+    assert (method / "answer_overlap.png").read_bytes()[:4] == b"\x89PNG"
+
+
 @pytest.mark.parametrize("family", ["llava_next", "qwen2_5_vl"])
 def test_toy_dag_runs_end_to_end_on_another_base_family(family, tmp_path):
     """The toy DAG from an empty folder with `model.family` set: the tiny base of that family is built, every
@@ -180,6 +246,11 @@ def test_mlflow_holds_one_run_per_stage_and_a_summary(project):
     summary = next(r for r in runs if r.data.tags["kind"] == "summary")
     metrics = json.loads((project / RESULTS / "modalprompt" / "metrics.json").read_text())
     assert summary.data.metrics["avg"] == pytest.approx(metrics["avg"])
+    cost = json.loads((project / RESULTS / "modalprompt" / "cost.json").read_text())
+    for part in ("train", "eval", "total"):
+        assert summary.data.metrics[f"cost_{part}_device_hours"] == pytest.approx(cost[part]["device_hours"])
+    per_stage = client.get_metric_history(summary.info.run_id, "cost/train_device_hours")
+    assert sorted(m.step for m in per_stage) == [1, 2, 3]
     colors = client.get_metric_history(summary.info.run_id, "acc/colors")
     assert sorted(m.step for m in colors) == [0, 1, 2, 3]
     assert not (project / "mlruns").exists()
@@ -192,6 +263,7 @@ def test_mlflow_holds_one_run_per_stage_and_a_summary(project):
         "heatmap.png",
         "matrix_published.csv",  # the same cells scored as CoIN's scripts score them
         "metrics_published.json",
+        "cost.json",
         "selection_confusion.csv",
         "selection_confusion.png",
     }
@@ -199,6 +271,7 @@ def test_mlflow_holds_one_run_per_stage_and_a_summary(project):
     assert {a.path for a in client.list_artifacts(comparison.info.run_id)} == {
         "forgetting.png",
         "metrics.csv",
+        "accuracy_cost.png",
     }
 
 
@@ -293,8 +366,10 @@ def _with_change(project, change):
         write_config(project, base_config(project))
 
 
-REPORT = {("matrix", None, None), ("compare", None, None), ("track", None, None), ("all", None, None)}
+REPORT = {("matrix", None, None), ("overlap_forgetting", None, None), ("compare", None, None),
+          ("track", None, None), ("all", None, None)}  # fmt: skip
 SELECTION = {("confusion", None, None)}  # the last stage's predictions changed: the confusion matrix too
+OVERLAP = {("answer_overlap", None, None)}  # the task files, their order or their scorers changed
 
 
 def _evals(selected):
@@ -353,7 +428,7 @@ def test_changing_a_scorer_reruns_only_its_scoring(project):
     def change(raw):
         raw["tasks"][2]["scorer"] = "contains"
 
-    expected = {("score", s, t) for s, t in cells() if t == "count"} | REPORT
+    expected = {("score", s, t) for s, t in cells() if t == "count"} | REPORT | OVERLAP
     assert _with_change(project, change) == expected
 
 
@@ -363,7 +438,10 @@ def test_appending_a_task_runs_only_the_new_stage(project):
 
     new_cells = cells(tasks=[*TASKS, "colors2"]) - cells()
     assert {s for s, _ in new_cells} == {0, 3, 4}  # row 0, the forward cell (3, colors2), stage 4
-    assert _with_change(project, change) == {("train", 4, None)} | _evals(new_cells) | REPORT | SELECTION
+    assert (
+        _with_change(project, change)
+        == {("train", 4, None)} | _evals(new_cells) | REPORT | SELECTION | OVERLAP
+    )
 
 
 def test_reordering_tasks_reruns_from_the_first_changed_position(project):
@@ -374,7 +452,7 @@ def test_reordering_tasks_reruns_from_the_first_changed_position(project):
     changed = {c for c in cells(tasks=order) if c[0] >= 2} | {(1, "count")}  # (1, count): new forward cell
     assert (
         _with_change(project, change)
-        == {("train", 2, None), ("train", 3, None)} | _evals(changed) | REPORT | SELECTION
+        == {("train", 2, None), ("train", 3, None)} | _evals(changed) | REPORT | SELECTION | OVERLAP
     )
 
 
@@ -422,7 +500,9 @@ def test_a_failing_evaluation_touches_no_finished_one(project):
             assert path.read_bytes() == data and path.stat().st_mtime_ns == mtime, path
     finally:
         eval_file.write_text(good)
-    assert planned_jobs(project) == _evals({c for c in cells() if c[1] == "count"}) | REPORT | SELECTION
+    # the answer overlap read the broken eval file too
+    expected = _evals({c for c in cells() if c[1] == "count"}) | REPORT | SELECTION | OVERLAP
+    assert planned_jobs(project) == expected
     snakemake(project, "--cores", "2")
     assert planned_jobs(project) == set()
 
@@ -588,11 +668,14 @@ def test_snakemake_report_holds_every_view_with_its_caption(project, tmp_path):
         "Forgetting curves, all methods side by side",
         "The metrics of every method in one table",
         "The continual-learning metrics of modalprompt",
+        "Accuracy against cost, one point per method",
+        "Answer overlap of the tasks beside modalprompt",
     ):
         assert caption in html, caption
-    for name in ("heatmap.png", "selection_confusion.png", "forgetting.png", "metrics.csv", "metrics.json"):
+    for name in ("heatmap.png", "selection_confusion.png", "forgetting.png", "metrics.csv", "metrics.json",
+                 "accuracy_cost.png", "answer_overlap.png"):  # fmt: skip
         assert f'"filename": "{name}"' in html, name
-    assert html.count("iVBORw0KGgo") >= 3  # the PNGs themselves are inside the file (base64), not links
+    assert html.count("iVBORw0KGgo") >= 5  # the PNGs themselves are inside the file (base64), not links
 
 
 def test_seeds_and_the_baselines_run_through_the_dag(tmp_path):
@@ -639,6 +722,15 @@ def test_seeds_and_the_baselines_run_through_the_dag(tmp_path):
             abs(per_seed[0]["avg"] - per_seed[1]["avg"]) / 2**0.5, abs=1e-5
         )
         assert (results / method / "matrix_std.csv").is_file()
+        # the cost of one seed's run: the mean of the seeds' costs
+        cost = json.loads((results / method / "cost.json").read_text())
+        per_seed_cost = [
+            json.loads((results / f"seed-{s}" / method / "cost.json").read_text()) for s in (3, 5)
+        ]
+        assert cost["seeds"] == [3, 5] and cost["total"]["device_hours"] == pytest.approx(
+            sum(c["total"]["device_hours"] for c in per_seed_cost) / 2
+        )
+        assert (results / method / "answer_overlap.png").is_file()
     assert "+-" in done.stdout + done.stderr  # the printed table: mean +- standard deviation
     header = (results / "comparison" / "metrics.csv").read_text().splitlines()[0]
     assert "avg_std" in header
@@ -648,6 +740,10 @@ def test_seeds_and_the_baselines_run_through_the_dag(tmp_path):
     assert set(summaries) == {"replay", "multitask", "l2p"}
     over = json.loads((results / "l2p" / "metrics.json").read_text())
     assert summaries["l2p"].data.metrics["avg_std"] == pytest.approx(over["std"]["avg"])
+    l2p_cost = json.loads((results / "l2p" / "cost.json").read_text())
+    assert summaries["l2p"].data.metrics["cost_total_device_hours"] == pytest.approx(
+        l2p_cost["total"]["device_hours"]
+    )
     trains = [r for r in runs if r.data.tags["kind"] == "train"]
     assert len(trains) == 2 * 3 * 2 and {r.data.tags["seed"] for r in trains} == {"3", "5"}
     assert all(

@@ -16,9 +16,11 @@ from torch.utils.data import DataLoader
 from modalprompt import methods
 from modalprompt.bases.backbone import Backbone
 from modalprompt.config import DataConfig, EvaluationConfig, MethodConfig, ProgressConfig, TaskConfig
+from modalprompt.cost import JobCost, measure, reset_peak_memory
 from modalprompt.data.datasets import Collator, EvalDataset
 from modalprompt.data.validation import Problem
 from modalprompt.files import atomic_write_text
+from modalprompt.layout import cost_file_of
 from modalprompt.run.progress import Progress
 
 
@@ -37,6 +39,7 @@ class EvalResult:
     predictions: list[Prediction]
     seconds: float
     skipped: list[Problem] = field(default_factory=list)  # bad records left out (data.skip_bad_records)
+    cost: JobCost | None = None  # what the job cost (modalprompt/cost.py)
 
     @property
     def samples_per_s(self) -> float:
@@ -56,18 +59,27 @@ def evaluate_stage(
     progress: bool = True,
     progress_every: ProgressConfig = ProgressConfig(),  # noqa: B008 (frozen dataclass)
     options: dict[str, Any] | None = None,
+    started: float | None = None,
 ) -> EvalResult:
     """Generate answers for `task`'s eval file after the stage the `checkpoints` end with, of method
     `method_name`, which decides what is loaded and how prompts are chosen (`options`: its own sections,
-    typed); write JSONL if `out_file`."""
+    typed); write JSONL if `out_file`, and beside it what the job cost (layout.cost_file_of). `started`: when
+    the job began, on time.perf_counter's clock (cost.job_started; default: now)."""
+    started = time.perf_counter() if started is None else started
+    reset_peak_memory(backbone.device)
     method_impl = methods.get(method_name)
     model = method_impl.build_model(backbone, method_impl.evaluation_settings(method), options or {})
     try:
         names = method_impl.load_for_evaluation(model, [Path(c) for c in checkpoints])
-        return _generate_all(backbone, method_impl, model, names, evaluation, task, out_file, data, progress,
-                             progress_every)  # fmt: skip
+        result = _generate_all(backbone, method_impl, model, names, evaluation, task, out_file, data, progress,
+                               progress_every)  # fmt: skip
     finally:
         method_impl.release(model)  # e.g. LoRA's layers out of the base again
+    result.cost = measure(backbone.device, 1, started, len(result.predictions))
+    if out_file is not None:
+        record = {"task": result.task, "stage": result.stage, **result.cost.to_json()}
+        atomic_write_text(cost_file_of(Path(out_file)), json.dumps(record, indent=1) + "\n")
+    return result
 
 
 def _generate_all(backbone, method_impl, model, names, evaluation, task, out_file, data, progress,

@@ -1,7 +1,8 @@
 """`run_experiment`: the whole experiment in one process with one loaded base model, without Snakemake or
 MLflow. It writes the files the DAG writes, in the same layout (modalprompt.layout): every method of
 `pipeline.methods`, asked through its interface (modalprompt.methods) what it trains and which cells it
-needs; then each method's matrices and metrics, the selection confusion and the comparison."""
+needs; then each method's matrices, metrics and cost, the selection confusion, the comparison, and the
+tasks' answer overlap set against each method's forgetting."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from modalprompt.files import atomic_write_text
 from modalprompt.jobs import eval_job, parse_options, train_job
 from modalprompt.run.evaluate import evaluate_stage
 from modalprompt.run.train import train_stage
-from modalprompt.scoring import report
+from modalprompt.scoring import overlap, report
 from modalprompt.scoring.scorers import score_predictions
 
 
@@ -40,6 +41,15 @@ def run_experiment(cfg: ExperimentConfig, progress: bool = True) -> dict[str, di
             for name in summaries
         }
     report.write_comparison(results, list(summaries), results / "comparison", f"{cfg.experiment}: accuracy")
+    overlap_csv = results / layout.ANSWER_OVERLAP_FILE
+    overlap.write_answer_overlap(overlap_csv, [t.name for t in cfg.tasks], [Path(t.train_file) for t in cfg.tasks],
+                                 [Path(t.eval_file) for t in cfg.tasks], [t.scorer for t in cfg.tasks],
+                                 [cfg.evaluation_for(t.name).max_samples for t in cfg.tasks])  # fmt: skip
+    for name in summaries:
+        folder = layout.method_dir(results, name)
+        overlap.write_overlap_forgetting(
+            folder, overlap_csv, folder / "matrix.csv", f"{cfg.experiment}: {name}"
+        )
     return summaries
 
 
@@ -83,8 +93,12 @@ def _run_one_seed(
                 _evaluate_and_score(cfg, backbone, home, owner, stage, task, given, progress)
             evaluated.add((home, owner, stage, task))
         folder = layout.method_dir(run, method.name)
+        trainer = method.prompts_of  # whose stages its rows come from: their stage.json records their cost
+        stage_files = (
+            [layout.checkpoint_files(run, trainer, s)[0] for s in range(1, len(tasks) + 1)] if trainer else []
+        )
         summaries[method.name] = report.write_method_summary(
-            folder, tasks, scores, f"{cfg.experiment}: {method.name}", method.repeats_base
+            folder, tasks, scores, f"{cfg.experiment}: {method.name}", method.repeats_base, stage_files
         )
         if method.selects:
             last = [layout.predictions_file(run, method.name, len(tasks), t) for t in tasks]
@@ -99,10 +113,12 @@ def _evaluate_and_score(
 ) -> None:
     job = eval_job(cfg, task, owner)
     predictions = layout.predictions_file(run, owner, stage, task)
-    evaluate_stage(backbone, job.method, job.evaluation, job.task, checkpoints, predictions, data=job.data,
-                   method_name=owner, progress=progress, options=parse_options(job.options))  # fmt: skip
+    evaluated = evaluate_stage(backbone, job.method, job.evaluation, job.task, checkpoints, predictions,
+                               data=job.data, method_name=owner, progress=progress,
+                               options=parse_options(job.options))  # fmt: skip
     answers = cfg.task(task).answers_file  # e.g. TextVQA's ten human answers per question
     result = score_predictions(cfg.task(task).scorer, predictions, Path(job.task.eval_file), task,
                                job.evaluation.max_samples, Path(answers) if answers else None)  # fmt: skip
-    record = {"task": task, "stage": stage, **result.to_json()}
+    record = {"task": task, "stage": stage, **result.to_json(), "cost": {"task": task, "stage": stage,
+                                                                        **evaluated.cost.to_json()}}  # fmt: skip
     atomic_write_text(layout.score_file(run, owner, stage, task), json.dumps(record) + "\n")

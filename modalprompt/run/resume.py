@@ -46,6 +46,7 @@ class ResumeState:
     optimizer: dict[str, Any]  # torch optimizer state_dict
     scheduler: dict[str, Any]
     rng: dict[str, torch.Tensor]
+    seconds: float = 0.0  # the stage's wall time up to this save, earlier attempts included (its cost)
 
     @staticmethod
     def read_step(state_dir: Path) -> int:
@@ -72,6 +73,7 @@ def save_state(state_dir: Path, identity: str, state: ResumeState) -> Path:
         "step": state.step,
         "done_micro": state.done_micro,
         "samples": state.samples,
+        "seconds": state.seconds,
         "history": state.history,
         "optimizer_scalars": moments,
         "param_groups": state.optimizer["param_groups"],
@@ -119,6 +121,7 @@ def load_state(state_dir: Path, identity: str) -> ResumeState | None:
         optimizer={"state": optimizer_state, "param_groups": header["param_groups"]},
         scheduler=header["scheduler"],
         rng={k.removeprefix("rng."): v for k, v in tensors.items() if k.startswith("rng.")},
+        seconds=header.get("seconds", 0.0),  # states saved before the cost was recorded have none
     )
 
 

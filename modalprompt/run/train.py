@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import resource
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from modalprompt.config import (
     config_hash,
     to_jsonable,
 )
+from modalprompt.cost import JobCost, measure, peak_memory_mb, reset_peak_memory
 from modalprompt.data.datasets import Batch, Collator, TrainDataset
 from modalprompt.data.mixture import MixedTrainDataset, kept_records
 from modalprompt.data.validation import Problem
@@ -98,6 +98,7 @@ class StageResult:
     history: list[StepMetrics] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)  # bad records left out (data.skip_bad_records)
     resumed_from_step: int = 0  # 0: started from scratch
+    cost: JobCost | None = None  # what the job cost (rank 0 records it; None on the other ranks)
 
     @property
     def samples_per_s(self) -> float:
@@ -123,6 +124,7 @@ def train_stage(
     engine: EngineConfig = EngineConfig(),  # noqa: B008 (frozen dataclass)
     options: dict[str, Any] | None = None,
     earlier_tasks: Sequence[TaskConfig] = (),
+    started: float | None = None,
 ) -> StageResult:
     """Train `task` as stage len(previous) + 1 of method `method_name` and write its checkpoint to `out_dir`.
 
@@ -134,7 +136,10 @@ def train_stage(
     `state_dir`, a mid-stage state (run/resume.py) is saved every `save_every_steps` optimizer steps (0:
     never on a schedule) and when SIGUSR1 or SIGTERM arrives (then `Preempted` is raised after the step); a
     state found there is resumed, and the finished stage removes it. `engine` picks plain data parallel or
-    DeepSpeed ZeRO (run/engine.py); DeepSpeed's own stages 0-2 save no mid-stage state."""
+    DeepSpeed ZeRO (run/engine.py); DeepSpeed's own stages 0-2 save no mid-stage state. `started`: when the
+    job began, on time.perf_counter's clock (cost.job_started; default: now), for the cost stage.json records."""
+    started = time.perf_counter() if started is None else started
+    reset_peak_memory(backbone.device)
     rank, world = _rank_world()
     torch.manual_seed(training.seed)
     method_impl = methods.get(method_name)
@@ -149,17 +154,16 @@ def train_stage(
         bar = Progress(f"train stage {stage.number} {task.name}", stage.total_steps, "step",
                        enabled=progress and rank == 0, every_steps=progress_every.every_steps,
                        every_seconds=progress_every.every_seconds)  # fmt: skip
-        done = _train(stage, state_dir, save_every_steps, on_start, on_step, bar)
-        if rank == 0:
-            _record(stage, done, Path(out_dir))
-            if state_dir is not None:
-                clear_state(state_dir)
+        done = _train(stage, state_dir, save_every_steps, on_start, on_step, bar, started)
+        cost = _record(stage, done, Path(out_dir)) if rank == 0 else None
+        if rank == 0 and state_dir is not None:
+            clear_state(state_dir)
     finally:
         method_impl.release(stage.model)  # e.g. LoRA's layers out of the base again
     if world > 1:
         dist.barrier()
     return StageResult(task.name, stage.number, Path(out_dir), len(done.history), done.samples, done.seconds,
-                       done.history, stage.dataset.skipped, done.resumed_from)  # fmt: skip
+                       done.history, stage.dataset.skipped, done.resumed_from, cost)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- set-up
@@ -321,9 +325,16 @@ class _Done:
     done_micro: int = 0  # micro-batches consumed: the data position
     resumed_from: int = 0  # the step a saved state was resumed at (0: from scratch)
     seconds: float = 0.0
+    started: float = 0.0  # the job's start (time.perf_counter), for its cost
+    earlier_seconds: float = 0.0  # the wall time of earlier attempts, up to the state this one resumed
+
+    def wall_seconds(self) -> float:
+        """The stage's wall time so far, its earlier attempts included."""
+        return self.earlier_seconds + time.perf_counter() - self.started
 
 
-def _train(stage: _Stage, state_dir: Path | None, save_every: int, on_start, on_step, bar: Progress) -> _Done:
+def _train(stage: _Stage, state_dir: Path | None, save_every: int, on_start, on_step, bar: Progress,
+           started: float) -> _Done:  # fmt: skip
     rank = _rank_world()[0]
     model, device, accum = stage.model, stage.device, stage.training.grad_accum_steps
     backbone = model.backbone
@@ -334,6 +345,7 @@ def _train(stage: _Stage, state_dir: Path | None, save_every: int, on_start, on_
         backbone.llava.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         backbone.llava.train()  # checkpointing is active in train mode only; the base has no dropout in use
     done = _resume(stage, state_dir)
+    done.started = started
     stop = StopSignals() if state_dir is not None else None
     bar.start_at(done.resumed_from)
     if on_start is not None and rank == 0:
@@ -356,7 +368,7 @@ def _train(stage: _Stage, state_dir: Path | None, save_every: int, on_start, on_
                 align_text=float(sums[3]) / max(samples, 1),
                 lr=float(sums[4]),
                 samples_per_s=samples / max(time.perf_counter() - step_start, 1e-9),
-                peak_memory_mb=_peak_memory_mb(device),
+                peak_memory_mb=peak_memory_mb(device),
             )
             done.history.append(metrics)
             done.samples += samples
@@ -415,7 +427,9 @@ def _resume(stage: _Stage, state_dir: Path | None) -> _Done:
     stage.scheduler.load_state_dict(saved.scheduler)
     set_rng_states(saved.rng, stage.device, _rank_world()[0])
     history = [StepMetrics(**m) for m in saved.history]
-    return _Done(history, saved.samples, saved.done_micro, resumed_from=saved.step)
+    return _Done(
+        history, saved.samples, saved.done_micro, resumed_from=saved.step, earlier_seconds=saved.seconds
+    )
 
 
 def _save(stage: _Stage, done: _Done, step: int, state_dir: Path) -> None:
@@ -423,15 +437,17 @@ def _save(stage: _Stage, done: _Done, step: int, state_dir: Path) -> None:
     if _rank_world()[0] == 0:
         state = ResumeState(step, done.done_micro, done.samples, [dataclasses.asdict(m) for m in done.history],
                             stage.current.state_dict(), stage.optimizer.state_dict(), stage.scheduler.state_dict(),
-                            rng)  # fmt: skip
+                            rng, seconds=done.wall_seconds())  # fmt: skip
         save_state(state_dir, stage.identity(), state)
 
 
 # ----------------------------------------------------------------------------------------- the record
 
 
-def _record(stage: _Stage, done: _Done, out_dir: Path) -> None:
-    """The stage's checkpoint: its trained tensors and a self-describing stage.json (model/checkpoint.py)."""
+def _record(stage: _Stage, done: _Done, out_dir: Path) -> JobCost:
+    """The stage's checkpoint: its trained tensors and a self-describing stage.json (model/checkpoint.py), which
+    records what the job cost (modalprompt/cost.py); returns the cost."""
+    cost = measure(stage.device, stage.world, done.started, done.samples, done.earlier_seconds)
     settings = {"method_name": stage.method_name, "method": stage.method, "training": stage.training,
                 "data": stage.data, "task": stage.task}  # fmt: skip
     if stage.options:
@@ -450,6 +466,7 @@ def _record(stage: _Stage, done: _Done, out_dir: Path) -> None:
         "git_commit": git_commit(),
         "transformers_version": transformers.__version__,
         "run_identity": stage.identity(),  # the MLflow run the training job logged live is this stage's
+        "cost": cost.to_json(),
     }
     if isinstance(stage.dataset, MixedTrainDataset):
         extra["records_per_task"] = dict(zip(extra["trained_on"][-1:] + extra["trained_on"][:-1],
@@ -468,6 +485,7 @@ def _record(stage: _Stage, done: _Done, out_dir: Path) -> None:
         family=stage.model.backbone.family,
     )
     save_stage(stage.current, out_dir, meta)
+    return cost
 
 
 def git_commit() -> str:
@@ -487,9 +505,3 @@ def _rank_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

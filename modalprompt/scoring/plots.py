@@ -113,3 +113,77 @@ def confusion_png(tasks: list[str], counts: list[list[int]], title: str) -> byte
     ax.set_title(title)
     fig.colorbar(image, ax=ax, label="share of the task's samples (%)")
     return _png(fig)
+
+
+DEVICE_HOURS = {"gpu": "GPU-hours", "cpu": "core-hours"}  # what a device-hour is on each kind of device
+
+
+def accuracy_cost_png(points: dict[str, tuple[float | None, dict | None]]) -> bytes:
+    """Each method's final average accuracy (`avg`) against its total cost in device-hours, one labelled
+    point per method: `points` maps a method to (avg, its cost.json `total`). Methods without either are
+    named below the axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = {m: (avg, cost) for m, (avg, cost) in points.items() if avg is not None and cost is not None}
+    kinds = {cost["device"] for _, cost in shown.values()}
+    unit = DEVICE_HOURS.get(kinds.pop(), "device-hours") if len(kinds) == 1 else "device-hours (GPU and CPU)"
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    for method, (avg, cost) in shown.items():
+        ax.scatter(cost["device_hours"], avg, s=40)
+        ax.annotate(
+            method, (cost["device_hours"], avg), textcoords="offset points", xytext=(5, 4), fontsize=9
+        )
+    ax.set_xlabel(f"total cost, training and evaluation ({unit})")
+    ax.set_ylabel("final average accuracy, avg (%)")
+    ax.set_ylim(-5, 105)
+    ax.set_xlim(left=0)
+    missing = sorted(set(points) - set(shown))
+    if missing:
+        ax.set_title(f"no cost recorded: {', '.join(missing)}", fontsize=8)
+    fig.suptitle("accuracy against cost, one point per method")
+    return _png(fig)
+
+
+def overlap_png(
+    tasks: list[str],
+    overlap: list[list[float]],
+    cells: list[tuple[str, float, float]],
+    pearson: float | None,
+    title: str,
+) -> bytes:
+    """Left, the answer overlap (%): row i, column j is the share of task j's test answers among task i's
+    training answers. Right, each cell (i, j), i > j: the forgetting of task j after stage i against its
+    overlap, with Pearson's r. `cells`: (label, overlap, forgetting)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    values = np.array(overlap, dtype=float)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(3.5 + 1.6 * len(tasks), 1.8 + 0.6 * len(tasks)), dpi=120)
+    image = left.imshow(values, cmap="Oranges", vmin=0, vmax=100)
+    left.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
+    left.set_yticks(range(len(tasks)), tasks)
+    left.set_xlabel("test answers of")
+    left.set_ylabel("training answers of")
+    for i in range(len(tasks)):
+        for j in range(len(tasks)):
+            color = "white" if values[i, j] > 60 else "black"
+            left.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", color=color, fontsize=9)
+    left.set_title("answer overlap (%)")
+    fig.colorbar(image, ax=left, label="share of the test answers (%)")
+    for label, share, forgotten in cells:
+        right.scatter(share, forgotten, s=30, color="tab:red")
+        right.annotate(label, (share, forgotten), textcoords="offset points", xytext=(4, 3), fontsize=8)
+    right.axhline(0, color="grey", linewidth=0.8)
+    right.set_xlim(-5, 105)
+    right.set_xlabel("answer overlap of the cell (%)")
+    right.set_ylabel("forgetting of the cell (points)")
+    r = "undefined (fewer than two cells, or no spread)" if pearson is None else f"{pearson:.2f}"
+    right.set_title(f"Pearson r = {r}", fontsize=10)
+    fig.suptitle(title)
+    return _png(fig)

@@ -1,6 +1,7 @@
-"""The report of an experiment, from its files (no torch): each method's accuracy and selection matrices
-and metrics from its score files, the same over seeds (mean and standard deviation), the selection
-confusion, the methods side by side, and the end-of-run summary that `snakemake` prints.
+"""The report of an experiment, from its files (no torch): each method's accuracy and selection matrices,
+metrics and cost from its score and stage files, the same over seeds (mean and standard deviation), the
+selection confusion, the methods side by side (accuracy against cost too), and the end-of-run summary that
+`snakemake` prints.
 
 Selection accuracy has one definition, `metrics.selection_accuracy` (per task and stage: the share of
 samples whose most similar selected prompt is the task's own); a method's single number is
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from modalprompt import layout
+from modalprompt.cost import mean_cost, method_cost
 from modalprompt.errors import DataError
 from modalprompt.files import atomic_write_bytes, atomic_write_text
 from modalprompt.scoring.metrics import SUMMARY_METRICS, Matrix, compute_metrics, format_matrix, read_matrix
@@ -71,11 +73,32 @@ def method_metrics(tasks: list[str], accuracy: Matrix, selection: Matrix) -> dic
     return result
 
 
+def cost_from_files(score_files: list[Path], stage_files: list[Path]) -> dict[str, Any]:
+    """cost.json of a method (cost.method_cost): each evaluation's cost from its score file (`cost`), each
+    training stage's from its stage.json (`extra.cost`); files written before costs were recorded have
+    none."""
+    evals: dict[int, list[dict[str, Any] | None]] = {}
+    for path in score_files:
+        record = json.loads(Path(path).read_text())
+        evals.setdefault(record["stage"], []).append(record.get("cost"))
+    train = {}
+    for path in stage_files:
+        meta = json.loads(Path(path).read_text())
+        train[meta["stage"]] = meta.get("extra", {}).get("cost")
+    return method_cost(train, evals)
+
+
 def write_method_summary(
-    out_dir: Path, tasks: list[str], score_files: list[Path], title: str, repeat_base: bool = False
+    out_dir: Path,
+    tasks: list[str],
+    score_files: list[Path],
+    title: str,
+    repeat_base: bool = False,
+    stage_files: list[Path] = (),
 ) -> dict[str, Any]:
-    """matrix.csv, selection.csv, metrics.json and heatmap.png of one method, and its matrix and metrics
-    as the published evaluation code scores them (layout.SUMMARY_FILES). Returns the metrics."""
+    """matrix.csv, selection.csv, metrics.json and heatmap.png of one method, its matrix and metrics as the
+    published evaluation code scores them, and cost.json from its score files and the stage.json of the
+    stages its rows come from (layout.SUMMARY_FILES). Returns the metrics."""
     from modalprompt.scoring.plots import heatmap_png
 
     found = matrices_from_scores(tasks, score_files, repeat_base)
@@ -89,6 +112,8 @@ def write_method_summary(
     atomic_write_bytes(out / "heatmap.png", heatmap_png(tasks, found.accuracy, title))
     atomic_write_text(out / "matrix_published.csv", format_matrix(tasks, found.published))
     atomic_write_text(out / "metrics_published.json", json.dumps(published, indent=1) + "\n")
+    cost = cost_from_files(score_files, list(stage_files))
+    atomic_write_text(out / layout.COST_FILE, json.dumps(cost, indent=1) + "\n")
     return metrics
 
 
@@ -152,17 +177,18 @@ def write_seed_summary(out_dir: Path, seed_dirs: dict[int, Path], title: str) ->
     """A method over its seeds (layout.AGGREGATE_FILES) from each seed's method folder: matrix.csv is the
     mean matrix, matrix_std.csv each cell's standard deviation, selection.csv the mean selection,
     metrics.json and metrics_published.json each metric's mean with `std`, `seeds` and `per_seed`, heatmap.png
-    the mean. Returns the metrics."""
+    the mean, cost.json the cost of one seed's run (the mean over the seeds). Returns the metrics."""
     from modalprompt.scoring.plots import heatmap_png
 
     tasks, accuracy, selection = [], [], []
-    per_seed, published = {}, {}
+    per_seed, published, costs = {}, {}, {}
     for seed, folder in seed_dirs.items():
         tasks, matrix = read_matrix(Path(folder) / "matrix.csv")
         accuracy.append(matrix)
         selection.append(read_matrix(Path(folder) / "selection.csv")[1])
         per_seed[seed] = json.loads((Path(folder) / "metrics.json").read_text())
         published[seed] = json.loads((Path(folder) / "metrics_published.json").read_text())
+        costs[seed] = json.loads((Path(folder) / layout.COST_FILE).read_text())
     mean, spread = _cellwise(accuracy)
     metrics = aggregate_metrics(per_seed)
     out = Path(out_dir)
@@ -176,6 +202,7 @@ def write_seed_summary(out_dir: Path, seed_dirs: dict[int, Path], title: str) ->
     atomic_write_bytes(
         out / "heatmap.png", heatmap_png(tasks, mean, f"{title} (mean of {len(seed_dirs)} seeds)")
     )
+    atomic_write_text(out / layout.COST_FILE, json.dumps(mean_cost(costs), indent=1) + "\n")
     return metrics
 
 
@@ -232,10 +259,24 @@ def comparison_std(results: Path, methods: list[str]) -> dict[str, dict[str, flo
     return spreads
 
 
+def accuracy_and_cost(
+    results: Path, methods: list[str]
+) -> dict[str, tuple[float | None, dict[str, Any] | None]]:
+    """Each method's final average accuracy (`avg`) and total cost (cost.json's `total`; None: none
+    recorded), from its folder (over seeds: the means)."""
+    found = {}
+    for method in methods:
+        folder = layout.method_dir(results, method)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        found[method] = (metrics.get("avg"), json.loads((folder / layout.COST_FILE).read_text())["total"])
+    return found
+
+
 def write_comparison(results: Path, methods: list[str], out_dir: Path, title: str) -> None:
     """forgetting.png (each task across stages, a line per method; over seeds, the mean with a band of one
-    standard deviation) and metrics.csv (layout.COMPARISON_FILES; over seeds, `<metric>_std` columns too)."""
-    from modalprompt.scoring.plots import forgetting_png
+    standard deviation), metrics.csv (over seeds, `<metric>_std` columns too) and accuracy_cost.png (each
+    method's `avg` against its total device-hours) (layout.COMPARISON_FILES)."""
+    from modalprompt.scoring.plots import accuracy_cost_png, forgetting_png
 
     matrices, spreads, tasks = {}, {}, []
     for method in methods:
@@ -252,6 +293,7 @@ def write_comparison(results: Path, methods: list[str], out_dir: Path, title: st
         values = list(metrics.values()) + (list(stds[method].values()) if stds else [])
         rows.append([method, *("" if v is None else f"{v:.4f}" for v in values)])
     atomic_write_text(out / "metrics.csv", "\n".join(",".join(r) for r in rows) + "\n")
+    atomic_write_bytes(out / "accuracy_cost.png", accuracy_cost_png(accuracy_and_cost(results, methods)))
 
 
 def _read_spread(path: Path) -> Matrix:

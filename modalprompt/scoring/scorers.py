@@ -209,6 +209,26 @@ SCORERS: dict[str, Callable[[str, Any], float]] = {
 }
 
 
+def plain_answer(text: str) -> str:
+    """The least an answer is compared by: lower case, no surrounding white space."""
+    return text.strip().lower()
+
+
+# How each scorer normalises an answer before it compares (the scorers without one compare plain_answer)
+ANSWER_NORMALISERS: dict[str, Callable[[str], str]] = {
+    "option_letter": lambda text: option_letter_of(text) or plain_answer(text),
+    "vqa_soft": normalize_vqa_answer,
+    "exact_match": _gqa_plain,
+    "exact_match_strict": plain_answer,  # its comparison is upper-cased: the same classes of answers
+    "contains": _plain,
+}
+
+
+def normalise_answer(scorer: str, text: str) -> str:
+    """An answer as `scorer` normalises it before comparing (plain_answer for the scorers without one)."""
+    return ANSWER_NORMALISERS.get(scorer, plain_answer)(text)
+
+
 def _add_installed_scorers() -> None:
     """The scorers of installed packages (group modalprompt.scorers): the entry point's name is the scorer's
     (a task's `scorer`), its object a function (prediction, reference) -> float in [0, 1]."""

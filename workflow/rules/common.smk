@@ -35,6 +35,10 @@ REPORT_VIEWS = [
     for name in layout.CONFUSION_FILES
 ]
 REPORT_VIEWS += [str(COMPARISON_DIR / name) for name in layout.COMPARISON_FILES] if METHODS else []
+# the tasks' shared answers, set against each method's forgetting (beside its final matrix)
+REPORT_VIEWS += [
+    str(layout.method_dir(RESULTS, m) / name) for m in METHOD_NAMES for name in layout.OVERLAP_FILES
+]
 
 
 def check_tracking():
@@ -200,6 +204,15 @@ def score_files(method, seed=None):
         )
         for s, task in cells
     ]
+
+
+def trained_stage_files(method, seed=None):
+    """The stage.json of every stage `method`'s matrix rows come from (of one seed's run): they record what
+    training cost; none for a method that trains nothing."""
+    trainer = methods.get(method).prompts_of
+    if trainer is None:
+        return []
+    return [str(layout.checkpoint_files(layout.run_dir(RESULTS, seed), trainer, s)[0]) for s in STAGES]
 
 
 def summary_files(method, seed=None):

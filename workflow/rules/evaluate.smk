@@ -1,6 +1,7 @@
 # Evaluation of stage s's checkpoint (stages 1..s) on task j <= s; stage 0 is the base model without
 # prompts (evaluated once, under zero_shot/). Scoring is its own (cheap, local) step, so a scorer change
 # reruns only the scoring. Each method says whose checkpoints it loads and how it selects (methods/).
+# An evaluation writes what it cost beside its predictions; its score file carries that cost on.
 
 
 rule evaluate:
@@ -9,7 +10,8 @@ rule evaluate:
         eval_file=lambda w: EXP.task(w.task).eval_file,
         checkpoints=evaluation_checkpoints,
     output:
-        str(layout.predictions_file(RUN, "{method}", "{stage}", "{task}")),
+        predictions=str(layout.predictions_file(RUN, "{method}", "{stage}", "{task}")),
+        cost=str(layout.eval_cost_file(RUN, "{method}", "{stage}", "{task}")),
     log:
         str(layout.log_file(RUN, "{method}", "evaluate-stage-{stage}-{task}")),
     benchmark:
@@ -24,13 +26,14 @@ rule evaluate:
         checkpoints=lambda w, input: evaluation_folders(w),  # derived: no rerun key of its own
     shell:
         "modalprompt --warm {resources.warm:q} evaluate --settings {params.settings:q} --checkpoints {params.checkpoints:q}"
-        " --out {output:q} --threads {threads} --progress-steps {resources.progress_steps:q}"
+        " --out {output.predictions:q} --threads {threads} --progress-steps {resources.progress_steps:q}"
         " --progress-seconds {resources.progress_seconds:q} > {log:q} 2>&1"
 
 
 rule score:
     input:
-        predictions=rules.evaluate.output[0],
+        predictions=rules.evaluate.output.predictions,
+        cost=rules.evaluate.output.cost,
         eval_file=lambda w: EXP.task(w.task).eval_file,
         # CoIN's TextVQA answers (TextVQA_0.5.1_val.json); none for the other tasks
         answers=lambda w: [EXP.task(w.task).answers_file] if EXP.task(w.task).answers_file else [],
@@ -46,4 +49,5 @@ rule score:
     shell:
         "modalprompt score --scorer {params.scorer:q} --predictions {input.predictions:q}"
         " --eval-file {input.eval_file:q} --task {wildcards.task:q} --stage {wildcards.stage:q}"
-        " --max-samples {params.max_samples:q} --answers-file {input.answers:q} --out {output:q} > {log:q} 2>&1"
+        " --max-samples {params.max_samples:q} --answers-file {input.answers:q} --cost {input.cost:q}"
+        " --out {output:q} > {log:q} 2>&1"

@@ -1,5 +1,6 @@
-# The accuracy matrix and its metrics, then MLflow. MLflow only records: nothing reads it to decide
-# what runs; rerunning `track` replaces the runs whose files changed.
+# The accuracy matrix, its metrics and what the method cost, then MLflow. MLflow only records: nothing
+# reads it to decide what runs; rerunning `track` replaces the runs whose files changed. The tasks' answer
+# overlap comes from the task files alone, and is set against each method's forgetting.
 
 
 localrules:
@@ -7,12 +8,15 @@ localrules:
     matrix,
     confusion,
     compare,
+    answer_overlap,
+    overlap_forgetting,
     track,
 
 
 rule matrix:
     input:
         scores=lambda w: score_files(w.method, seed_of(w)),
+        stages=lambda w: trained_stage_files(w.method, seed_of(w)),
     output:
         matrix=report(
             str(layout.method_dir(RUN, "{method}") / "matrix.csv"),
@@ -38,6 +42,8 @@ rule matrix:
             subcategory="{method}",
             labels={"method": "{method}", "figure": "heatmap"},
         ),
+        # what training and evaluating each stage cost (modalprompt/cost.py)
+        cost=str(layout.method_dir(RUN, "{method}") / layout.COST_FILE),
     log:
         str(layout.log_file(RUN, "{method}", "matrix")),
     conda:
@@ -48,7 +54,7 @@ rule matrix:
         title=lambda w: f"{EXP.experiment}: {w.method}",
     shell:
         "modalprompt matrix --method {wildcards.method:q} --tasks {params.tasks:q} --scores {input.scores:q}"
-        " --out-dir {params.out:q} --title {params.title:q} > {log:q} 2>&1"
+        " --stages {input.stages:q} --out-dir {params.out:q} --title {params.title:q} > {log:q} 2>&1"
 
 
 rule confusion:
@@ -129,6 +135,12 @@ rule compare:
             category="Methods compared",
             labels={"figure": "metrics of all methods"},
         ),
+        accuracy_cost=report(
+            str(COMPARISON_DIR / "accuracy_cost.png"),
+            caption="../report/cost.rst",
+            category="Methods compared",
+            labels={"figure": "accuracy against cost"},
+        ),
     log:
         str(layout.log_file(RESULTS, None, "compare")),
     conda:
@@ -141,6 +153,52 @@ rule compare:
     shell:
         "modalprompt compare --results {params.results:q} --methods {params.methods:q} --out-dir {params.out:q}"
         " --title {params.title:q} > {log:q} 2>&1"
+
+
+rule answer_overlap:
+    input:
+        train_files=[task.train_file for task in EXP.tasks],
+        eval_files=[task.eval_file for task in EXP.tasks],
+    output:
+        str(RESULTS / layout.ANSWER_OVERLAP_FILE),
+    log:
+        str(layout.log_file(RESULTS, None, "answer-overlap")),
+    conda:
+        CONDA_ENV
+    params:
+        tasks=TASKS,
+        # each task's scorer normalises its answers; only the questions its evaluation scores count
+        scorers=[str(task.scorer) for task in EXP.tasks],
+        max_samples=[max_samples_of(task) for task in TASKS],
+    shell:
+        "modalprompt answer-overlap --tasks {params.tasks:q} --train-files {input.train_files:q}"
+        " --eval-files {input.eval_files:q} --scorers {params.scorers:q} --max-samples {params.max_samples:q}"
+        " --out {output:q} > {log:q} 2>&1"
+
+
+rule overlap_forgetting:
+    input:
+        overlap=rules.answer_overlap.output[0],
+        matrix=str(layout.method_dir(RESULTS, "{method}") / "matrix.csv"),
+    output:
+        figure=report(
+            str(layout.method_dir(RESULTS, "{method}") / "answer_overlap.png"),
+            caption="../report/overlap.rst",
+            category="Accuracy matrices",
+            subcategory="{method}",
+            labels={"method": "{method}", "figure": "answer overlap and forgetting"},
+        ),
+        table=str(layout.method_dir(RESULTS, "{method}") / "overlap_forgetting.json"),
+    log:
+        str(layout.log_file(RESULTS, "{method}", "overlap-forgetting")),
+    conda:
+        CONDA_ENV
+    params:
+        out=lambda w, output: Path(output.table).parent,
+        title=lambda w: f"{EXP.experiment}: {w.method}",
+    shell:
+        "modalprompt overlap-forgetting --overlap {input.overlap:q} --matrix {input.matrix:q}"
+        " --out-dir {params.out:q} --title {params.title:q} > {log:q} 2>&1"
 
 
 rule track:

@@ -1,11 +1,12 @@
 """The method interface: what the stage functions and the DAG ask of a continual-learning method.
 
-A method answers five questions, so that no stage function or rule tests a method's name:
+A method answers these questions, so that no stage function or rule tests a method's name:
 - what it trains: `prompts_of` names whose stage checkpoints its evaluations load (its own name when it
   trains them, another method's, or None for none); `build_model` makes the model a stage trains or
   evaluates (ModalPrompt's wrapper by default), `start_stage` sets up stage t's trainable tensors (what its
   stage file holds), `load_for_evaluation` loads what an evaluation after stage s uses, and `release` undoes
-  what it changed inside the frozen base (LoRA layers) once a stage or evaluation is done;
+  what it changed inside the frozen base (LoRA layers) once a stage or evaluation is done; `finish_stage`
+  keeps what it needs of its task's training data beside its tensors (EWC's Fisher information);
 - which stages depend on which: `training_inputs` / `evaluation_inputs` (the checkpoints a stage's
   training or evaluation reads), and `reads_earlier_tasks` (whether a stage also trains on the records of
   tasks 1..t-1, as replay and multitask do);
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -37,6 +39,7 @@ from modalprompt import layout
 if TYPE_CHECKING:
     from modalprompt.bases.backbone import Backbone
     from modalprompt.config import MethodConfig
+    from modalprompt.data.datasets import Batch
     from modalprompt.model.checkpoint import StageMeta
     from modalprompt.model.prompts import TaskPrompt
     from modalprompt.model.wrapper import ModalPromptModel
@@ -139,6 +142,13 @@ class Method:
 
         metas = load_stages(model, previous)
         return model.add_task(task, stage_seed(model.method.prompt_init_seed, len(metas) + 1)), metas
+
+    def finish_stage(self, model: Any, current: Any, batches: Iterable[Batch]) -> None:
+        """After a stage's last step, before its stage file is written: a method that keeps statistics of
+        its task's training data beside its tensors (EWC's Fisher information, HiDe-LLaVA's task anchors)
+        computes them into `current` here. `batches`: one pass over the stage's own task's records (not the
+        earlier tasks' a replaying method mixes in), in file order, on the model's device; every rank gets all
+        of them. Nothing by default."""
 
     def load_for_evaluation(self, model: ModalPromptModel, checkpoints: list[Path]) -> list[str]:
         """Load what an evaluation after stage len(checkpoints) uses; returns the learned tasks, in order."""

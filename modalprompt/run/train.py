@@ -155,6 +155,7 @@ def train_stage(
                        enabled=progress and rank == 0, every_steps=progress_every.every_steps,
                        every_seconds=progress_every.every_seconds)  # fmt: skip
         done = _train(stage, state_dir, save_every_steps, on_start, on_step, bar, started)
+        method_impl.finish_stage(stage.model, stage.current, stage.own_batches())
         cost = _record(stage, done, Path(out_dir)) if rank == 0 else None
         if rank == 0 and state_dir is not None:
             clear_state(state_dir)
@@ -188,6 +189,7 @@ class _Stage:
     earlier: list[StageMeta]  # stages 1..t-1
     dataset: TrainDataset | MixedTrainDataset
     batches: Callable[[int], Iterator[Batch]]  # the seeded micro-batches from a position on
+    own_batches: Callable[[], Iterator[Batch]]  # the task's own records in file order (Method.finish_stage)
     micro_per_epoch: int
     total_micro: int
     total_steps: int
@@ -287,6 +289,15 @@ def _set_up_training(backbone, method_impl, method, training, task, data, engine
             yield from DataLoader(dataset, batch_sampler=plan, collate_fn=collate, num_workers=training.num_workers,
                                   pin_memory=backbone.device.type == "cuda", generator=loader_rng)  # fmt: skip
 
+    def own_batches() -> Iterator[Batch]:
+        own = dataset.parts[0][0] if isinstance(dataset, MixedTrainDataset) else dataset
+        order = list(range(len(own)))
+        plan = [order[i : i + training.batch_size] for i in range(0, len(own), training.batch_size)]
+        for batch in DataLoader(
+            own, batch_sampler=plan, collate_fn=collate, num_workers=training.num_workers
+        ):
+            yield batch.to(backbone.device)
+
     optimizer = torch.optim.AdamW(params, lr=training.lr, betas=training.adam_betas,
                                   weight_decay=training.weight_decay)  # fmt: skip
     warmup = math.floor(training.warmup_ratio * total_steps)
@@ -297,8 +308,8 @@ def _set_up_training(backbone, method_impl, method, training, task, data, engine
                          accum=training.grad_accum_steps, max_grad_norm=training.max_grad_norm, world=world)  # fmt: skip
     number = max(len(earlier), len(earlier_tasks)) + 1  # after the stages it loaded, or the tasks it read
     return _Stage(number, method_impl.name, method, options, method_impl.structure(model), training, data, task,
-                  earlier_tasks, world, model, current, earlier, dataset, batches, micro_per_epoch, total_micro,
-                  total_steps, optimizer, scheduler, runner)  # fmt: skip
+                  earlier_tasks, world, model, current, earlier, dataset, batches, own_batches, micro_per_epoch,
+                  total_micro, total_steps, optimizer, scheduler, runner)  # fmt: skip
 
 
 def _require_only_current_trainable(model, current) -> list[torch.nn.Parameter]:

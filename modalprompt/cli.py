@@ -520,9 +520,13 @@ def ui(
     import os
     import shutil
 
-    uri = load_experiment(config).tracking_uri
+    from modalprompt.scoring.report import runs_table_address
+
+    experiment = load_experiment(config)
+    uri = experiment.tracking_uri
     mlflow = shutil.which("mlflow") or str(Path(sys.executable).parent / "mlflow")
-    print(f"modalprompt: MLflow UI on http://127.0.0.1:{port} ({uri})", flush=True)
+    address = runs_table_address(experiment.results_dir, f"http://127.0.0.1:{port}")
+    print(f"modalprompt: MLflow UI over {uri}: open {address}", flush=True)
     os.execv(mlflow, [mlflow, "ui", "--backend-store-uri", uri, "--host", "127.0.0.1", "--port", str(port)])
     return 0
 

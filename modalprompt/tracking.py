@@ -324,6 +324,7 @@ def sync_all(
             else:
                 summary = {m: sync_method(uri, experiment, results, m, tasks) for m in methods}
             summary["comparison"] = sync_comparison(uri, experiment, results, methods)
+            summary["experiment_id"] = _tracker(uri, experiment).experiment_id  # for the runs table's address
             return summary
         except Exception as err:  # any MLflow or network failure while the server is gone: pending
             if uri.startswith(("http://", "https://")) and unreachable(uri):

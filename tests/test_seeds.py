@@ -140,3 +140,16 @@ def test_the_comparison_and_the_printed_table_carry_the_deviation(tmp_path):
     text = summary_text(results, ["x", "y"], "sqlite:///db")
     assert "72.50+-3.54" in text and "mean over seeds [3, 5]" in text
     assert (results / "comparison" / "forgetting.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_summary_of_a_partial_run_names_the_unfinished_methods(tmp_path):
+    """`snakemake --until ...` ends with the closing summary too: methods without results are named, not read."""
+    results = tmp_path / "results"
+    runs = {s: _seed_run(results / f"seed-{s}" / "x", cells) for s, cells in SEED_CELLS.items()}
+    assert main(["aggregate", "--seeds", "3", "5", "--folders", *map(str, runs.values()),
+                 "--out-dir", str(results / "x")]) == 0  # fmt: skip
+    text = summary_text(results, ["x", "y"], "sqlite:///db")
+    assert "a part of the DAG was run): y" in text and "72.50+-3.54" in text
+    assert "open http://127.0.0.1:5000)" in text  # no experiment id recorded yet: the front page
+    (results / "tracking.json").write_text('{"experiment_id": "4"}')
+    assert "/#/experiments/4/runs?workflowType=machine_learning" in summary_text(results, ["x"], "sqlite:///db")

@@ -234,6 +234,9 @@ def test_mlflow_holds_one_run_per_stage_and_a_summary(project):
     runs = client.search_runs([experiment.experiment_id])
     kinds = sorted((r.data.tags["kind"], r.data.tags.get("stage", "")) for r in runs)
     assert kinds == [("comparison", ""), ("summary", ""), ("train", "1"), ("train", "2"), ("train", "3")]
+    # the closing message names the address of the runs table (the saved view, as training runs)
+    closing = (project / "first-run.log").read_text()
+    assert f"/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in closing
     stage2 = next(r for r in runs if r.data.tags.get("stage") == "2")
     assert stage2.data.tags["task"] == "shapes" and stage2.data.tags["method"] == "modalprompt"
     assert stage2.data.params["training.epochs"] == "2.0" and stage2.data.params["method.transfer_num"] == "3"

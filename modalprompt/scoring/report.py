@@ -320,8 +320,13 @@ def aligned_matrix(matrix_csv: Path) -> str:
 
 def summary_text(results: Path, methods: list[str], tracking_uri: str) -> str:
     """What a finished `snakemake` prints: every method's matrix (over seeds: the mean), their metrics table
-    (over seeds: mean +- standard deviation), and where to look."""
+    (over seeds: mean +- standard deviation), and where to look. A method without results yet (a run asked
+    for part of the DAG) is named, not shown."""
     lines = [""]
+    unfinished = [m for m in methods if not (layout.method_dir(results, m) / "metrics.json").is_file()]
+    if unfinished:
+        lines.append(f"Not finished in {results} (a part of the DAG was run): {', '.join(unfinished)}")
+        methods = [m for m in methods if m not in unfinished]
     stds = comparison_std(results, methods) if methods else None
     for method in methods:
         matrix = layout.method_dir(results, method) / "matrix.csv"
@@ -343,7 +348,19 @@ def summary_text(results: Path, methods: list[str], tracking_uri: str) -> str:
         folder = layout.comparison_dir(results)
         lines.append(f"\nMethods side by side: {folder / 'metrics.csv'}, {folder / 'forgetting.png'}")
     lines.append(
-        "\nBrowse the runs in MLflow (`make ui`, then open http://127.0.0.1:5000):\n"
+        f"\nBrowse the runs in MLflow (`make ui`, then open {runs_table_address(results)}):\n"
         f"  mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000"
     )
     return "\n".join(lines)
+
+
+def runs_table_address(results: Path, ui: str = "http://127.0.0.1:5000") -> str:
+    """The runs table as training runs (tracking.runs_table_url) once the track step has recorded the
+    experiment's id; the UI's front page before that."""
+    from modalprompt.tracking import runs_table_url
+
+    try:
+        experiment_id = json.loads(layout.tracking_file(results).read_text()).get("experiment_id")
+    except (OSError, ValueError):
+        experiment_id = None
+    return runs_table_url(ui, experiment_id) if experiment_id else ui

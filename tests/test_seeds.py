@@ -152,4 +152,6 @@ def test_the_summary_of_a_partial_run_names_the_unfinished_methods(tmp_path):
     assert "a part of the DAG was run): y" in text and "72.50+-3.54" in text
     assert "open http://127.0.0.1:5000)" in text  # no experiment id recorded yet: the front page
     (results / "tracking.json").write_text('{"experiment_id": "4"}')
-    assert "/#/experiments/4/runs?workflowType=machine_learning" in summary_text(results, ["x"], "sqlite:///db")
+    assert "/#/experiments/4/runs?workflowType=machine_learning" in summary_text(
+        results, ["x"], "sqlite:///db"
+    )

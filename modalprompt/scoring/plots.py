@@ -3,39 +3,58 @@
 from __future__ import annotations
 
 import io
+import textwrap
 from pathlib import Path
 
 from modalprompt.scoring.metrics import Matrix
 
 
+def _grid(fig, ax, values, x_labels, y_labels, axis_labels, cmap, colorbar_label, text_of, dark_above=60):
+    """An annotated heatmap (0..100) on `ax`: `text_of(i, j)` is cell (i, j)'s text, or None for none."""
+    image = ax.imshow(values, cmap=cmap, vmin=0, vmax=100, aspect="auto")
+    ax.set_xticks(range(len(x_labels)), x_labels, rotation=30, ha="right")
+    ax.set_yticks(range(len(y_labels)), y_labels)
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    for i in range(len(y_labels)):
+        for j in range(len(x_labels)):
+            text = text_of(i, j)
+            if text is not None:
+                # viridis is light at the top, Blues and Oranges dark: the text contrasts with either
+                light = (values[i, j] > dark_above) == (cmap == "viridis")
+                ax.text(j, i, text, ha="center", va="center", color="black" if light else "white", fontsize=9)
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+
+
+def _title(fig, ax, title: str) -> None:
+    """A title wrapped to the figure's width, the figure made taller by its extra lines (a long one was cut
+    off at the figure's edge)."""
+    lines = textwrap.wrap(title, max(16, int(fig.get_figwidth() * 8)))
+    fig.set_figheight(fig.get_figheight() + 0.25 * (len(lines) - 1))
+    ax.set_title("\n".join(lines))
+
+
 def heatmap_png(tasks: list[str], matrix: Matrix, title: str) -> bytes:
     """Tasks (columns) by stages (rows) with the accuracy written in each evaluated cell."""
+    plt, np = _pyplot()
+    stages = sorted(matrix)
+    values = np.array([[np.nan if v is None else v for v in matrix[s]] for s in stages], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(tasks), 1.0 + 0.6 * len(stages)), dpi=120)
+    _grid(fig, ax, values, tasks, ["base" if s == 0 else f"stage {s}" for s in stages],
+          ("evaluated task", "after training"), "viridis", "accuracy (%)",
+          lambda i, j: None if np.isnan(values[i, j]) else f"{values[i, j]:.1f}")  # fmt: skip
+    _title(fig, ax, title)
+    return _png(fig)
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    stages = sorted(matrix)
-    values = np.array([[np.nan if v is None else v for v in matrix[s]] for s in stages], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(tasks), 1.0 + 0.6 * len(stages)), dpi=120)
-    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
-    ax.set_yticks(range(len(stages)), ["base" if s == 0 else f"stage {s}" for s in stages])
-    ax.set_xlabel("evaluated task")
-    ax.set_ylabel("after training")
-    for i in range(len(stages)):
-        for j in range(len(tasks)):
-            if not np.isnan(values[i, j]):
-                color = "black" if values[i, j] > 60 else "white"
-                ax.text(j, i, f"{values[i, j]:.1f}", ha="center", va="center", color=color, fontsize=9)
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, label="accuracy (%)")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
+    return plt, np
 
 
 def write_heatmap(path: Path, tasks: list[str], matrix: Matrix, title: str) -> None:
@@ -59,11 +78,7 @@ def forgetting_png(
 ) -> bytes:
     """One panel per task: its accuracy after each stage from its own on, one line per method; with
     `spreads` (standard deviations over seeds), a band of one deviation around each mean line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt, _ = _pyplot()
     columns = min(4, len(tasks))
     rows = -(-len(tasks) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.6 * rows), dpi=110, squeeze=False)
@@ -91,27 +106,13 @@ def forgetting_png(
 
 def confusion_png(tasks: list[str], counts: list[list[int]], title: str) -> bytes:
     """Rows: each sample's true task; columns: the task whose prompt ranked first; share of the row (%)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    plt, np = _pyplot()
     values = np.array(counts, dtype=float)
     shares = 100 * values / np.maximum(values.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(1.5 + 0.9 * len(tasks), 1.2 + 0.7 * len(tasks)), dpi=120)
-    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=100)
-    ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
-    ax.set_yticks(range(len(tasks)), tasks)
-    ax.set_xlabel("selected first")
-    ax.set_ylabel("true task")
-    for i in range(len(tasks)):
-        for j in range(len(tasks)):
-            if values[i, j]:
-                ax.text(j, i, f"{shares[i, j]:.0f}", ha="center", va="center",
-                        color="white" if shares[i, j] > 60 else "black", fontsize=9)  # fmt: skip
-    ax.set_title(title)
-    fig.colorbar(image, ax=ax, label="share of the task's samples (%)")
+    _grid(fig, ax, shares, tasks, tasks, ("selected first", "true task"), "Blues",
+          "share of the task's samples (%)", lambda i, j: f"{shares[i, j]:.0f}" if values[i, j] else None)  # fmt: skip
+    _title(fig, ax, title)
     return _png(fig)
 
 
@@ -122,11 +123,7 @@ def accuracy_cost_png(points: dict[str, tuple[float | None, dict | None]]) -> by
     """Each method's final average accuracy (`avg`) against its total cost in device-hours, one labelled
     point per method: `points` maps a method to (avg, its cost.json `total`). Methods without either are
     named below the axes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt, _ = _pyplot()
     shown = {m: (avg, cost) for m, (avg, cost) in points.items() if avg is not None and cost is not None}
     kinds = {cost["device"] for _, cost in shown.values()}
     unit = DEVICE_HOURS.get(kinds.pop(), "device-hours") if len(kinds) == 1 else "device-hours (GPU and CPU)"
@@ -157,25 +154,12 @@ def overlap_png(
     """Left, the answer overlap (%): row i, column j is the share of task j's test answers among task i's
     training answers. Right, each cell (i, j), i > j: the forgetting of task j after stage i against its
     overlap, with Pearson's r. `cells`: (label, overlap, forgetting)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    plt, np = _pyplot()
     values = np.array(overlap, dtype=float)
     fig, (left, right) = plt.subplots(1, 2, figsize=(3.5 + 1.6 * len(tasks), 1.8 + 0.6 * len(tasks)), dpi=120)
-    image = left.imshow(values, cmap="Oranges", vmin=0, vmax=100)
-    left.set_xticks(range(len(tasks)), tasks, rotation=30, ha="right")
-    left.set_yticks(range(len(tasks)), tasks)
-    left.set_xlabel("test answers of")
-    left.set_ylabel("training answers of")
-    for i in range(len(tasks)):
-        for j in range(len(tasks)):
-            color = "white" if values[i, j] > 60 else "black"
-            left.text(j, i, f"{values[i, j]:.0f}", ha="center", va="center", color=color, fontsize=9)
+    _grid(fig, left, values, tasks, tasks, ("test answers of", "training answers of"), "Oranges",
+          "share of the test answers (%)", lambda i, j: f"{values[i, j]:.0f}")  # fmt: skip
     left.set_title("answer overlap (%)")
-    fig.colorbar(image, ax=left, label="share of the test answers (%)")
     for label, share, forgotten in cells:
         right.scatter(share, forgotten, s=30, color="tab:red")
         right.annotate(label, (share, forgotten), textcoords="offset points", xytext=(4, 3), fontsize=8)

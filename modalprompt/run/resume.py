@@ -121,7 +121,7 @@ def load_state(state_dir: Path, identity: str) -> ResumeState | None:
         optimizer={"state": optimizer_state, "param_groups": header["param_groups"]},
         scheduler=header["scheduler"],
         rng={k.removeprefix("rng."): v for k, v in tensors.items() if k.startswith("rng.")},
-        seconds=header.get("seconds", 0.0),  # states saved before the cost was recorded have none
+        seconds=header["seconds"],
     )
 
 

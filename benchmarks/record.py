@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import threading
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from modalprompt.files import atomic_write_text
+from modalprompt.run import environment
 
 ROOT = Path(__file__).resolve().parents[1]
 # the fields a test requires of every results file
@@ -37,17 +37,8 @@ RESULTS = "benchmarks/results"  # what the benchmarks write: not the code they m
 def git_state() -> tuple[str, bool]:
     """(HEAD's full hash, whether tracked files other than the results files differ from it): the code that
     was measured. A results file an earlier benchmark rewrote does not make the next one's tree dirty.
-    Where git cannot tell (no git, or a copy of the files without the repository): ("unknown", True), never
-    clean."""
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-        status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--",
-                                 ".", f":(exclude){RESULTS}"], capture_output=True, text=True)  # fmt: skip
-    except OSError:
-        return "unknown", True
-    if head.returncode != 0 or status.returncode != 0:
-        return "unknown", True
-    return head.stdout.strip(), bool(status.stdout.strip())
+    Where git cannot tell: ("unknown", True), never clean."""
+    return environment.git_state(ROOT, exclude=(RESULTS,), untracked=False)
 
 
 def cpu_model() -> str:

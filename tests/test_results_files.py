@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -198,3 +199,29 @@ def test_startup_writes_a_results_file_that_says_how_it_was_measured(tmp_path):
     )
     assert report["commands"]["evaluate"]["startup_s"] > 0 and report["warm_evaluate"]["servers_started"] >= 1
     assert report["noop_toy"]["nothing_to_do"] and report["snakemake_floor"]["toy"]["nothing_to_do"]
+
+
+def test_a_rewritten_results_file_leaves_the_tree_clean_and_an_edit_does_not(tmp_path):
+    """git_state: what the records' `dirty` and stage.json's git_commit rest on."""
+    from modalprompt.run.environment import git_state
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "code.py").write_text("a = 1\n")
+    (tmp_path / "results" / "r.json").write_text("{}\n")
+    git("init", "-q")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    head, dirty = git_state(tmp_path, exclude=("results",))
+    assert len(head) == 40 and not dirty
+    (tmp_path / "results" / "r.json").write_text('{"rewritten": true}\n')
+    assert git_state(tmp_path, exclude=("results",)) == (head, False)
+    assert git_state(tmp_path) == (head, True)
+    (tmp_path / "new.py").write_text("")
+    assert git_state(tmp_path, exclude=("results",), untracked=False) == (head, False)
+    assert git_state(tmp_path, exclude=("results",)) == (head, True)
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert git_state(tmp_path, exclude=("results",), untracked=False) == (head, True)
+    assert git_state(tmp_path.parent / "not-a-repository-here") == ("unknown", True)

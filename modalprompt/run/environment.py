@@ -8,6 +8,7 @@ import importlib.metadata
 import platform
 import shutil
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -69,3 +70,21 @@ def backbone_environment(backbone: Any, world_size: int) -> dict[str, Any]:
     """describe_environment for a loaded base (its device, dtype and the LLM's attention kernel)."""
     attention = getattr(backbone.llava.config, "_attn_implementation", None)
     return describe_environment(backbone.device, backbone.dtype, attention, world_size)
+
+
+def git_state(folder: Path, exclude: tuple[str, ...] = (), untracked: bool = True) -> tuple[str, bool]:
+    """(HEAD's full hash, whether files under `folder` differ from it, those under `exclude` (paths relative
+    to the repository's root) left out; with `untracked`, a new file counts too). Where git cannot tell (no
+    git, or the files without their repository): ("unknown", True), never clean."""
+    pathspec = [".", *(f":(top,exclude){path}" for path in exclude)]
+    try:
+        head = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)  # fmt: skip
+        status = subprocess.run(["git", "-C", str(folder), "status", "--porcelain",
+                                 f"--untracked-files={'normal' if untracked else 'no'}", "--", *pathspec],
+                                capture_output=True, text=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", True
+    if head.returncode != 0 or status.returncode != 0:
+        return "unknown", True
+    return head.stdout.strip(), bool(status.stdout.strip())

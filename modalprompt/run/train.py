@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -47,7 +46,7 @@ from modalprompt.data.mixture import MixedTrainDataset, kept_records
 from modalprompt.data.validation import Problem
 from modalprompt.model.checkpoint import StageMeta, save_stage
 from modalprompt.run.engine import Engine, make_engine
-from modalprompt.run.environment import backbone_environment
+from modalprompt.run.environment import backbone_environment, git_state
 from modalprompt.run.progress import Progress
 from modalprompt.run.resume import (
     Preempted,
@@ -501,15 +500,8 @@ def _record(stage: _Stage, done: _Done, out_dir: Path) -> JobCost:
 
 def git_commit() -> str:
     """The commit of the package's source checkout (with '-dirty' for local edits), or 'unknown'."""
-    source = Path(__file__).resolve().parents[1]  # the package folder
-    try:
-        head = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()  # fmt: skip
-        dirty = subprocess.run(["git", "-C", str(source), "status", "--porcelain", "--", "."], capture_output=True,
-                               text=True, timeout=10).stdout.strip()  # fmt: skip
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return head + ("-dirty" if dirty else "")
+    head, dirty = git_state(Path(__file__).resolve().parents[1])  # the package folder
+    return head if head == "unknown" else head + ("-dirty" if dirty else "")
 
 
 def _rank_world() -> tuple[int, int]:

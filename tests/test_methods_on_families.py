@@ -21,6 +21,7 @@ from modalprompt.methods.coda_prompt import CodaPromptConfig
 from modalprompt.methods.dualprompt import DualPromptConfig
 from modalprompt.methods.l2p import L2PConfig
 from modalprompt.methods.lora_ft import LoraSettings
+from modalprompt.methods.moe_lora import MoeLoraSettings
 from modalprompt.methods.replay import ReplayConfig
 from modalprompt.model.checkpoint import META_FILE
 from modalprompt.run.evaluate import evaluate_stage
@@ -34,6 +35,7 @@ SMALL = {
     "l2p": L2PConfig(pool_size=4, prompt_length=2, top_k=2),
     "dualprompt": DualPromptConfig(g_length=2, e_length=2),
     "coda_prompt": CodaPromptConfig(components_per_task=3, prompt_length=2),
+    "moe_lora": MoeLoraSettings(experts=2, rank=4, alpha=8.0, dropout=0.0),
 }
 STAGE_TASKS = ("colors", "shapes")  # stage 1, stage 2
 SAMPLES = 2  # evaluated per case

@@ -14,6 +14,7 @@ from modalprompt.experiment import METHOD_SECTIONS
 from modalprompt.methods.coda_prompt import CodaPromptConfig
 from modalprompt.methods.l2p import L2PConfig
 from modalprompt.methods.lora_ft import LoraSettings
+from modalprompt.methods.moe_lora import MoeLoraSettings
 from modalprompt.model.checkpoint import TENSORS_FILE
 from modalprompt.run.resume import ResumeState
 from modalprompt.run.train import train_stage
@@ -25,6 +26,7 @@ SMALL = {
     "lora": LoraSettings(rank=4, alpha=8.0),
     "l2p": L2PConfig(pool_size=4, prompt_length=2, top_k=2),
     "coda_prompt": CodaPromptConfig(components_per_task=3, prompt_length=2),
+    "moe_lora": MoeLoraSettings(experts=2, rank=4, alpha=8.0),
 }
 
 

@@ -48,15 +48,18 @@ class ModalPromptOutput:
     selected: torch.Tensor  # (B, k) task indices, ascending score, current task last
     scores: torch.Tensor  # (B, t - 1) scores of the previous tasks
     regulariser: torch.Tensor | None = None  # a weighted penalty on the trained tensors (CODA-Prompt's)
+    answer_term_sum: torch.Tensor | None = None  # a weighted sum over answer tokens (LwF distils)
 
     def normalised_loss(self, tokens: int, images: int, samples: int) -> torch.Tensor:
-        """This batch's share of CE + w_v * align_image + w_q * align_text (+ the regulariser, once per set)
-        over a larger set of batches."""
+        """This batch's share of CE + w_v * align_image + w_q * align_text (+ the regulariser, once per set;
+        + the answer-token term, a mean over answer tokens as CE is) over a larger set of batches."""
         loss = (
             self.ce_sum / max(tokens, 1)
             + self.image_weight * self.align_image_sum / max(images, 1)
             + self.text_weight * self.align_text_sum / max(samples, 1)
         )
+        if self.answer_term_sum is not None:
+            loss = loss + self.answer_term_sum / max(tokens, 1)
         if self.regulariser is not None:
             loss = loss + self.regulariser * self.samples / max(samples, 1)
         return loss
@@ -83,6 +86,15 @@ class Generation:
     token_ids: torch.Tensor  # (B, new) generated ids, padded with pad_token_id
     selected: torch.Tensor  # (B, k) task indices, ascending score
     scores: torch.Tensor  # (B, t) scores of all learned tasks
+
+
+def answer_cross_entropy(shift_logits: torch.Tensor, shift_labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed CE over the answer tokens (labels not IGNORE_INDEX) and their count, from shifted logits."""
+    tokens = int((shift_labels != IGNORE_INDEX).sum())
+    ce_sum = F.cross_entropy(
+        shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="sum"
+    )
+    return ce_sum, tokens
 
 
 def insert_prompts(
@@ -246,14 +258,11 @@ class ModalPromptModel(nn.Module):
         )
 
     def _cross_entropy_sum(self, embeds, mask, labels, positions) -> tuple[torch.Tensor, int]:
+        return answer_cross_entropy(*self._shifted_logits(embeds, mask, labels, positions))
+
+    def _shifted_logits(self, embeds, mask, labels, positions) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.backbone.base.logits(embeds, mask, positions)
-        shift_logits = logits[:, :-1].float()  # (B, N + P - 1, V)
-        shift_labels = labels[:, 1:]
-        tokens = int((shift_labels != IGNORE_INDEX).sum())
-        ce_sum = F.cross_entropy(
-            shift_logits.transpose(1, 2), shift_labels, ignore_index=IGNORE_INDEX, reduction="sum"
-        )
-        return ce_sum, tokens
+        return logits[:, :-1].float(), labels[:, 1:]  # (B, N + P - 1, V): each position's next token
 
     @torch.no_grad()
     def generate(
@@ -294,12 +303,20 @@ class ModalPromptModel(nn.Module):
     ) -> tuple[torch.Tensor, int]:
         """Summed CE over the answer tokens and their count, with `prefix` (B, P, d) inserted after the lead
         (BOS, or the base template's system turn; None: no prefix, e.g. a base whose LLM carries LoRA)."""
+        return answer_cross_entropy(*self.prefixed_logits(batch, queries, prefix))
+
+    def prefixed_logits(
+        self, batch: Batch, queries: Queries, prefix: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fp32 logits (B, S - 1, V) of every position's next token and that token's label (B, S - 1),
+        IGNORE_INDEX off the answers, with `prefix` as in `prefixed_cross_entropy` (a method that needs the
+        distributions, not only the CE: LwF's distillation)."""
         if prefix is None:
             mask = batch.attention_mask
             positions = self.backbone.base.positions(batch, mask, self.lead, 0)
-            return self._cross_entropy_sum(queries.embeds, mask, batch.labels, positions)
+            return self._shifted_logits(queries.embeds, mask, batch.labels, positions)
         embeds, mask, labels, positions = self._insert(queries.embeds, batch, prefix, batch.labels)
-        return self._cross_entropy_sum(embeds, mask, labels, positions)
+        return self._shifted_logits(embeds, mask, labels, positions)
 
     @torch.no_grad()
     def generate_with_prefix(

@@ -44,6 +44,7 @@ EXPERIMENT_KIND_TAG, TRAINING_KIND = "mlflow.experimentKind", "custom_model_deve
 # What a user compares across methods: the columns of the runs table's saved view (logged on every summary
 # run under these names, at step 0)
 TABLE_METRICS = ("avg", "bwt", "forgetting", "selection_accuracy")
+TABLE_COST = "cost_total_device_hours"  # and what the run cost (cost.json's total, cost.cost_metrics)
 VIEW_ID = "summary-metrics"  # the view's key: the URL's viewStateShareKey
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_ID}"  # where MLflow's UI keeps a saved view of the runs table
 VIEW_NAME = "summary metrics"
@@ -55,7 +56,7 @@ VIEW_STATE = {  # the runs table's search and columns, as MLflow's UI saves them
     "lifecycleFilter": "Active",
     "datasetsFilter": [],
     "modelVersionFilter": "All Runs",
-    "selectedColumns": [f"metrics.`{name}`" for name in TABLE_METRICS],
+    "selectedColumns": [f"metrics.`{name}`" for name in (*TABLE_METRICS, TABLE_COST)],
 }
 
 

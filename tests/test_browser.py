@@ -26,7 +26,7 @@ import pytest
 import yaml
 from conftest import skip_unless_required
 
-from modalprompt.tracking import EXPERIMENT_KIND_TAG, TABLE_METRICS, TRAINING_KIND, runs_table_url
+from modalprompt.tracking import EXPERIMENT_KIND_TAG, TABLE_COST, TABLE_METRICS, TRAINING_KIND, runs_table_url
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("MODALPROMPT_CHROMIUM", "/usr/bin/chromium")
@@ -261,7 +261,7 @@ def test_the_experiment_opens_as_training_runs_with_the_summary_metrics_as_colum
     client = MlflowClient(f"sqlite:///{project / 'results' / 'tiny-demo' / 'mlflow.db'}")
     assert client.get_experiment(experiment).tags[EXPERIMENT_KIND_TAG] == TRAINING_KIND
     summaries = {r.info.run_id: r.data.tags["method"] for r in runs if r.data.tags.get("kind") == "summary"}
-    columns = [f"metrics.`{name}`" for name in TABLE_METRICS]
+    columns = [f"metrics.`{name}`" for name in (*TABLE_METRICS, TABLE_COST)]
     body = _open(browser, runs_table_url(ui, experiment), *(f"{m} summary" for m in summaries.values()))
     assert "summary metrics" in body  # the saved view's name, in the view selector
     deadline = time.time() + 30
@@ -273,16 +273,18 @@ def test_the_experiment_opens_as_training_runs_with_the_summary_metrics_as_colum
     assert set(table) == set(summaries), table  # the summary runs, and only they
     for run_id, method in summaries.items():
         metrics = json.loads((project / "results" / "tiny-demo" / method / "metrics.json").read_text())
-        for name, column in zip(TABLE_METRICS, columns, strict=True):
+        cost = json.loads((project / "results" / "tiny-demo" / method / "cost.json").read_text())
+        metrics[TABLE_COST] = cost["total"]["device_hours"]
+        for name, column in zip((*TABLE_METRICS, TABLE_COST), columns, strict=True):
             shown = table[run_id][column]
             if metrics[name] is None:
                 assert shown == "-", (method, name, shown)
-            else:
-                assert float(shown) == pytest.approx(metrics[name], abs=5e-4), (method, name, shown)
+            else:  # as the table rounds it
+                assert float(shown) == pytest.approx(metrics[name], rel=1e-3, abs=5e-4), (method, name, shown)
     headers = browser.execute_script(
         "return Array.from(document.querySelectorAll('[role=columnheader][col-id]')).map(h => h.innerText)"
     )
-    assert set(TABLE_METRICS) <= set(headers), headers
+    assert {*TABLE_METRICS, TABLE_COST} <= set(headers), headers
     _shot(browser, "experiment.png")
 
 

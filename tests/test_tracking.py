@@ -61,7 +61,7 @@ def test_a_new_experiment_is_tagged_as_model_training_with_the_summary_view(stor
     assert view["name"] and isinstance(view["createdAt"], int)
     state = json.loads(view["state"])
     assert state["selectedColumns"] == ["metrics.`avg`", "metrics.`bwt`", "metrics.`forgetting`",
-                                        "metrics.`selection_accuracy`"]  # fmt: skip
+                                        "metrics.`selection_accuracy`", "metrics.`cost_total_device_hours`"]  # fmt: skip
     assert state["searchFilter"] == "tags.kind = 'summary'"
     # the view's filter is a valid search that finds the summary run, and only it
     found = client.search_runs([_experiment(client, "fresh").experiment_id], state["searchFilter"])

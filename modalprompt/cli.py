@@ -483,8 +483,9 @@ def summary(
 ) -> None:
     """every method's matrix and a table of their metrics (what a finished `snakemake` prints)"""
     from modalprompt.scoring.report import summary_text
+    from modalprompt.tracking import runs_table_address
 
-    print(summary_text(results, methods, tracking_uri))
+    print(summary_text(results, methods, tracking_uri, runs_table_address(results)))
 
 
 def track(
@@ -520,7 +521,7 @@ def ui(
     import os
     import shutil
 
-    from modalprompt.scoring.report import runs_table_address
+    from modalprompt.tracking import runs_table_address
 
     experiment = load_experiment(config)
     uri = experiment.tracking_uri

@@ -83,6 +83,16 @@ def runs_table_url(ui: str, experiment_id: str) -> str:
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
+def runs_table_address(results: Path, ui: str = "http://127.0.0.1:5000") -> str:
+    """runs_table_url of the experiment whose results are in `results`, once its track step has recorded the
+    experiment's id (tracking.json); the UI's front page before that."""
+    try:
+        experiment_id = json.loads(layout.tracking_file(results).read_text()).get("experiment_id")
+    except (OSError, ValueError):
+        experiment_id = None
+    return runs_table_url(ui, experiment_id) if experiment_id else ui
+
+
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
     if isinstance(value, dict):
         for k, v in value.items():

@@ -15,6 +15,7 @@ from modalprompt.config import ConfigError, job_to_json
 from modalprompt.experiment import experiment_from_dict
 from modalprompt.jobs import eval_job, train_job
 from modalprompt.scoring.report import summary_text, write_comparison, write_method_summary
+from modalprompt.tracking import runs_table_address
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ["a", "b"]
@@ -150,8 +151,11 @@ def test_the_summary_of_a_partial_run_names_the_unfinished_methods(tmp_path):
                  "--out-dir", str(results / "x")]) == 0  # fmt: skip
     text = summary_text(results, ["x", "y"], "sqlite:///db")
     assert "a part of the DAG was run): y" in text and "72.50+-3.54" in text
-    assert "open http://127.0.0.1:5000)" in text  # no experiment id recorded yet: the front page
+    assert "open http://127.0.0.1:5000)" in text
+    assert runs_table_address(results) == "http://127.0.0.1:5000"  # no experiment id recorded yet
     (results / "tracking.json").write_text('{"experiment_id": "4"}')
-    assert "/#/experiments/4/runs?workflowType=machine_learning" in summary_text(
-        results, ["x"], "sqlite:///db"
+    assert runs_table_address(results).endswith("/#/experiments/4/runs?workflowType=machine_learning"
+                                                "&viewStateShareKey=summary-metrics")  # fmt: skip
+    assert "open http://example:1/#/x)" in summary_text(
+        results, ["x"], "sqlite:///db", "http://example:1/#/x"
     )

@@ -753,3 +753,37 @@ def test_seeds_and_the_baselines_run_through_the_dag(tmp_path):
         r.data.params["env.versions.peft"] == "0.21.2" and "env.world_size" in r.data.params for r in trains
     )
     assert planned_jobs(tmp_path) == set()
+
+
+FIELD_METHODS = ["o_lora", "moe_lora", "ewc", "lwf", "hide_llava"]
+
+
+def test_the_field_methods_run_through_the_dag(tmp_path):
+    """O-LoRA, MoELoRA, EWC, LwF and HiDe-LLaVA through Snakemake: every stage and evaluation, scores,
+    matrices, metrics, cost and MLflow; HiDe-LLaVA's selection is reported; a second run does nothing."""
+    from mlflow.tracking import MlflowClient
+
+    raw = base_config(tmp_path)
+    raw["tasks"] = raw["tasks"][:2]
+    raw["training"].update(epochs=1)
+    raw["lora"] = {"rank": 4, "alpha": 8.0, "training": {"lr": 0.005}}
+    raw["o_lora"] = {"rank": 4}
+    raw["moe_lora"] = {"experts": 2, "rank": 4, "alpha": 8.0}
+    raw["hide_llava"] = {"rank": 4}
+    raw["pipeline"].update(methods=FIELD_METHODS)
+    write_config(tmp_path, raw)
+    snakemake(tmp_path, "--cores", "2")
+    results = tmp_path / RESULTS
+    for method in FIELD_METHODS:
+        for stage in (1, 2):
+            meta = json.loads((results / method / f"stage-{stage}" / "checkpoint" / "stage.json").read_text())
+            assert meta["extra"]["settings"]["method_name"] == method
+        metrics = json.loads((results / method / "metrics.json").read_text())
+        assert metrics["stages"] == 2 and metrics["avg"] is not None
+        assert (metrics["selection_accuracy"] is not None) == (method == "hide_llava"), method
+        cost = json.loads((results / method / "cost.json").read_text())
+        assert cost["total"]["device_hours"] > 0
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny-demo").experiment_id])
+    assert {r.data.tags["method"] for r in runs if r.data.tags["kind"] == "summary"} == set(FIELD_METHODS)
+    assert planned_jobs(tmp_path) == set()

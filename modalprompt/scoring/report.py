@@ -318,10 +318,12 @@ def aligned_matrix(matrix_csv: Path) -> str:
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells) + "\n"
 
 
-def summary_text(results: Path, methods: list[str], tracking_uri: str) -> str:
+def summary_text(
+    results: Path, methods: list[str], tracking_uri: str, address: str = "http://127.0.0.1:5000"
+) -> str:
     """What a finished `snakemake` prints: every method's matrix (over seeds: the mean), their metrics table
-    (over seeds: mean +- standard deviation), and where to look. A method without results yet (a run asked
-    for part of the DAG) is named, not shown."""
+    (over seeds: mean +- standard deviation), and where to look (`address`: the MLflow UI's page to open). A
+    method without results yet (a run asked for part of the DAG) is named, not shown."""
     lines = [""]
     unfinished = [m for m in methods if not (layout.method_dir(results, m) / "metrics.json").is_file()]
     if unfinished:
@@ -348,19 +350,7 @@ def summary_text(results: Path, methods: list[str], tracking_uri: str) -> str:
         folder = layout.comparison_dir(results)
         lines.append(f"\nMethods side by side: {folder / 'metrics.csv'}, {folder / 'forgetting.png'}")
     lines.append(
-        f"\nBrowse the runs in MLflow (`make ui`, then open {runs_table_address(results)}):\n"
+        f"\nBrowse the runs in MLflow (`make ui`, then open {address}):\n"
         f"  mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1 --port 5000"
     )
     return "\n".join(lines)
-
-
-def runs_table_address(results: Path, ui: str = "http://127.0.0.1:5000") -> str:
-    """The runs table as training runs (tracking.runs_table_url) once the track step has recorded the
-    experiment's id; the UI's front page before that."""
-    from modalprompt.tracking import runs_table_url
-
-    try:
-        experiment_id = json.loads(layout.tracking_file(results).read_text()).get("experiment_id")
-    except (OSError, ValueError):
-        experiment_id = None
-    return runs_table_url(ui, experiment_id) if experiment_id else ui

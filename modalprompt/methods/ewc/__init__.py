@@ -49,7 +49,7 @@ class Ewc(LoraFT):
     prompts_of = "ewc"
     section = Section("ewc", EwcSettings, "Elastic Weight Consolidation of the LoRA tensors")
     sections = ("lora", "ewc")
-    listing_order = 10
+    listing_order = 13
 
     def build_model(self, backbone: Backbone, method: MethodConfig, options: dict[str, Any]) -> EwcLLM:
         from modalprompt.methods.ewc.model import EwcLLM

@@ -94,7 +94,7 @@ class HiDeLLaVAMethod(Method):
     section = Section("hide_llava", HiDeLLaVAConfig, "HiDe-LLaVA's LoRAs and task anchors")
     sections = ("hide_llava",)
     adapts_base = True
-    listing_order = 12
+    listing_order = 15
 
     def training_settings(self, method: MethodConfig) -> MethodConfig:
         return type(method)()  # no prompt: no ModalPrompt knob is read

@@ -56,7 +56,7 @@ class LwF(LoraFT):
     prompts_of = "lwf"
     section = Section("lwf", LwfSettings, "Learning without Forgetting's distillation")
     sections = ("lora", "lwf")
-    listing_order = 11
+    listing_order = 14
 
     def build_model(self, backbone: Backbone, method: MethodConfig, options: dict[str, Any]) -> LwfLLM:
         from modalprompt.methods.lwf.model import LwfLLM

@@ -87,7 +87,7 @@ class MoeLora(LoraFT):
     prompts_of = "moe_lora"
     section = Section("moe_lora", MoeLoraSettings, "The mixture of LoRA experts of the LLM")
     sections = ("moe_lora",)
-    listing_order = 9
+    listing_order = 12
 
     def build_model(self, backbone: Backbone, method: MethodConfig, options: dict[str, Any]) -> MoeLoraLLM:
         from modalprompt.methods.moe_lora.model import MoeLoraLLM

@@ -64,7 +64,7 @@ class OLora(LoraFT):
     prompts_of = "o_lora"
     section = Section("o_lora", OLoraSettings, "O-LoRA's per-task LoRA adapters and penalties")
     sections = ("o_lora",)
-    listing_order = 8
+    listing_order = 11
 
     def build_model(self, backbone: Backbone, method: MethodConfig, options: dict[str, Any]) -> OLoraLLM:
         from modalprompt.methods.o_lora.model import OLoraLLM

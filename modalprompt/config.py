@@ -121,6 +121,7 @@ def _help(text: str, **kwargs: Any) -> Any:
         "overrides",
         "internal",
         "training_only",
+        "evaluation_only",
     )
     metadata = {"help": text, **{k: kwargs.pop(k) for k in meta_keys if k in kwargs}}
     return field(metadata=metadata, **kwargs)
@@ -272,12 +273,17 @@ def training_overrides(who: str) -> Any:
 
 def for_evaluation(section: T) -> T:
     """The section with its training-only fields at their defaults: what inference reads."""
+    return _at_defaults(section, "training_only")
+
+
+def for_training(section: T) -> T:
+    """The section with its evaluation-only fields (inference knobs) at their defaults: what training reads."""
+    return _at_defaults(section, "evaluation_only")
+
+
+def _at_defaults(section: T, marker: str) -> T:
     defaults = type(section)()
-    kept = {
-        f.name: getattr(defaults, f.name)
-        for f in dataclasses.fields(section)
-        if f.metadata.get("training_only")
-    }
+    kept = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(section) if f.metadata.get(marker)}
     return dataclasses.replace(section, **kept)
 
 

@@ -22,6 +22,7 @@ from modalprompt.config import (
     TrainingConfig,
     _help,
     for_evaluation,
+    for_training,
     from_dict,
     to_jsonable,
 )
@@ -97,7 +98,7 @@ def train_job(
     if seed is not None:
         training = dataclasses.replace(training, seed=seed)
         knobs = dataclasses.replace(knobs, prompt_init_seed=seed)
-    options = {section: to_jsonable(getattr(cfg, section)) for section in method.sections}
+    options = {section: to_jsonable(for_training(getattr(cfg, section))) for section in method.sections}
     earlier = (
         tuple(_for_training(t) for t in cfg.tasks[: cfg.stage_of(name) - 1])
         if method.reads_earlier_tasks

@@ -245,3 +245,26 @@ def test_bad_settings_are_refused(backbone):
         HiDeLLaVA(backbone, HiDeLLaVAConfig(top_layers=layers + 1))
     with pytest.raises(ConfigError, match="target_modules"):
         HiDeLLaVA(backbone, HiDeLLaVAConfig(target_modules=("no_such_proj",)))
+
+
+def test_its_inference_knobs_rerun_evaluations_only():
+    """temperature, image_weight and fusion are evaluation_only: the training jobs' settings (their rerun
+    keys) hold them at their defaults, the evaluations' hold the configured values."""
+    from modalprompt.config import job_to_json
+    from modalprompt.experiment import experiment_from_dict
+    from modalprompt.jobs import eval_job, train_job
+
+    raw = {"tasks": [{"name": "a", "train_file": "a.json", "eval_file": "b.json", "image_root": "."}]}
+    plain = experiment_from_dict(raw)
+    tuned = experiment_from_dict(
+        {**raw, "hide_llava": {"temperature": 0.5, "image_weight": 0.2, "fusion": "mean"}}
+    )
+    assert job_to_json(train_job(tuned, "a", "hide_llava")) == job_to_json(
+        train_job(plain, "a", "hide_llava")
+    )
+    assert job_to_json(eval_job(tuned, "a", "hide_llava")) != job_to_json(eval_job(plain, "a", "hide_llava"))
+    assert eval_job(tuned, "a", "hide_llava").options["hide_llava"]["temperature"] == 0.5
+    retrained = experiment_from_dict({**raw, "hide_llava": {"rank": 4}})
+    assert job_to_json(train_job(retrained, "a", "hide_llava")) != job_to_json(
+        train_job(plain, "a", "hide_llava")
+    )

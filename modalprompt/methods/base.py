@@ -51,8 +51,8 @@ LISTED_AFTER_BUILT_INS = 100  # the listing order of a method that sets none: af
 @dataclasses.dataclass(frozen=True)
 class Section:
     """A method's own config section: its key in config.yaml, its settings dataclass (fields with help,
-    config._help; fields inference never reads marked training_only), and what it is, in a few words (the
-    config's help adds which methods read it)."""
+    config._help; fields inference never reads marked training_only, those training never reads
+    evaluation_only), and what it is, in a few words (the config's help adds which methods read it)."""
 
     key: str
     settings: type

@@ -63,15 +63,15 @@ class HiDeLLaVAConfig:
     )  # fmt: skip
     temperature: float = _help(
         "Softmax temperature over the tasks' similarities that weights the top-layer LoRAs.", default=0.1,
-        exclusive_minimum=0.0,
+        exclusive_minimum=0.0, evaluation_only=True,
     )  # fmt: skip
     image_weight: float = _help(
         "Weight of the image similarity (1 - it: the text similarity) to a task's anchors; samples without an "
-        "image score on text alone.", default=0.5, minimum=0.0, maximum=1.0,
+        "image score on text alone.", default=0.5, minimum=0.0, maximum=1.0, evaluation_only=True,
     )  # fmt: skip
     fusion: Fusion = _help(
         "How the lower layers' LoRAs of tasks 1..s are fused: 'sum' (the authors' code: A = sum of the A, "
-        "B = sum of the B) or 'mean' (their averages).", default=Fusion.SUM,
+        "B = sum of the B) or 'mean' (their averages).", default=Fusion.SUM, evaluation_only=True,
     )  # fmt: skip
     text_feature: TextFeature = _help(
         "CLIP text feature of the text anchors (the authors: the pooled output, no projection).",

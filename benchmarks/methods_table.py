@@ -10,8 +10,9 @@ relative to the config file: config/minicoin-all.yaml shares the default run's g
 base, so run `make demo` first, or the DAG builds them too and the wall time includes them; the jobs Snakemake
 planned, per rule, are recorded). It refuses to start when the experiment's results folder exists: the wall
 time must be the whole run's. Then it reads what the run wrote: each method's metrics.json over the seeds
-(results/<experiment>/<method>/), the environment fingerprint of one stage, and the job times of Snakemake's
-benchmark files, and writes them with how they were measured (benchmarks/record.py). The config must set
+(results/<experiment>/<method>/), its cost (cost.json), its budget (prompt rows, epochs, learning rate, values
+trained per stage, records of earlier tasks), the environment fingerprint of one stage, and the job times of
+Snakemake's benchmark files, and writes them with how they were measured (benchmarks/record.py). The config must set
 pipeline.seeds. The second prints the table of a results file written by the first.
 """
 
@@ -60,6 +61,48 @@ def run_dag(config: Path, cores: int) -> dict[str, int]:
     return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M)}
 
 
+def budgets(cfg, results: Path) -> dict[str, dict]:
+    """What each method trained and evaluated with, so that a table can say how the budgets differ: the
+    prompt rows a sample gets at inference (Method.prefix_tokens), its epochs and learning rate (the first
+    task's, its sections' overrides applied: the job's own settings), the values a stage trains (stage 1 of the
+    first seed, as its stage.json records) and, for a method that also trains on earlier tasks' records, how
+    many its last stage took of its own task and of the earlier ones."""
+    from modalprompt import methods
+    from modalprompt.jobs import eval_job, parse_options, train_job
+
+    first, seed = cfg.tasks[0].name, cfg.pipeline.seeds[0]
+    out: dict[str, dict] = {}
+    for name in dict.fromkeys(str(m) for m in cfg.pipeline.methods):
+        impl = methods.get(name)
+        job = eval_job(cfg, first, name)
+        entry: dict = {"prefix_tokens": impl.prefix_tokens(job.method, parse_options(job.options)),
+                       "trains": impl.prompts_of}  # fmt: skip
+        if impl.prompts_of is not None:
+            training = train_job(cfg, first, impl.prompts_of).training
+            entry.update(epochs=training.epochs, lr=training.lr)
+            run = layout.run_dir(results, seed)
+            stage1 = json.loads(
+                (layout.checkpoint_dir(run, impl.prompts_of, 1) / layout.META_FILE).read_text()
+            )
+            entry["trained_values"] = stage1["extra"].get("trained_values")
+            last = layout.checkpoint_dir(run, impl.prompts_of, len(cfg.tasks)) / layout.META_FILE
+            counts = json.loads(last.read_text())["extra"].get("records_per_task")
+            if counts:
+                own = counts[cfg.tasks[-1].name]
+                entry["last_stage_records"] = {"own": own, "earlier": sum(counts.values()) - own}
+        out[name] = entry
+    return out
+
+
+def costs(cfg, results: Path) -> dict[str, dict | None]:
+    """Each method's cost in all (cost.json's total, the mean over the seeds), or None where it has none."""
+    out = {}
+    for name in dict.fromkeys(str(m) for m in cfg.pipeline.methods):
+        path = layout.method_dir(results, name) / layout.COST_FILE
+        out[name] = json.loads(path.read_text())["total"] if path.is_file() else None
+    return out
+
+
 def cell(metrics: dict, name: str) -> str:
     mean, std = metrics.get(name), metrics.get("std", {}).get(name)
     if mean is None:
@@ -103,6 +146,9 @@ def measure(config: Path, cores: int, argv: list[str] | None) -> dict:
         "seeds": list(cfg.pipeline.seeds),
         "jobs": jobs,
         "methods": table,
+        "budgets": budgets(cfg, results),
+        "cost": costs(cfg, results),
+        "train_size": cfg.benchmark.train_size,
         "job_seconds": job_seconds(results),
         "environment": environment,
     }

@@ -191,7 +191,40 @@ def published_row(report: dict) -> str:
     return _rows(header, [row])
 
 
+def _spread(metrics: dict, name: str) -> str:
+    mean, std = metrics.get(name), metrics.get("std", {}).get(name)
+    return "-" if mean is None else _num(mean) + ("" if std is None else f" ± {std:.1f}")
+
+
+def methods_over_seeds(report: dict) -> str:
+    """Every method over the seeds (mean ± sample standard deviation), its cost in device-hours (the mean
+    run's), and its budget: epochs per stage, prompt rows per sample, values trained per stage, and the
+    earlier tasks' records its last stage added (as a share of one task's training set)."""
+    rows = []
+    for name, m in report["methods"].items():
+        budget, cost = report["budgets"][name], report["cost"].get(name)
+        trained = budget.get("trained_values")
+        replayed = budget.get("last_stage_records")
+        data = "-"
+        if replayed:
+            share = 100 * replayed["earlier"] / report["train_size"]
+            data = f"+{replayed['earlier']} ({share:.0f}% of a task)"
+        owner = "" if budget["trains"] in (None, name) else f" ({budget['trains']}'s)"
+        rows.append([
+            LABELS.get(name, name), *(_spread(m, k) for k in ("avg", "bwt", "forgetting", "selection_accuracy")),
+            "-" if cost is None else f"{cost['device_hours']:.3f}",
+            _num(budget.get("epochs"), 0) if "epochs" in budget else "-",
+            str(budget["prefix_tokens"]) if budget["prefix_tokens"] else "-",
+            "-" if trained is None else f"{trained:,}{owner}",
+            data,
+        ])  # fmt: skip
+    header = ["method", "avg", "bwt", "forgetting", "selection", "device-hours", "epochs", "prompt rows",
+              "values trained per stage", "earlier records at the last stage"]  # fmt: skip
+    return _rows(header, rows)
+
+
 TABLES: dict[str, Callable[[dict], str]] = {
+    "methods-over-seeds": methods_over_seeds,
     "minicoin-metrics": minicoin_metrics,
     "minicoin-matrix": minicoin_matrix,
     "minicoin-targets": minicoin_targets,

@@ -90,6 +90,8 @@ def test_lora_stage_file_holds_only_the_adapter(backbone, method, training, quic
     expected = sum(LORA.rank * (m.in_features + m.out_features) for m in linears)
     assert all(".lora_A." in k or ".lora_B." in k for k in tensors) and len(tensors) == 2 * len(linears)
     assert sum(t.numel() for t in tensors.values()) == expected
+    meta = read_meta(result.checkpoint)
+    assert meta.extra["trained_values"] == expected  # the budget the all-methods table reports
     path = result.checkpoint / TENSORS_FILE
     header = int.from_bytes(path.read_bytes()[:8], "little")
     assert path.stat().st_size == 8 + header + 4 * expected

@@ -75,6 +75,22 @@ def _stages(family, backbone, name, method, training, toy_tasks, out: Path, cach
     return cache[family, name]
 
 
+def _llm_input_rows(backbone, run):
+    """What `run` returns, and the length of the first input sequence the LLM was called on."""
+    seen = []
+
+    def record(module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        if embeds is not None and not seen:
+            seen.append(embeds.shape[1])
+
+    hook = backbone.llava.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        return run(), seen[0]
+    finally:
+        hook.remove()
+
+
 @pytest.mark.parametrize("name", list(methods.REGISTRY))
 def test_each_method_trains_and_evaluates_on_each_family(
     name, family_backbone, trained, method, training, evaluation, toy_tasks, tmp_path_factory
@@ -91,8 +107,17 @@ def test_each_method_trains_and_evaluates_on_each_family(
             assert json.loads((folder / META_FILE).read_text())["family"] == family
         checkpoints = [folders[s - 1] for s in impl.evaluation_inputs(len(STAGE_TASKS))]
     few = dataclasses.replace(evaluation, max_samples=SAMPLES, max_new_tokens=2)
-    result = evaluate_stage(backbone, method, few, toy_tasks[STAGE_TASKS[0]], checkpoints, method_name=name,
-                            options=_options(name), progress=False)  # fmt: skip
+
+    def evaluate(method_name, checkpoints):
+        return evaluate_stage(backbone, method, few, toy_tasks[STAGE_TASKS[0]], checkpoints,
+                              method_name=method_name, options=_options(method_name), progress=False)  # fmt: skip
+
+    result, rows = _llm_input_rows(backbone, lambda: evaluate(name, checkpoints))
+    _, base_rows = _llm_input_rows(backbone, lambda: evaluate("zero_shot", []))
+    # the prompt budget it reports (the all-methods table's) is what reaches the LLM: at most, and exactly
+    # for all but ModalPrompt's min(t, K) prompts
+    budget = impl.prefix_tokens(impl.evaluation_settings(method), _options(name))
+    assert rows - base_rows <= budget and (rows - base_rows == budget or name in ("modalprompt", "oracle"))
 
     assert len(result.predictions) == SAMPLES
     assert result.stage == (len(STAGE_TASKS) if impl.prompts_of else 0)  # the tasks it learned

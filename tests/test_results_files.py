@@ -155,11 +155,24 @@ def test_methods_table_writes_a_results_file_and_its_table(tmp_path, monkeypatch
     config.write_text(raw)
     cfg = methods_table.load_experiment(config)
 
+    from modalprompt import layout, methods
+
+    tasks = [t.name for t in cfg.tasks]
+
     def finished_run(config_path, cores):
         for method in cfg.pipeline.methods:
             folder = cfg.results_dir / str(method)
             folder.mkdir(parents=True)
             (folder / "metrics.json").write_text(json.dumps({"avg": 50.0, "std": {"avg": 1.5}}))
+            (folder / "cost.json").write_text(json.dumps({"total": {"device_hours": 0.25, "device": "cpu"}}))
+            if methods.get(str(method)).trains:  # what budgets() reads of the first seed's stages
+                for stage in (1, len(tasks)):
+                    extra = {"trained_values": 1000 + stage, "environment": {"device": "cpu"}}
+                    if str(method) == "replay" and stage > 1:
+                        extra["records_per_task"] = {tasks[-1]: 32, tasks[0]: 8, tasks[1]: 8}
+                    meta = layout.checkpoint_dir(layout.run_dir(cfg.results_dir, 0), str(method), stage)
+                    meta.mkdir(parents=True)
+                    (meta / layout.META_FILE).write_text(json.dumps({"extra": extra}))
         bench = cfg.results_dir / "seed-0" / "benchmarks" / "modalprompt" / "train-stage-1.tsv"
         bench.parent.mkdir(parents=True)
         bench.write_text("s\th:m:s\n2.5\t0:00:02\n")
@@ -171,6 +184,19 @@ def test_methods_table_writes_a_results_file_and_its_table(tmp_path, monkeypatch
     report = _written(out)
     assert report["config"] == "all.yaml" and report["seeds"] == [0, 1, 2] and report["jobs"]["train"] == 1
     assert report["methods"]["modalprompt"]["avg"] == 50.0 and report["job_seconds"] == {"train": 2.5}
+    budgets = report["budgets"]
+    assert budgets["modalprompt"]["prefix_tokens"] == cfg.method.prefix_length * cfg.method.transfer_num
+    assert budgets["lora_ft"]["prefix_tokens"] == 0 and budgets["lora_ft"]["trained_values"] == 1001
+    assert budgets["oracle"]["trains"] == "modalprompt" and budgets["zero_shot"] == {
+        "prefix_tokens": 0,
+        "trains": None,
+    }
+    assert budgets["replay"]["last_stage_records"] == {"own": 32, "earlier": 16}
+    assert (
+        budgets["lora_ft"]["lr"] == cfg.lora.training["lr"] and report["cost"]["ewc"]["device_hours"] == 0.25
+    )
+    docs_table = _script("tables").methods_over_seeds(report)
+    assert "| replay | 50.0 ± 1.5 |" in docs_table and "+16 (50% of a task)" in docs_table
     capsys.readouterr()
     methods_table.main(["--table", str(out)])
     assert "| modalprompt | 50.0 +- 1.5 |" in capsys.readouterr().out

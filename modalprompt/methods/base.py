@@ -164,6 +164,12 @@ class Method:
     def release(self, model: Any) -> None:
         """Undo what `build` or `start_stage` changed inside the frozen base (nothing, for prompts)."""
 
+    def prefix_tokens(self, method: MethodConfig, options: dict[str, Any]) -> int:
+        """Rows a sample's input gets in front of its conversation at inference (its prompt budget), given
+        its evaluation settings: ModalPrompt's min(t, K) prompts of L rows each, at most K * L; none for a
+        method that adapts weights or evaluates the base."""
+        return method.prefix_length * method.transfer_num if self.prompts_of is not None else 0
+
     def forced_task(self, learned: list[str], task: str) -> int | None:
         """Index (in `learned`) of a task whose prompt must rank first for every sample of `task`."""
         return None

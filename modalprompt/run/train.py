@@ -467,6 +467,7 @@ def _record(stage: _Stage, done: _Done, out_dir: Path) -> JobCost:
     extra: dict[str, Any] = {
         "steps": len(done.history),
         "samples": done.samples,
+        "trained_values": sum(p.numel() for p in stage.current.parameters()),  # its budget, in the tables
         "seconds": done.seconds,
         "final_loss": done.history[-1].loss if done.history else None,
         "settings": to_jsonable(settings),

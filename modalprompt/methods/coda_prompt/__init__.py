@@ -47,6 +47,9 @@ class CodaPrompt(PromptPoolMethod):
     sections = ("coda_prompt",)
     listing_order = 10
 
+    def prefix_tokens(self, method: MethodConfig, options: dict[str, Any]) -> int:
+        return options["coda_prompt"].prompt_length
+
     def build_model(
         self, backbone: Backbone, method: MethodConfig, options: dict[str, Any]
     ) -> CodaPromptModel:

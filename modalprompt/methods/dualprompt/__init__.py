@@ -46,6 +46,9 @@ class DualPrompt(PromptPoolMethod):
     sections = ("dualprompt",)
     listing_order = 9
 
+    def prefix_tokens(self, method: MethodConfig, options: dict[str, Any]) -> int:
+        return options["dualprompt"].g_length + options["dualprompt"].e_length
+
     def build_model(
         self, backbone: Backbone, method: MethodConfig, options: dict[str, Any]
     ) -> DualPromptModel:

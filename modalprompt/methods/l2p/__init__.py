@@ -47,6 +47,9 @@ class L2P(PromptPoolMethod):
     sections = ("l2p",)
     listing_order = 8
 
+    def prefix_tokens(self, method: MethodConfig, options: dict[str, Any]) -> int:
+        return options["l2p"].top_k * options["l2p"].prompt_length
+
     def build_model(self, backbone: Backbone, method: MethodConfig, options: dict[str, Any]) -> L2PModel:
         from modalprompt.methods.l2p.model import L2PModel
 

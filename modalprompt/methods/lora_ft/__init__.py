@@ -60,6 +60,9 @@ class LoraFT(Method):
     def evaluation_settings(self, method: MethodConfig) -> MethodConfig:
         return type(method)()
 
+    def prefix_tokens(self, method: MethodConfig, options: dict[str, Any]) -> int:
+        return 0  # it adapts the LLM's weights: no prompt rows
+
     def build_model(self, backbone: Backbone, method: MethodConfig, options: dict[str, Any]) -> LoraLLM:
         from modalprompt.methods.lora_ft.model import LoraLLM
 

@@ -195,6 +195,7 @@ def test_methods_table_writes_a_results_file_and_its_table(tmp_path, monkeypatch
     assert (
         budgets["lora_ft"]["lr"] == cfg.lora.training["lr"] and report["cost"]["ewc"]["device_hours"] == 0.25
     )
+    assert "| train jobs | 0 min | 1 of them, summed |" in _script("tables").methods_run(report)
     docs_table = _script("tables").methods_over_seeds(report)
     assert "| replay | 50.0 ± 1.5 |" in docs_table and "+16 (50% of a task)" in docs_table
     capsys.readouterr()

@@ -238,3 +238,28 @@ def test_a_large_weight_keeps_stage_2_near_stage_1_where_the_fisher_is_large(
 def test_bad_settings_are_refused(key, value):
     with pytest.raises(ConfigError, match=f"ewc.{key}"):
         from_dict(EwcSettings, {key: value}, "ewc")
+
+
+def test_the_fisher_is_computed_without_dropout(backbone, training, toy_tasks):
+    """task_fisher turns LoRA's dropout off: an adapter in training mode with dropout 0.5 gets the Fisher of
+    the same tensors without dropout."""
+    import dataclasses
+
+    batches = _batches(backbone, toy_tasks["colors"], training, 4)
+    fishers = []
+    for dropout in (0.5, 0.0):
+        model = EwcLLM(backbone, dataclasses.replace(LORA, dropout=dropout), EwcSettings())
+        adapter = model.attach(seed=0)
+        try:
+            with torch.no_grad():
+                for name, p in adapter.named_parameters():
+                    if ".lora_B." in name:  # the same moved B in both, so that lora_A has gradients too
+                        p.copy_(
+                            torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.05
+                        )
+            adapter.train(True)
+            fishers.append(task_fisher(model, batches))
+        finally:
+            model.detach_adapter()
+    assert fishers[0].keys() == fishers[1].keys()
+    assert all(torch.allclose(fishers[0][n], fishers[1][n], rtol=1e-5, atol=1e-12) for n in fishers[0])

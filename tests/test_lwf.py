@@ -242,3 +242,30 @@ def test_the_distillation_is_normalised_by_the_step_s_answer_tokens(backbone, to
         finally:
             method.release(model)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(*grads, strict=True))
+
+
+def test_the_teacher_runs_without_dropout_while_the_student_has_it(backbone, toy_tasks, stage1):
+    """With LoRA dropout on (0.5) the student's outputs vary from call to call; the teacher's are stage 1's
+    model's as an evaluation computes them (dropout off), every time."""
+    import dataclasses
+
+    batch = _batches(backbone, toy_tasks["shapes"])[0]
+    reference = LoraLLM(backbone, LORA)
+    get("lwf").load_for_evaluation(reference, [stage1.checkpoint])
+    with torch.no_grad():
+        expected = reference.wrapper.prefixed_logits(batch, reference.wrapper.encode(batch), None)[0]
+    reference.detach_adapter()
+    method = get("lwf")
+    noisy = {"lora": dataclasses.replace(LORA, dropout=0.5), "lwf": LwfSettings()}
+    model = method.build_model(backbone, MethodConfig(), noisy)
+    try:
+        adapter, _ = method.start_stage(model, [stage1.checkpoint], "shapes", seed=0)
+        adapter.train(True)
+        queries = model.wrapper.encode(batch)
+        with torch.no_grad():
+            student = [model.wrapper.prefixed_logits(batch, queries, None)[0] for _ in range(2)]
+            teacher = [model.teacher_logits(batch, queries) for _ in range(2)]
+        assert not torch.allclose(student[0], student[1])  # the student's dropout is on
+        assert all(torch.allclose(t, expected, atol=1e-5) for t in teacher)
+    finally:
+        method.release(model)

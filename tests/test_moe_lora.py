@@ -10,6 +10,7 @@ import torch
 
 from modalprompt.config import ConfigError, MethodConfig, from_dict
 from modalprompt.data.datasets import Collator, TrainDataset
+from modalprompt.errors import CheckpointError
 from modalprompt.methods import get
 from modalprompt.methods.moe_lora import MoeLoraSettings
 from modalprompt.methods.moe_lora.model import LoraExperts, MoeLoraLLM
@@ -226,7 +227,7 @@ def test_a_stage_file_of_other_settings_is_refused(backbone, training, toy_tasks
     quick = dataclasses.replace(training, max_steps=1)
     s1 = _train(backbone, quick, toy_tasks["colors"], [], tmp_path / "s1")
     other = {"moe_lora": dataclasses.replace(SMALL, experts=2)}
-    with pytest.raises(Exception, match="experts"):
+    with pytest.raises(CheckpointError, match="experts"):
         train_stage(backbone, MethodConfig(), training, toy_tasks["shapes"], [s1.checkpoint], tmp_path / "s2",
                     method_name="moe_lora", options=other, progress=False)  # fmt: skip
     assert not _mixture_hooks(backbone)

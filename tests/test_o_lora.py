@@ -260,3 +260,20 @@ def _one_batch(backbone, task):
                            backbone.image_preprocessor())  # fmt: skip
     collate = Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=False)
     return collate([dataset[i] for i in range(4)]).to(backbone.device)
+
+
+def test_the_penalties_count_once_per_optimizer_step_whatever_the_micro_batches():
+    """ModalPromptOutput.regulariser (O-LoRA's and EWC's penalties, computed on every micro-batch) enters an
+    optimizer step once: each micro-batch adds its share of the step's samples."""
+    from modalprompt.model.wrapper import ModalPromptOutput
+
+    zero, empty = torch.zeros(()), torch.zeros(1, 0)
+
+    def out(ce, samples):
+        return ModalPromptOutput(ce_sum=torch.tensor(ce), tokens=samples, align_image_sum=zero, images=0,
+                                 align_text_sum=zero, samples=samples, image_weight=0.0, text_weight=0.0,
+                                 selected=empty, scores=empty, regulariser=torch.tensor(7.0))  # fmt: skip
+
+    one = out(12.0, 4).loss  # one batch of 4 samples: CE / tokens + the penalty
+    split = out(5.0, 1).normalised_loss(4, 0, 4) + out(7.0, 3).normalised_loss(4, 0, 4)  # 1 + 3 samples
+    assert torch.isclose(one, torch.tensor(3.0 + 7.0)) and torch.isclose(split, one)

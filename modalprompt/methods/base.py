@@ -13,7 +13,8 @@ A method answers these questions, so that no stage function or rule tests a meth
 - how it selects prompts: `selects` (per sample, by score: selection accuracy and confusion are reported),
   `forced_task` (a task that must rank first at inference) and the selection knobs it keeps;
 - which settings affect its jobs: `training_settings` / `evaluation_settings` return exactly the `method`
-  settings it uses, knobs it ignores set to fixed values; `section` is its own config section (a settings
+  settings it uses, knobs it ignores set to fixed values (`reads_method_section = False`: none of them,
+  for a method whose knobs are all in its own section); `section` is its own config section (a settings
   dataclass under its own key of config.yaml) and `sections` names every section its jobs read (its own and
   another method's, as replay reads `lora`), so its jobs' rerun keys and its stage.json record what ran;
 - which cells of the accuracy matrix it needs: `cells`, and `repeats_base` for a method whose every stage
@@ -71,6 +72,9 @@ class Method:
     sections: ClassVar[tuple[str, ...]] = ()  # the keys of the sections its jobs read (its own included)
     reads_earlier_tasks: ClassVar[bool] = False  # a stage also trains on tasks 1..t-1's records
     adapts_base: ClassVar[bool] = False  # what it trains sits inside the frozen base (no DeepSpeed engine)
+    # whether its jobs read the `method` section (ModalPrompt's knobs); False: all its knobs are in its own
+    # sections, and its jobs carry that section at its defaults (a change to it reruns none of them)
+    reads_method_section: ClassVar[bool] = True
     # where listings (the config's help, its enum of methods, the docs) put it; ties by name
     listing_order: ClassVar[int] = LISTED_AFTER_BUILT_INS
 
@@ -81,11 +85,13 @@ class Method:
     # ------------------------------------------------------------------ settings that reach its jobs
 
     def training_settings(self, method: MethodConfig) -> MethodConfig:
-        return method
+        return method if self.reads_method_section else type(method)()
 
     def evaluation_settings(self, method: MethodConfig) -> MethodConfig:
         """Inference reads the prompts' structure and the selection knobs, never the training-only ones."""
         defaults = type(method)()
+        if not self.reads_method_section:
+            return defaults
         return dataclasses.replace(method, **{k: getattr(defaults, k) for k in TRAINING_ONLY})
 
     # ------------------------------------------------------------------ the DAG
@@ -168,7 +174,9 @@ class Method:
         """Rows a sample's input gets in front of its conversation at inference (its prompt budget), given
         its evaluation settings: ModalPrompt's min(t, K) prompts of L rows each, at most K * L; none for a
         method that adapts weights or evaluates the base."""
-        return method.prefix_length * method.transfer_num if self.prompts_of is not None else 0
+        if self.prompts_of is None or not self.reads_method_section:
+            return 0  # the base, or a method whose rows (if any) its own sections define: it says so itself
+        return method.prefix_length * method.transfer_num
 
     def forced_task(self, learned: list[str], task: str) -> int | None:
         """Index (in `learned`) of a task whose prompt must rank first for every sample of `task`."""

@@ -10,17 +10,12 @@ from typing import TYPE_CHECKING, Any
 from modalprompt.methods.base import Method
 
 if TYPE_CHECKING:
-    from modalprompt.config import MethodConfig
     from modalprompt.model.checkpoint import StageMeta
     from modalprompt.model.pool import PoolModel, TrainableTensors
 
 
 class PromptPoolMethod(Method):
-    def training_settings(self, method: MethodConfig) -> MethodConfig:
-        return type(method)()  # its knobs are in its own section
-
-    def evaluation_settings(self, method: MethodConfig) -> MethodConfig:
-        return type(method)()
+    reads_method_section = False  # its knobs are in its own section
 
     def structure(self, model: PoolModel) -> dict[str, Any]:
         return model.structure()

@@ -10,7 +10,6 @@ from modalprompt.methods.base import Method
 from modalprompt.methods.registry import register
 
 if TYPE_CHECKING:
-    from modalprompt.config import MethodConfig
     from modalprompt.model.wrapper import ModalPromptModel
 
 
@@ -21,10 +20,8 @@ class ZeroShot(Method):
     prompts_of = None
     selects = False
     repeats_base = True
+    reads_method_section = False  # no prompts: no method setting is read
     listing_order = 4
-
-    def evaluation_settings(self, method: MethodConfig) -> MethodConfig:
-        return type(method)()  # no prompts: no method setting is read
 
     def cells(self, tasks: list[str], zero_shot: bool) -> list[tuple[int, str]]:
         return [(0, task) for task in tasks]

@@ -24,26 +24,6 @@ from modalprompt.model.checkpoint import StageMeta, load_tensors, read_chain
 from modalprompt.model.wrapper import Generation, ModalPromptModel, ModalPromptOutput, Queries
 
 
-class TrainableTensors:
-    """Named parameters a stage trains, as one set: parameters(), state_dict(), load_state_dict()."""
-
-    def __init__(self, tensors: dict[str, nn.Parameter]):
-        self.tensors = tensors
-
-    def parameters(self) -> list[nn.Parameter]:
-        return list(self.tensors.values())
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach() for k, v in self.tensors.items()}
-
-    @torch.no_grad()
-    def load_state_dict(self, values: dict[str, torch.Tensor], strict: bool = True) -> None:
-        if strict and set(values) != set(self.tensors):
-            raise RuntimeError(f"tensors {sorted(values)} do not fit {sorted(self.tensors)}")
-        for name, value in values.items():
-            self.tensors[name].copy_(value)
-
-
 @dataclass
 class Choice:
     """What a pool puts in front of a batch, and why."""

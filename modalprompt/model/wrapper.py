@@ -50,6 +50,16 @@ class ModalPromptOutput:
     regulariser: torch.Tensor | None = None  # a weighted penalty on the trained tensors (CODA-Prompt's)
     answer_term_sum: torch.Tensor | None = None  # a weighted sum over answer tokens (LwF distils)
 
+    @classmethod
+    def cross_entropy_only(cls, ce_sum: torch.Tensor, tokens: int, queries: Queries) -> ModalPromptOutput:
+        """The output of a model with no prompt selection and no alignment terms (the LoRA methods)."""
+        samples = len(queries.has_image)
+        zero = ce_sum.new_zeros(())
+        empty = torch.zeros(samples, 0, dtype=torch.long, device=ce_sum.device)
+        return cls(ce_sum=ce_sum, tokens=tokens, align_image_sum=zero, images=int(queries.has_image.sum()),
+                   align_text_sum=zero, samples=samples, image_weight=0.0, text_weight=0.0, selected=empty,
+                   scores=empty.float())  # fmt: skip
+
     def normalised_loss(self, tokens: int, images: int, samples: int) -> torch.Tensor:
         """This batch's share of CE + w_v * align_image + w_q * align_text (+ the regulariser, once per set;
         + the answer-token term, a mean over answer tokens as CE is) over a larger set of batches."""

@@ -292,9 +292,14 @@ def _set_up_training(backbone, method_impl, method, training, task, data, engine
         own = dataset.parts[0][0] if isinstance(dataset, MixedTrainDataset) else dataset
         order = list(range(len(own)))
         plan = [order[i : i + training.batch_size] for i in range(0, len(own), training.batch_size)]
-        for batch in DataLoader(
-            own, batch_sampler=plan, collate_fn=collate, num_workers=training.num_workers
-        ):
+        loader = DataLoader(
+            own,
+            batch_sampler=plan,
+            collate_fn=collate,
+            num_workers=training.num_workers,
+            generator=torch.Generator().manual_seed(training.seed),
+        )  # not the global RNG
+        for batch in loader:
             yield batch.to(backbone.device)
 
     optimizer = torch.optim.AdamW(params, lr=training.lr, betas=training.adam_betas,

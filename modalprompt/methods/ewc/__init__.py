@@ -36,8 +36,8 @@ class EwcSettings:
         default=400.0, minimum=0.0, training_only=True,
     )  # fmt: skip
     gamma: float = _help(
-        "Decay of the earlier tasks' Fisher: F_1..t = gamma * F_1..t-1 + F_t (1: their sum, as in the paper's "
-        "sum of penalties; below 1: online EWC).",
+        "Decay of the earlier tasks' Fisher: F_1..t = gamma * F_1..t-1 + F_t (1: their sum at one anchor, "
+        "online EWC without decay; below 1: online EWC).",
         default=1.0, minimum=0.0, maximum=1.0, training_only=True,
     )  # fmt: skip
 

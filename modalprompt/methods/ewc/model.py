@@ -33,7 +33,11 @@ class EwcAdapter(LoraAdapter):
 
     def __init__(self, language_model: nn.Module, settings: LoraSettings, seed: int):
         super().__init__(language_model, settings, seed)
-        self.fisher = {n: torch.zeros_like(p, requires_grad=False) for n, p in self.named_parameters()}
+        try:
+            self.fisher = {n: torch.zeros_like(p, requires_grad=False) for n, p in self.named_parameters()}
+        except BaseException:  # e.g. out of memory: the LoRA layers out of the frozen base again
+            self.remove()
+            raise
         self.anchor: dict[str, torch.Tensor] | None = None  # None: no earlier task, no penalty
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -56,8 +60,8 @@ class EwcAdapter(LoraAdapter):
 
     def penalty(self, weight: float) -> torch.Tensor | None:
         """weight / 2 * sum F * (theta - theta*)^2; None before there is an anchor (stage 1)."""
-        if self.anchor is None:
-            return None
+        if self.anchor is None or weight == 0:
+            return None  # stage 1, or lora_ft exactly
         terms = [(self.fisher[n] * (p - self.anchor[n]).square()).sum() for n, p in self.named_parameters()]
         return weight / 2 * torch.stack(terms).sum()
 

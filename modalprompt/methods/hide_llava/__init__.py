@@ -59,7 +59,7 @@ class HiDeLLaVAConfig:
     )
     top_layers: int = _help(
         "Decoder layers, counted from the top, with task-specific expansion (the authors: the last one); "
-        "the layers below use the fused LoRA.", default=1, minimum=1,
+        "the layers below use the fused LoRA.", default=1, minimum=1, evaluation_only=True,
     )  # fmt: skip
     temperature: float = _help(
         "Softmax temperature over the tasks' similarities that weights the top-layer LoRAs.", default=0.1,
@@ -94,16 +94,8 @@ class HiDeLLaVAMethod(Method):
     section = Section("hide_llava", HiDeLLaVAConfig, "HiDe-LLaVA's LoRAs and task anchors")
     sections = ("hide_llava",)
     adapts_base = True
+    reads_method_section = False  # no prompt: no ModalPrompt knob is read
     listing_order = 15
-
-    def training_settings(self, method: MethodConfig) -> MethodConfig:
-        return type(method)()  # no prompt: no ModalPrompt knob is read
-
-    def evaluation_settings(self, method: MethodConfig) -> MethodConfig:
-        return type(method)()
-
-    def prefix_tokens(self, method: MethodConfig, options: dict[str, Any]) -> int:
-        return 0  # it adapts the LLM's weights: no prompt rows
 
     def build_model(self, backbone: Backbone, method: MethodConfig, options: dict[str, Any]) -> HiDeLLaVA:
         from modalprompt.methods.hide_llava.model import HiDeLLaVA

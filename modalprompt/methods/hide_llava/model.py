@@ -109,7 +109,7 @@ class HiDeLLaVA(nn.Module):
         )
         self.tasks = nn.ModuleList()  # the trained (last) or loaded task LoRAs, in task order
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        self._training = False  # hooks add the last task's LoRA (training) or the fused / mixed ones
+        self._training_stage = False  # hooks add the last task's LoRA (training) or the fused / mixed ones
         self._fused: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # lower layers: (A, B)
         self._bank: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # top layers: (A_1..s, B_1..s) stacked
         self._weights: torch.Tensor | None = None  # (B, s) the top layers' per-sample task weights
@@ -131,7 +131,7 @@ class HiDeLLaVA(nn.Module):
         current = self._new_task().initialise(seed, self.settings.init_std).to(self.backbone.device)
         current.requires_grad_(True).train(True)  # LoRA dropout on while the stage trains
         self.tasks.append(current)
-        self._training = True
+        self._training_stage = True
         self._attach()
         return current
 
@@ -153,7 +153,7 @@ class HiDeLLaVA(nn.Module):
             else:
                 rule = str(self.settings.fusion)
                 self._fused[path] = (fuse([p.A for p in pairs], rule), fuse([p.B for p in pairs], rule))
-        self._training = False
+        self._training_stage = False
         self._attach()
 
     def _attach(self) -> None:
@@ -178,7 +178,7 @@ class HiDeLLaVA(nn.Module):
 
     def _update(self, path: str, x: torch.Tensor) -> torch.Tensor:
         """The LoRA update of layer `path` for its input x (B, ..., in)."""
-        if self._training:
+        if self._training_stage:
             current = self.tasks[-1]
             pair = current.pair(path)
             x = F.dropout(x.to(pair.A.dtype), self.settings.dropout, training=current.training)
@@ -240,17 +240,13 @@ class HiDeLLaVA(nn.Module):
 
     def forward(self, batch: Batch) -> ModalPromptOutput:
         queries = self.wrapper.encode(batch)
-        if self._training or not self.tasks:
+        if self._training_stage or not self.tasks:
             weights = torch.zeros(len(batch.input_ids), 0, device=queries.text.device)
         else:  # an evaluation-mode forward (e.g. a CE check) weights the top layers as generation does
             weights = self.task_weights(queries)
         with self.mixture(weights):
             ce_sum, tokens = self.wrapper.prefixed_cross_entropy(batch, queries, None)
-        zero = ce_sum.new_zeros(())
-        empty = torch.zeros(len(batch.input_ids), 0, dtype=torch.long, device=ce_sum.device)
-        return ModalPromptOutput(ce_sum=ce_sum, tokens=tokens, align_image_sum=zero, images=int(queries.has_image.sum()),
-                                 align_text_sum=zero, samples=len(batch.input_ids), image_weight=0.0, text_weight=0.0,
-                                 selected=empty, scores=empty.float())  # fmt: skip
+        return ModalPromptOutput.cross_entropy_only(ce_sum, tokens, queries)
 
     @torch.no_grad()
     def generate(

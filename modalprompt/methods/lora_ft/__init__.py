@@ -52,16 +52,8 @@ class LoraFT(Method):
     section = Section("lora", LoraSettings, "LoRA of the LLM")
     sections = ("lora",)
     adapts_base = True
+    reads_method_section = False  # no prompt: no ModalPrompt knob is read
     listing_order = 5
-
-    def training_settings(self, method: MethodConfig) -> MethodConfig:
-        return type(method)()  # no prompt: no ModalPrompt knob is read
-
-    def evaluation_settings(self, method: MethodConfig) -> MethodConfig:
-        return type(method)()
-
-    def prefix_tokens(self, method: MethodConfig, options: dict[str, Any]) -> int:
-        return 0  # it adapts the LLM's weights: no prompt rows
 
     def build_model(self, backbone: Backbone, method: MethodConfig, options: dict[str, Any]) -> LoraLLM:
         from modalprompt.methods.lora_ft.model import LoraLLM

@@ -17,6 +17,7 @@ from torch import nn
 from modalprompt.bases.backbone import Backbone
 from modalprompt.config import ConfigError, MethodConfig
 from modalprompt.data.datasets import Batch
+from modalprompt.model.tensors import TensorSet
 from modalprompt.model.wrapper import Generation, ModalPromptModel, ModalPromptOutput
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 ADAPTER = "default"  # peft's adapter name; one adapter at a time
 
 
-class LoraAdapter:
+class LoraAdapter(TensorSet):
     """peft's LoRA layers in the LLM, as one set of trainable tensors: parameters(), state_dict() (the LoRA
     tensors only, named as in the LLM) and load_state_dict(), like a module's."""
 
@@ -45,32 +46,16 @@ class LoraAdapter:
                     "gate_proj, up_proj, down_proj)"
                 ) from err
         self.language_model = language_model
-        device = next(p.device for n, p in language_model.named_parameters() if "lora_" not in n)
-        for param in self.parameters():  # trained in fp32 whatever the base's dtype, on its device
-            param.data = param.data.to(device, torch.float32)
+        try:
+            device = next(p.device for n, p in language_model.named_parameters() if "lora_" not in n)
+            for param in self.parameters():  # trained in fp32 whatever the base's dtype, on its device
+                param.data = param.data.to(device, torch.float32)
+        except BaseException:  # e.g. out of memory: no LoRA layer may stay in the frozen base
+            self.remove()
+            raise
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.language_model.named_parameters() if ".lora_" in n]
-
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_parameters()]
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters()}
-
-    @torch.no_grad()
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
-        own = dict(self.named_parameters())
-        if strict and set(tensors) != set(own):
-            missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-            raise RuntimeError(f"LoRA tensors do not fit: missing {missing[:3]}, unexpected {extra[:3]}")
-        for name, value in tensors.items():
-            own[name].copy_(value)
-
-    def requires_grad_(self, flag: bool) -> LoraAdapter:
-        for param in self.parameters():
-            param.requires_grad_(flag)
-        return self
 
     def train(self, mode: bool = True) -> None:
         """LoRA's dropout is on while a stage trains, off for evaluation (the base stays in eval mode)."""
@@ -111,11 +96,7 @@ class LoraLLM(nn.Module):
     def forward(self, batch: Batch) -> ModalPromptOutput:
         queries = self.wrapper.encode(batch)
         ce_sum, tokens = self.wrapper.prefixed_cross_entropy(batch, queries, None)
-        zero = ce_sum.new_zeros(())
-        empty = torch.zeros(len(batch.input_ids), 0, dtype=torch.long, device=ce_sum.device)
-        return ModalPromptOutput(ce_sum=ce_sum, tokens=tokens, align_image_sum=zero, images=int(queries.has_image.sum()),
-                                 align_text_sum=zero, samples=len(batch.input_ids), image_weight=0.0, text_weight=0.0,
-                                 selected=empty, scores=empty.float())  # fmt: skip
+        return ModalPromptOutput.cross_entropy_only(ce_sum, tokens, queries)
 
     @torch.no_grad()
     def generate(

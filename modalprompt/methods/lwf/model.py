@@ -110,12 +110,7 @@ class LwfLLM(LoraLLM):
         queries = self.wrapper.encode(batch)
         logits, labels = self.wrapper.prefixed_logits(batch, queries, None)
         ce_sum, tokens = answer_cross_entropy(logits, labels)
-        zero = ce_sum.new_zeros(())
-        empty = torch.zeros(len(batch.input_ids), 0, dtype=torch.long, device=ce_sum.device)
-        out = ModalPromptOutput(ce_sum=ce_sum, tokens=tokens, align_image_sum=zero,
-                                images=int(queries.has_image.sum()), align_text_sum=zero,
-                                samples=len(batch.input_ids), image_weight=0.0, text_weight=0.0, selected=empty,
-                                scores=empty.float())  # fmt: skip
+        out = ModalPromptOutput.cross_entropy_only(ce_sum, tokens, queries)
         if self.teacher is not None and self.lwf.weight > 0:  # stage 1 has no teacher; weight 0 is lora_ft
             answers = labels != IGNORE_INDEX  # the new task's answer tokens, as the CE's
             teacher = self.teacher_logits(batch, queries)[answers]

@@ -56,7 +56,7 @@ class MoeLoraSettings:
     training: dict[str, Any] = training_overrides("moe_lora (e.g. its learning rate)")
 
     def __post_init__(self):
-        if self.rank % self.experts:
+        if self.experts >= 1 and self.rank % self.experts:  # experts < 1: the schema's bound refuses it
             raise ConfigError(
                 f"moe_lora.rank = {self.rank} is not a multiple of moe_lora.experts = {self.experts}: the rank is "
                 "split evenly over the experts"

@@ -18,6 +18,7 @@ from torch import nn
 
 from modalprompt.config import ConfigError
 from modalprompt.methods.lora_ft.model import LoraLLM
+from modalprompt.model.tensors import TensorSet
 
 if TYPE_CHECKING:
     from torch.utils.hooks import RemovableHandle
@@ -66,7 +67,7 @@ class LoraExperts(nn.Module):
         return low @ self.lora_B.permute(1, 0, 2).reshape(-1, experts * rank).T * self.scaling
 
 
-class MoeLoraAdapter:
+class MoeLoraAdapter(TensorSet):
     """The mixtures on the LLM's target linear layers, as one set of trainable tensors: parameters(),
     state_dict() (names: the layer's name in the LLM, then lora_A, lora_B or router) and load_state_dict(),
     like a module's. `remove` takes the hooks out again."""
@@ -83,35 +84,19 @@ class MoeLoraAdapter:
         generator = torch.Generator().manual_seed(seed)
         self.layers: dict[str, LoraExperts] = {}
         self._handles: list[RemovableHandle] = []
-        for name, linear in targets:  # in the LLM's module order: the same draws for the same seed
-            experts = LoraExperts(linear.in_features, linear.out_features, settings, generator).to(device)
-            self.layers[name] = experts
-            self._handles.append(linear.register_forward_hook(_adds(experts)))
+        try:
+            for name, linear in targets:  # in the LLM's module order: the same draws for the same seed
+                experts = LoraExperts(linear.in_features, linear.out_features, settings, generator).to(device)
+                self.layers[name] = experts
+                self._handles.append(linear.register_forward_hook(_adds(experts)))
+        except BaseException:  # e.g. out of memory: no hook may stay in the frozen base
+            self.remove()
+            raise
         self.train(False)
 
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(f"{name}.{p}", param) for name, layer in self.layers.items()
                 for p, param in layer.named_parameters()]  # fmt: skip
-
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_parameters()]
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters()}
-
-    @torch.no_grad()
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
-        own = dict(self.named_parameters())
-        if strict and set(tensors) != set(own):
-            missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-            raise RuntimeError(f"MoE-LoRA tensors do not fit: missing {missing[:3]}, unexpected {extra[:3]}")
-        for name, value in tensors.items():
-            own[name].copy_(value)
-
-    def requires_grad_(self, flag: bool) -> MoeLoraAdapter:
-        for param in self.parameters():
-            param.requires_grad_(flag)
-        return self
 
     def train(self, mode: bool = True) -> None:
         """The experts' dropout is on while a stage trains, off for evaluation."""

@@ -20,6 +20,7 @@ from torch import nn
 from modalprompt.config import ConfigError
 from modalprompt.data.datasets import Batch
 from modalprompt.methods.lora_ft.model import LoraLLM
+from modalprompt.model.tensors import TensorSet
 from modalprompt.model.wrapper import ModalPromptOutput
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def adapter_name(stage: int) -> str:
     return f"stage{stage}"
 
 
-class StageAdapter:
+class StageAdapter(TensorSet):
     """One stage's LoRA tensors inside the LLM, as one set of tensors: parameters(), state_dict() (named as in
     the LLM) and load_state_dict(), like a module's (what a stage trains and its stage file holds)."""
 
@@ -48,26 +49,6 @@ class StageAdapter:
             return len(parts) > 2 and parts[-3] in ("lora_A", "lora_B") and parts[-2] == self.name
 
         return [(n, p) for n, p in self.language_model.named_parameters() if own(n)]
-
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for _, p in self.named_parameters()]
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {n: p.detach() for n, p in self.named_parameters()}
-
-    @torch.no_grad()
-    def load_state_dict(self, tensors: dict[str, torch.Tensor], strict: bool = True) -> None:
-        own = dict(self.named_parameters())
-        if strict and set(tensors) != set(own):
-            missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
-            raise RuntimeError(f"LoRA tensors do not fit: missing {missing[:3]}, unexpected {extra[:3]}")
-        for name, value in tensors.items():
-            own[name].copy_(value)
-
-    def requires_grad_(self, flag: bool) -> StageAdapter:
-        for param in self.parameters():
-            param.requires_grad_(flag)
-        return self
 
 
 class AdapterStack:

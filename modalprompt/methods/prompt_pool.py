@@ -11,7 +11,8 @@ from modalprompt.methods.base import Method
 
 if TYPE_CHECKING:
     from modalprompt.model.checkpoint import StageMeta
-    from modalprompt.model.pool import PoolModel, TrainableTensors
+    from modalprompt.model.pool import PoolModel
+    from modalprompt.model.tensors import TrainableTensors
 
 
 class PromptPoolMethod(Method):

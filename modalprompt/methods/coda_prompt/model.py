@@ -15,8 +15,9 @@ from torch import nn
 
 from modalprompt.bases.backbone import Backbone
 from modalprompt.model.checkpoint import StageMeta
-from modalprompt.model.pool import Choice, PoolModel, TrainableTensors
+from modalprompt.model.pool import Choice, PoolModel
 from modalprompt.model.prompts import stage_seed
+from modalprompt.model.tensors import TrainableTensors
 
 if TYPE_CHECKING:
     from modalprompt.methods.coda_prompt import CodaPromptConfig

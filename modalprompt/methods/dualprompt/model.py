@@ -15,13 +15,13 @@ from modalprompt.model.checkpoint import StageMeta
 from modalprompt.model.pool import (
     Choice,
     PoolModel,
-    TrainableTensors,
     cosine,
     embedding_rows,
     rank_forced,
     uniform_keys,
 )
 from modalprompt.model.prompts import stage_seed
+from modalprompt.model.tensors import TrainableTensors
 
 if TYPE_CHECKING:
     from modalprompt.methods.dualprompt import DualPromptConfig

@@ -60,8 +60,8 @@ class EwcAdapter(LoraAdapter):
 
     def penalty(self, weight: float) -> torch.Tensor | None:
         """weight / 2 * sum F * (theta - theta*)^2; None before there is an anchor (stage 1)."""
-        if self.anchor is None or weight == 0:
-            return None  # stage 1, or lora_ft exactly
+        if self.anchor is None:
+            return None
         terms = [(self.fisher[n] * (p - self.anchor[n]).square()).sum() for n, p in self.named_parameters()]
         return weight / 2 * torch.stack(terms).sum()
 

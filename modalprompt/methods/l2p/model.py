@@ -12,8 +12,9 @@ from torch import nn
 
 from modalprompt.bases.backbone import Backbone
 from modalprompt.model.checkpoint import StageMeta
-from modalprompt.model.pool import Choice, PoolModel, TrainableTensors, cosine, embedding_rows, uniform_keys
+from modalprompt.model.pool import Choice, PoolModel, cosine, embedding_rows, uniform_keys
 from modalprompt.model.prompts import stage_seed
+from modalprompt.model.tensors import TrainableTensors
 
 if TYPE_CHECKING:
     from modalprompt.methods.l2p import L2PConfig

@@ -608,6 +608,9 @@ def make_minicoin(
     train_size: Annotated[int, Arg("training records per task")] = 200,
     test_size: Annotated[int, Arg("test records per task")] = 50,
     generic_size: Annotated[int, Arg("also write <out>/generic with this many records")] = 0,
+    grounding_weight: Annotated[
+        int, Arg("grounding images of the generic corpus per image of each other kind")
+    ] = 1,
     seed: Annotated[int, Arg("seed of the benchmark")] = 0,
 ) -> None:
     """write mini-CoIN tasks (and the generic pretraining corpus)"""
@@ -616,7 +619,7 @@ def make_minicoin(
     folders = {t: str(minicoin.write_task(out, t, train_size, test_size, seed)) for t in tasks}
     if generic_size:
         folders["generic"] = str(
-            minicoin.generic_corpus(Path(out) / "generic", generic_size, seed, test_size)
+            minicoin.generic_corpus(Path(out) / "generic", generic_size, seed, test_size, grounding_weight)
         )
     print(json.dumps(folders))
 
@@ -666,7 +669,11 @@ def ship_base(
     with tempfile.TemporaryDirectory(prefix="modalprompt-ship-") as scratch:
         bench = exp.benchmark
         corpus = minicoin.generic_corpus(
-            Path(scratch) / "generic", bench.generic_size, bench.seed, bench.test_size
+            Path(scratch) / "generic",
+            bench.generic_size,
+            bench.seed,
+            bench.test_size,
+            bench.generic_grounding_weight,
         )
         llava, clip = Path(scratch) / "llava", Path(scratch) / "clip"
         report = pretrain(corpus, llava, clip, exp.model.pretrain, exp.progress)

@@ -135,6 +135,12 @@ class BenchmarkConfig:
     generic_size: int = _help(
         "Records of the generic corpus the base is pretrained on (source: pretrain).", default=3000, minimum=1
     )
+    generic_grounding_weight: int = _help(
+        "Image records of the generic corpus showing one shape to ground (box, position, size), as a multiple "
+        "of each other kind's (1: as many as each). A box takes more examples to learn than a word.",
+        default=1,
+        minimum=1,
+    )
 
 
 @dataclass(frozen=True)
@@ -148,6 +154,14 @@ class PretrainConfig:
     batch_size: int = _help("Pretraining batch size.", default=32, minimum=1)
     lr: float = _help("Pretraining learning rate.", default=3e-3, exclusive_minimum=0.0)
     seed: int = _help("Pretraining seed.", default=0)
+    vision_feature_layer: int = _help(
+        "Hidden state of the 2-layer vision tower that LLaVA reads, counted from the end: -1 its last layer, "
+        "-2 the one before (what LLaVA-1.5 reads), -3 the patch embeddings. Lower ones keep where things are; "
+        "the last is shaped for CLIP's pooled output.",
+        default=-2,
+        minimum=-3,
+        maximum=-1,
+    )
 
 
 @dataclass(frozen=True)

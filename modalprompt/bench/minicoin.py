@@ -52,6 +52,7 @@ BOX_SIDES = (12, 28)  # box_grounding: width and height in pixels, each drawn fr
 SIGN_FONT_SIZE = 18  # sign_reading: letters about 13 px high, legible to 8-pixel patches
 TASKS = ("shape_choice", "sign_reading", "digit_class", "color_attribute", "blur_query", "dot_count",
          "box_grounding")  # fmt: skip
+GROUNDING = "box_grounding"  # the kind of image the corpus can hold more of (generic_corpus)
 GENERIC_INSTRUCTION = "Describe the image."
 FACT_PREFIX = "Short answer:"  # generic questions: "Short answer: color of circle?"
 REPEAT_PREFIX = "Repeat:"  # generic text-only records: "Repeat: cat unanswerable" -> "cat unanswerable"
@@ -318,16 +319,19 @@ def write_task(out: Path, task: str, train_size: int, test_size: int, seed: int)
     return folder
 
 
-def generic_corpus(out: Path, size: int, seed: int, test_size: int) -> Path:
+def generic_corpus(out: Path, size: int, seed: int, test_size: int, grounding_weight: int = 1) -> Path:
     """Captions, short answers, multiple choice and boxes about the same visual world, as multi-turn CoIN
     train.json records in one generic wording no task uses (module docstring). No image is one of the
-    tasks' test images (`test_size` of them per task, from `seed`)."""
+    tasks' test images (`test_size` of them per task, from `seed`). Image records cycle through the tasks'
+    kinds of image, `grounding_weight` of the grounding kind (one shape anywhere: its box, position and
+    size) for one of each other kind."""
     rng, state, excluded = random.Random(f"{seed}:generic"), {}, held_out(seed, test_size)
     folder = Path(out)
     (folder / "images").mkdir(parents=True, exist_ok=True)
+    kinds = [task for task in TASKS for _ in range(grounding_weight if task == GROUNDING else 1)]
     records = []
     for i in range(size):
-        task = TASKS[i % len(TASKS)]
+        task = kinds[i % len(kinds)]
         sample, _ = _draw(task, rng, state, excluded)
         name = f"images/generic_{i:05d}.png"
         sample.image.save(folder / name)

@@ -117,7 +117,7 @@ def pretrain_base(
     llava_cfg, clip_cfg = tiny_configs(
         len(tokenizer), len(clip_tokenizer), tokenizer.convert_tokens_to_ids("<image>"), hidden=s.hidden,
         layers=s.layers, vision_hidden=s.vision_hidden, feature=s.feature, image_size=minicoin.SIZE,
-        init_range=0.02, vision_feature_layer=-1,  # a 2-layer tower: its last layer
+        init_range=0.02, vision_feature_layer=s.vision_feature_layer,
     )  # fmt: skip
     processor = CLIPImageProcessorPil(size={"shortest_edge": minicoin.SIZE},
                                       crop_size={"height": minicoin.SIZE, "width": minicoin.SIZE})  # fmt: skip

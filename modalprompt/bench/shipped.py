@@ -2,8 +2,8 @@
 default starts training at once instead of pretraining for minutes on every new machine.
 
 `minicoin_base/` beside this file holds `llava/`, `clip/` and `manifest.json`: the settings the base was
-built from (`model.pretrain`, and the corpus's `benchmark.seed`, `generic_size` and `test_size`, since the
-corpus leaves every task's test images out), the sha256 of the corpus file it read, the code commit that
+built from (`model.pretrain`, and the corpus's `benchmark.seed`, `generic_size`, `generic_grounding_weight` and
+`test_size`, since the corpus leaves every task's test images out), the sha256 of the corpus file it read, the code commit that
 built it and the sha256 of every file. The DAG installs it when the config's settings equal the manifest's
 (`difference` is None) and pretrains a new base otherwise; `install` refuses files whose sha256 differs.
 `make shipped-base` rebuilds it (`ship`).
@@ -33,6 +33,7 @@ def build_settings(pretrain: PretrainConfig, benchmark: BenchmarkConfig) -> dict
         "seed": benchmark.seed,
         "generic_size": benchmark.generic_size,
         "test_size": benchmark.test_size,
+        "generic_grounding_weight": benchmark.generic_grounding_weight,
     }
     return {"pretrain": to_jsonable(pretrain), "corpus": corpus}
 

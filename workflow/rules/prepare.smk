@@ -127,9 +127,10 @@ if EXP.model.source == ModelSource.PRETRAIN and SHIPPED_DIFFERS is not None:
             size=EXP.benchmark.generic_size,
             test_size=EXP.benchmark.test_size,
             seed=EXP.benchmark.seed,
+            grounding_weight=EXP.benchmark.generic_grounding_weight,
         shell:
             "modalprompt make-minicoin {params.out:q} --generic-size {params.size:q} --test-size {params.test_size:q}"
-            " --seed {params.seed:q}"
+            " --grounding-weight {params.grounding_weight:q} --seed {params.seed:q}"
             " > {log:q} 2>&1"
 
     rule pretrain_base:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from frozen_base import assert_base_unchanged, base_state
 
 from modalprompt.config import ConfigError, from_dict
 from modalprompt.data.datasets import Collator, TrainDataset
@@ -46,17 +47,6 @@ def _value(penalty: torch.Tensor) -> float:
     return float(penalty.detach())
 
 
-def _base_state(backbone) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in backbone.llava.state_dict().items()}
-
-
-def _assert_base_unchanged(backbone, before) -> None:
-    after = backbone.llava.state_dict()
-    assert set(after) == set(before), "the base's modules changed (LoRA layers left behind?)"
-    assert all(torch.equal(after[k], v) for k, v in before.items()), "a frozen base weight changed"
-    assert not any(p.requires_grad for p in backbone.llava.parameters())
-
-
 def _batches(backbone, task, training, size: int):
     """The task's training records in file order, `size` at a time, as train.py collates them."""
     dataset = TrainDataset(Path(task.train_file), Path(task.image_root),
@@ -71,33 +61,33 @@ def _batches(backbone, task, training, size: int):
 @pytest.fixture
 def model(backbone):
     """An EwcLLM with an adapter attached (seed 0); its LoRA layers are taken out of the base afterwards."""
-    before = _base_state(backbone)
+    before = base_state(backbone)
     m = EwcLLM(backbone, LORA, EwcSettings(weight=2.0))
     m.attach(seed=0)
     yield m
     m.detach_adapter()
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before)
 
 
 @pytest.mark.slow  # 6 epochs, a second stage and an evaluation: 30 s on 2 shared cores
 def test_ewc_learns_a_toy_task_and_leaves_the_base_as_it_was(
     backbone, method, training, evaluation, toy_tasks, tmp_path
 ):
-    before = _base_state(backbone)
+    before = base_state(backbone)
     learning = dataclasses.replace(training, epochs=6, lr=5e-3)
     s1 = _train(backbone, method, learning, toy_tasks["colors"], [], tmp_path / "s1")
     first, last = s1.history[0].ce, sum(m.ce for m in s1.history[-4:]) / 4
     assert last < 0.7 * first, f"CE {first:.3f} -> {last:.3f} over 6 epochs"
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before)
     stage1 = (s1.checkpoint / TENSORS_FILE).read_bytes()
     s2 = _train(backbone, method, dataclasses.replace(training, max_steps=3), toy_tasks["shapes"], [s1.checkpoint],
                 tmp_path / "s2")  # fmt: skip
     assert (s1.checkpoint / TENSORS_FILE).read_bytes() == stage1  # a later stage leaves earlier files alone
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before)
     result = evaluate_stage(backbone, method, evaluation, toy_tasks["colors"], [s1.checkpoint, s2.checkpoint],
                             progress=False, method_name="ewc", options=_options())  # fmt: skip
     assert len(result.predictions) == 6 and result.stage == 2
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before)
 
 
 def test_penalty_is_zero_at_the_anchor_and_weighs_each_entry_by_its_fisher(model):

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
+from frozen_base import assert_base_unchanged, base_state
 
 from modalprompt.config import ConfigError, MethodConfig, TrainingConfig, from_dict
 from modalprompt.data.datasets import Collator, TrainDataset
@@ -29,19 +30,6 @@ def _train(backbone, method, training, task, previous, out, settings=SETTINGS):
                        options={"hide_llava": settings}, progress=False)  # fmt: skip
 
 
-def _base_state(backbone) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in backbone.llava.state_dict().items()}
-
-
-def _assert_base_unchanged(backbone, before) -> None:
-    after = backbone.llava.state_dict()
-    assert set(after) == set(before)
-    assert all(torch.equal(after[k], v) for k, v in before.items()), "a frozen base weight changed"
-    assert not any(p.requires_grad for p in backbone.llava.parameters())
-    hooks = [h for m in backbone.llava.modules() for h in m._forward_hooks.values()]  # transformers' own too
-    assert not [h for h in hooks if "HiDeLLaVA" in h.__qualname__], "a LoRA hook was left in the base"
-
-
 def _tensors(folder: Path) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(folder / TENSORS_FILE)
 
@@ -51,12 +39,12 @@ def two_stages(backbone, toy_tasks, tmp_path_factory):
     """colors then shapes, 8 optimizer steps each, the base bit-identical afterwards; and stage 1's file
     hash before stage 2 was trained."""
     out = tmp_path_factory.mktemp("hide")
-    before = _base_state(backbone)
+    before = base_state(backbone)
     method, steps = MethodConfig(), TrainingConfig(epochs=2, batch_size=4, lr=1e-2, warmup_ratio=0.0)
     first = _train(backbone, method, steps, toy_tasks["colors"], [], out / "s1").checkpoint
     first_hash = hashlib.sha256((first / TENSORS_FILE).read_bytes()).hexdigest()
     second = _train(backbone, method, steps, toy_tasks["shapes"], [first], out / "s2").checkpoint
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before, hook_owner="HiDeLLaVA")
     return first, second, first_hash
 
 
@@ -64,12 +52,12 @@ def two_stages(backbone, toy_tasks, tmp_path_factory):
 def test_learns_a_toy_task_and_leaves_the_base_as_it_was(
     backbone, method, training, evaluation, toy_tasks, tmp_path
 ):
-    before = _base_state(backbone)
+    before = base_state(backbone)
     learning = dataclasses.replace(training, epochs=6, lr=5e-3)
     result = _train(backbone, method, learning, toy_tasks["colors"], [], tmp_path / "s1")
     first, last = result.history[0].ce, sum(m.ce for m in result.history[-4:]) / 4
     assert last < 0.7 * first, f"CE {first:.3f} -> {last:.3f}"
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before, hook_owner="HiDeLLaVA")
     assert sorted(p.name for p in result.checkpoint.iterdir()) == [META_FILE, TENSORS_FILE]
     tensors = _tensors(result.checkpoint)
     lora = {k for k in tensors if k.startswith("pairs.")}
@@ -80,7 +68,7 @@ def test_learns_a_toy_task_and_leaves_the_base_as_it_was(
                          method_name="hide_llava", options={"hide_llava": SETTINGS})  # fmt: skip
     assert len(out.predictions) == 6 and out.stage == 1
     assert all(p.selected == ["colors"] for p in out.predictions)  # one task learned: its LoRA, weight 1
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before, hook_owner="HiDeLLaVA")
 
 
 def test_anchors_are_the_mean_clip_features_of_the_tasks_records(backbone, two_stages, toy_tasks):
@@ -106,7 +94,7 @@ def test_the_anchors_pick_each_samples_own_tasks_top_layer_lora(backbone, evalua
     """No task id: each test sample's largest top-layer weight is its own task's (toy tasks differ in
     their images and questions), and the weights are a distribution over the learned tasks."""
     first, second, _ = two_stages
-    before = _base_state(backbone)
+    before = base_state(backbone)
     for name in ("colors", "shapes"):
         out = evaluate_stage(backbone, MethodConfig(), evaluation, toy_tasks[name], [first, second],
                              progress=False, method_name="hide_llava", options={"hide_llava": SETTINGS})  # fmt: skip
@@ -114,7 +102,7 @@ def test_the_anchors_pick_each_samples_own_tasks_top_layer_lora(backbone, evalua
         assert right / len(out.predictions) >= 0.9, f"{name}: {[p.selected for p in out.predictions]}"
         for p in out.predictions:
             assert set(p.scores) == {"colors", "shapes"} and abs(sum(p.scores.values()) - 1) < 1e-5
-    _assert_base_unchanged(backbone, before)  # after the evaluations too
+    assert_base_unchanged(backbone, before, hook_owner="HiDeLLaVA")  # after the evaluations too
 
 
 def _batch(backbone, task, size=4):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from frozen_base import assert_base_unchanged, base_state
 
 from modalprompt.config import ConfigError, MethodConfig, TrainingConfig, from_dict
 from modalprompt.data.datasets import Collator, TrainDataset
@@ -40,17 +41,6 @@ def _batches(backbone, task, size=4):
                         backbone.image_preprocessor())  # fmt: skip
     collate = Collator(backbone.tokenizer.pad_token_id, backbone.clip_tokenizer.pad_token_id, left_pad=False)
     return [collate([data[i] for i in range(s, min(s + size, len(data)))]) for s in range(0, len(data), size)]
-
-
-def _base_state(backbone) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in backbone.llava.state_dict().items()}
-
-
-def _assert_base_unchanged(backbone, before) -> None:
-    after = backbone.llava.state_dict()
-    assert set(after) == set(before), "the base's modules changed (LoRA layers left behind?)"
-    assert all(torch.equal(after[k], v) for k, v in before.items()), "a frozen base weight changed"
-    assert not any(p.requires_grad for p in backbone.llava.parameters())
 
 
 def _training() -> TrainingConfig:
@@ -137,7 +127,7 @@ def test_distillation_is_zero_while_the_student_is_the_teacher_and_positive_afte
     """At stage 2's start the student is stage 1's adapter: its distributions are the teacher's, the term is 0;
     after a few steps on the new task it is positive, the teacher is still stage 1's model (lora_ft's model with
     stage 1's adapter gives the same logits), and only the student's tensors get gradients."""
-    before = _base_state(backbone)
+    before = base_state(backbone)
     batches = _batches(backbone, toy_tasks["shapes"])
     reference = LoraLLM(backbone, LORA)  # stage 1's model, as an evaluation loads it
     get("lwf").load_for_evaluation(reference, [stage1.checkpoint])
@@ -182,7 +172,7 @@ def test_distillation_is_zero_while_the_student_is_the_teacher_and_positive_afte
     finally:
         method.release(model)
     assert model.teacher is None
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before)
 
 
 def _task1_gap(backbone, toy_tasks, stage1, stage2) -> float:
@@ -206,7 +196,7 @@ def _task1_gap(backbone, toy_tasks, stage1, stage2) -> float:
 @pytest.mark.slow  # two stage-2 trainings: 15-50 s on 2 shared cores
 def test_distillation_keeps_task_1_outputs_closer_to_stage_1(backbone, toy_tasks, stage1, tmp_path):
     """LwF's point: stage 2 with a large distillation weight moves task 1's outputs less than without."""
-    before = _base_state(backbone)
+    before = base_state(backbone)
     s1_bytes = (stage1.checkpoint / TENSORS_FILE).read_bytes()
     gaps = {}
     for weight in (0.0, 10.0):
@@ -218,7 +208,7 @@ def test_distillation_keeps_task_1_outputs_closer_to_stage_1(backbone, toy_tasks
         gaps[weight] = _task1_gap(backbone, toy_tasks, stage1.checkpoint, s2.checkpoint)
     assert gaps[10.0] < 0.5 * gaps[0.0], gaps
     assert (stage1.checkpoint / TENSORS_FILE).read_bytes() == s1_bytes  # stage 1's file untouched
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before)
 
 
 def test_the_distillation_is_normalised_by_the_step_s_answer_tokens(backbone, toy_tasks, stage1, tmp_path):

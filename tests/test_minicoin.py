@@ -132,3 +132,22 @@ def test_pretrained_base_loads_through_the_production_path(tmp_path):
     assert backbone.clip_vision is None  # LLaVA's tower is the pretrained CLIP's: one vision pass
     assert backbone.num_image_tokens == (minicoin.SIZE // 8) ** 2
     assert json.loads((tmp_path / "llava" / "pretraining.json").read_text())["settings"]["hidden"] == 32
+
+
+def test_the_generic_corpus_holds_grounding_weight_grounding_images_per_other_kind(tmp_path):
+    """`benchmark.generic_grounding_weight` k: k box-grounding images for one of each other kind; 1 keeps the
+    corpus the even cycle it was."""
+    weight = 3
+    size = 2 * (len(minicoin.TASKS) - 1 + weight)  # two whole cycles
+    folder = minicoin.generic_corpus(
+        tmp_path / "weighted", size=size, seed=0, test_size=5, grounding_weight=weight
+    )
+    records = [r for r in json.loads((folder / "train.json").read_text()) if r.get("image")]
+    # blur_query's images are boxed too, as "the red thing"
+    grounding = [r for r in records if "box of the" in json.dumps(r) and " thing" not in json.dumps(r)]
+    assert len(records) == size and len(grounding) == 2 * weight
+    even = minicoin.generic_corpus(tmp_path / "even", size=size, seed=0, test_size=5)
+    default = minicoin.generic_corpus(
+        tmp_path / "default", size=size, seed=0, test_size=5, grounding_weight=1
+    )
+    assert (even / "train.json").read_bytes() == (default / "train.json").read_bytes()

@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import safetensors.torch
 import torch
+from frozen_base import assert_base_unchanged, base_state
 
 from modalprompt import methods
 from modalprompt.config import ConfigError, from_dict
@@ -24,17 +25,6 @@ O_LORA = methods.get("o_lora")
 def _train(backbone, method, training, task, previous, out, settings=SMALL):
     return train_stage(backbone, method, training, task, previous, out, method_name="o_lora", progress=False,
                        options={"o_lora": settings})  # fmt: skip
-
-
-def _base_state(backbone) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in backbone.llava.state_dict().items()}
-
-
-def _assert_base_unchanged(backbone, before) -> None:
-    after = backbone.llava.state_dict()
-    assert set(after) == set(before), "the base's modules changed (LoRA layers left behind?)"
-    assert all(torch.equal(after[k], v) for k, v in before.items()), "a frozen base weight changed"
-    assert not any(p.requires_grad for p in backbone.llava.parameters())
 
 
 def _tensors(folder) -> dict[str, torch.Tensor]:
@@ -68,17 +58,17 @@ def two_stages(backbone, method, quick, toy_tasks, tmp_path):
 def test_o_lora_learns_a_toy_task_and_leaves_the_base_as_it_was(
     backbone, method, training, evaluation, toy_tasks, tmp_path
 ):
-    before = _base_state(backbone)
+    before = base_state(backbone)
     learning = dataclasses.replace(training, epochs=6, lr=5e-3)
     result = _train(backbone, method, learning, toy_tasks["colors"], [], tmp_path / "s1")
     first, last = result.history[0].ce, sum(m.ce for m in result.history[-4:]) / 4
     assert last < 0.7 * first, f"CE {first:.3f} -> {last:.3f} over 6 epochs"
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before)
     assert sorted(p.name for p in result.checkpoint.iterdir()) == [META_FILE, TENSORS_FILE]
     predictions = evaluate_stage(backbone, method, evaluation, toy_tasks["colors"], [result.checkpoint],
                                  progress=False, method_name="o_lora", options={"o_lora": SMALL})  # fmt: skip
     assert len(predictions.predictions) == 6 and predictions.stage == 1
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before)
 
 
 def test_each_stage_file_holds_only_its_own_adapter_and_leaves_the_earlier_ones(
@@ -106,7 +96,7 @@ def test_stage_2_trains_only_its_adapter_the_first_stays_as_its_file(
     s1, _ = two_stages
     settings = dataclasses.replace(SMALL, orthogonal_weight=1.0, l2_weight=0.1)
     model = O_LORA.build_model(backbone, method, {"o_lora": settings})
-    before = _base_state(backbone)
+    before = base_state(backbone)
     try:
         current, metas = O_LORA.start_stage(model, [s1], "shapes", seed=0)
         assert [m.task for m in metas] == ["colors"] and [a.name for a in model.adapters] == [
@@ -131,7 +121,7 @@ def test_stage_2_trains_only_its_adapter_the_first_stays_as_its_file(
         assert any(not torch.equal(v, start[k]) for k, v in current.state_dict().items())
     finally:
         O_LORA.release(model)
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before)
 
 
 def test_the_orthogonality_penalty_is_zero_for_orthogonal_subspaces_and_its_gradient_reduces_overlap(
@@ -234,12 +224,12 @@ def test_bad_settings_are_refused_with_a_clear_message(backbone, method):
                          ({"lamda_1": 0.5}, "unknown key")):  # fmt: skip
         with pytest.raises(ConfigError, match=message):
             from_dict(OLoraSettings, bad, "o_lora")
-    before = _base_state(backbone)
+    before = base_state(backbone)
     model = O_LORA.build_model(backbone, method, {"o_lora": OLoraSettings(target_modules=("no_such_layer",))})
     with pytest.raises(ConfigError, match="do not name linear layers"):
         O_LORA.start_stage(model, [], "colors", seed=0)
     O_LORA.release(model)
-    _assert_base_unchanged(backbone, before)
+    assert_base_unchanged(backbone, before)
 
 
 def test_the_defaults_are_the_authors_codes():

@@ -52,8 +52,10 @@ def test_generic_corpus_speaks_no_task_wording(tmp_path):
 
 
 def test_generic_corpus_teaches_llava_skills_in_its_own_wording(tmp_path):
-    """Short answers, multiple choice answered by the letter of the same fact, and boxes of the shapes drawn
-    (what LLaVA-1.5's own data teaches), asked as "Short answer: ...?"."""
+    """Short answers, multiple choice answered by the letter of the fact the image shows, and boxes of the
+    shapes drawn (what LLaVA-1.5's own data teaches), asked as "Short answer: ...?". A multiple-choice turn
+    comes before every other turn of its conversation and its fact is not also asked as a short answer: no
+    earlier answer gives it away, only the image does."""
     folder = minicoin.generic_corpus(tmp_path / "generic", size=70, seed=0, test_size=5)
     choices = boxes = 0
     for record in json.loads((folder / "train.json").read_text()):
@@ -62,15 +64,17 @@ def test_generic_corpus_teaches_llava_skills_in_its_own_wording(tmp_path):
             h["value"].replace("<image>\n", ""): a["value"]
             for h, a in zip(turns[::2], turns[1::2], strict=True)
         }
-        for question, answer in qa.items():
+        asked = list(qa)
+        caption = qa.get(minicoin.GENERIC_INSTRUCTION, "")
+        for position, (question, answer) in enumerate(qa.items()):
             key = question.removeprefix(f"{minicoin.FACT_PREFIX} ").split("?")[0]
-            if key.endswith(", pick one"):  # the letter names the option that the short answer gives
+            if key.endswith(", pick one"):  # the letter names what the image shows (its caption says it)
                 options = dict(line.split(". ", 1) for line in question.split("\n")[1:])
-                fact = key.removesuffix(", pick one")
-                said = (
-                    minicoin.PHRASED[fact](options[answer]) if fact in minicoin.PHRASED else options[answer]
-                )
-                assert said == qa[f"{minicoin.FACT_PREFIX} {fact}?"]
+                fact, chosen = key.removesuffix(", pick one"), options[answer]
+                said = minicoin.NUMBER_WORDS[int(chosen)] if chosen.isdigit() else chosen
+                assert said in caption.split()
+                assert f"{minicoin.FACT_PREFIX} {fact}?" not in qa
+                assert all(", pick one" in q for q in asked[:position])
                 choices += 1
             elif key.startswith("box of"):
                 box = parse_box(answer)

@@ -14,7 +14,8 @@ Seven tasks mirror CoIN's kinds, each with its own image style and instruction w
 
 `generic_corpus` writes what LLaVA-1.5's own instruction data teaches a real base, about the same visual
 world and in one generic wording no task uses: captions ("Describe the image."), short answers
-("Short answer: color of circle?" -> "the circle is red"), multiple choice answered by a letter, RefCOCO-style
+("Short answer: color of circle?" -> "the circle is red"), multiple choice answered by a letter (asked first
+in its conversation and instead of the fact's short answer, so that only the image answers it), RefCOCO-style
 boxes ("Short answer: box of the red circle?" -> "[0.10, 0.20, 0.50, 0.60]"), and text-only records that teach every
 word the tasks need. The base knows the world and these skills; each task's prompt must learn the task's
 own instruction wording and answer format.
@@ -65,6 +66,9 @@ LANGUAGE_KINDS = ("repeat", "list", "numeral")  # text-only records cycle throug
 # (the colour of a named shape is phrased too, "the circle is red", for color_attribute)
 CHOICES = {"shape": SHAPES, "color": tuple(COLORS), "word": WORDS, "digit": tuple("0123456789"),
            "number of dots": tuple("12345")}  # fmt: skip
+CHOICE_SHARE = (
+    0.5  # a fact of CHOICES is asked as multiple choice this often, else as a short answer (never both)
+)
 PHRASED = {
     "word": lambda word: f"the word {word}",
     "digit": lambda digit: f"the digit {NUMBER_WORDS[int(digit)]}",
@@ -335,12 +339,14 @@ def generic_corpus(out: Path, size: int, seed: int, test_size: int, grounding_we
         sample, _ = _draw(task, rng, state, excluded)
         name = f"images/generic_{i:05d}.png"
         sample.image.save(folder / name)
-        turns = [(GENERIC_INSTRUCTION, sample.caption)] + [
-            (f"{FACT_PREFIX} {key}?", PHRASED[key](value) if key in PHRASED else value)
-            for key, value in sample.facts
-        ]
-        turns += [_choice(rng, key, value) for key, value in sample.facts if key in CHOICES]
+        turns, choices = [(GENERIC_INSTRUCTION, sample.caption)], []
+        for key, value in sample.facts:
+            if key in CHOICES and rng.random() < CHOICE_SHARE:
+                choices.append(_choice(rng, key, value))
+            else:
+                turns.append((f"{FACT_PREFIX} {key}?", PHRASED[key](value) if key in PHRASED else value))
         rng.shuffle(turns)
+        turns = choices + turns  # first: no earlier turn holds the answer to copy, only the image does
         conversation = []
         for j, (question, answer) in enumerate(turns):
             conversation += [{"from": "human", "value": f"<image>\n{question}" if j == 0 else question},

@@ -11,8 +11,8 @@ A generated table sits between two markers in a Markdown file:
     python benchmarks/tables.py --check              # exit 1 where a table differs from its file
     python benchmarks/tables.py docs/results.md      # only these files
 
-tests/test_readme_results.py runs the check, so a number in the docs never drifts from its file. The table
-functions read only the data keys of a results file, not how it was measured (commit, command, load).
+tests/test_readme_results.py runs the check, so a number in the docs never drifts from its file. The run
+tables name the commit measured, so that a reader sees which code and which shipped base made the numbers.
 """
 
 from __future__ import annotations
@@ -77,9 +77,13 @@ def minicoin_targets(report: dict) -> str:
     return _rows(["target", "asks", "measured", ""], rows)
 
 
+def _measured_at(report: dict) -> str:
+    return f"commit {report['commit'][:7]}" + (" with uncommitted changes" if report["dirty"] else "")
+
+
 def minicoin_time(report: dict) -> str:
-    """Wall time of the DAG, job seconds per rule, and the base's rebuild."""
-    rows = [["whole DAG (wall)", f"{report['dag_wall_seconds']:.0f} s", ""]]
+    """Wall time of the DAG and job seconds per rule, and the commit measured."""
+    rows = [["whole DAG (wall)", f"{report['dag_wall_seconds']:.0f} s", _measured_at(report)]]
     rows += [
         [f"{rule} jobs", f"{s['seconds']:.0f} s", f"{s['jobs']} of them, summed"]
         for rule, s in report["job_seconds"].items()
@@ -95,6 +99,7 @@ def minicoin_rebuild(report: dict) -> str:
     rows.append(
         ["weights equal the shipped ones", "yes" if rebuild["weights_equal_the_shipped_ones"] else "**no**"]
     )
+    rows.append(["measured at", _measured_at(report)])
     return _rows(["rebuilding the base", ""], rows)
 
 
@@ -234,6 +239,7 @@ def methods_run(report: dict) -> str:
     load = report["load"]
     rows.append(["1-minute load", f"{load['start']:.2f} at the start", f"{load['during_max']:.2f} at most "
                  f"during, {load['during_mean']:.2f} on average, {report['cores_used']} cores"])  # fmt: skip
+    rows.append(["measured at", _measured_at(report), ""])
     return _rows(["", "time", ""], rows)
 
 

@@ -1,5 +1,5 @@
 """Each job's settings: exactly what a stage's training or one evaluation reads, and nothing else. The rules
-pass them as canonical JSON params (config.job_to_json), which is what makes Snakemake rerun exactly the
+pass them as canonical JSON params (`job_settings`), which is what makes Snakemake rerun exactly the
 jobs a change affects; the job commands read them back (`--settings`). Each method says which settings it
 uses (modalprompt/methods/), so this sits above the methods.
 """
@@ -7,6 +7,7 @@ uses (modalprompt/methods/), so this sits above the methods.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from modalprompt.config import (
     EvaluationConfig,
     MethodConfig,
     ModelConfig,
+    ModelSource,
     Scorer,
     TaskConfig,
     TrainingConfig,
@@ -24,6 +26,7 @@ from modalprompt.config import (
     for_evaluation,
     for_training,
     from_dict,
+    job_to_json,
     to_jsonable,
 )
 from modalprompt.experiment import METHOD_SECTIONS, ExperimentConfig, MethodName
@@ -140,3 +143,14 @@ def parse_options(options: dict[str, Any], where: str = "--settings") -> dict[st
         name: from_dict(METHOD_SECTIONS[name], value, f"{where}: options.{name}")
         for name, value in options.items()
     }
+
+
+def job_settings(job: TrainJob | EvalJob) -> str:
+    """What a job's rule passes it, and so its rerun key: the job's JSON (`job_to_json`), less
+    `model.pretrain` unless the base is pretrained here (`model.source: pretrain`). A setting that the job
+    does not read reruns nothing: a CoIN run keeps its stages when the mini-CoIN base's settings change. The
+    job reads the omitted section back as its defaults."""
+    settings = json.loads(job_to_json(job))
+    if job.model.source != ModelSource.PRETRAIN:
+        del settings["model"]["pretrain"]
+    return json.dumps(settings, sort_keys=True, separators=(",", ":"))

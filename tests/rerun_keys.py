@@ -24,7 +24,7 @@ from pathlib import Path
 from modalprompt import methods
 from modalprompt.config import job_to_json, tiny_family
 from modalprompt.experiment import load_experiment
-from modalprompt.jobs import eval_job, train_job
+from modalprompt.jobs import eval_job, job_settings, train_job
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [ROOT / "config.yaml", *sorted((ROOT / "config").glob("*.yaml"))]
@@ -56,13 +56,13 @@ def config_keys(path: Path, method_names: list[str]) -> dict[str, str]:
         )
     for name in method_names:
         for task in tasks:  # an evaluation's key is the same at every stage and seed
-            keys[f"evaluate/{name}/{task}"] = _digest(job_to_json(eval_job(cfg, task, name)))
+            keys[f"evaluate/{name}/{task}"] = _digest(job_settings(eval_job(cfg, task, name)))
         if not methods.get(name).trains:
             continue
         for seed in cfg.pipeline.seeds or [None]:
             for task in tasks:
                 keys[f"train/{name}/seed-{seed}/{task}"] = _digest(
-                    job_to_json(train_job(cfg, task, name, seed))
+                    job_settings(train_job(cfg, task, name, seed))
                 )
     return keys
 

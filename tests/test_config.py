@@ -168,3 +168,30 @@ def test_the_all_methods_configs_share_the_default_base_and_data(name):
         methods.REGISTRY
     )
     assert all(task in default.tasks for task in other.tasks)
+
+
+def test_the_base_pretraining_settings_rerun_only_jobs_whose_base_is_pretrained_here():
+    """`model.pretrain` is in a job's settings (its rerun key) only with `model.source: pretrain`; elsewhere
+    the job reads it back as the defaults."""
+    import dataclasses
+
+    from modalprompt.config import ModelSource
+    from modalprompt.jobs import job_settings
+
+    coin = load_experiment(ROOT / "config" / "coin.yaml")
+    task = coin.tasks[0].name
+    other_base = dataclasses.replace(coin.model.pretrain, layers=coin.model.pretrain.layers + 1)
+    changed = dataclasses.replace(coin, model=dataclasses.replace(coin.model, pretrain=other_base))
+    for job_of, cls in (
+        (lambda cfg: train_job(cfg, task), TrainJob),
+        (lambda cfg: eval_job(cfg, task), EvalJob),
+    ):
+        assert job_settings(job_of(changed)) == job_settings(job_of(coin))
+        assert job_from_json(cls, job_settings(job_of(coin))).model == coin.model  # the defaults, read back
+    mini = load_experiment(ROOT / "config.yaml")
+    assert mini.model.source == ModelSource.PRETRAIN
+    other_base = dataclasses.replace(mini.model.pretrain, layers=mini.model.pretrain.layers + 1)
+    changed = dataclasses.replace(mini, model=dataclasses.replace(mini.model, pretrain=other_base))
+    first = mini.tasks[0].name
+    assert job_settings(train_job(changed, first)) != job_settings(train_job(mini, first))
+    assert job_settings(eval_job(changed, first)) != job_settings(eval_job(mini, first))

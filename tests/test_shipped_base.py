@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from modalprompt.bases.backbone import load_backbone
 from modalprompt.bench import minicoin, shipped
@@ -86,6 +87,7 @@ def test_every_answer_fits_the_default_generation_length():
 
 def test_a_shipped_base_round_trips_through_its_manifest(tmp_path):
     """What `make shipped-base` writes (`ship`) is what the DAG reads back (`difference`, `install`)."""
+    from modalprompt.bench import pretrain as pretrain_module
     from modalprompt.bench.pretrain import pretrain_base
     from modalprompt.config import BenchmarkConfig, PretrainConfig, ProgressConfig
 
@@ -94,7 +96,10 @@ def test_a_shipped_base_round_trips_through_its_manifest(tmp_path):
                                      benchmark.test_size)  # fmt: skip
     pretrain = PretrainConfig(hidden=32, layers=1, vision_hidden=16, feature=16, clip_steps=2, caption_steps=2,
                               batch_size=4)  # fmt: skip
+    threads = torch.get_num_threads()
     report = pretrain_base(corpus, tmp_path / "llava", tmp_path / "clip", pretrain, ProgressConfig(0, 0))
+    # one thread whatever the machine (the weights depend on it), and the caller's threads restored
+    assert report["threads"] == pretrain_module.THREADS == 1 and torch.get_num_threads() == threads
     into = tmp_path / "package"
     manifest = shipped.ship(tmp_path / "llava", tmp_path / "clip", shipped.build_settings(pretrain, benchmark),
                             corpus / "train.json", report, "abc123", into=into)  # fmt: skip

@@ -102,6 +102,11 @@ def _fit(
     return loss.item(), time.perf_counter() - start
 
 
+# The weights depend on how many threads sum each product (floating-point sums in another order); on one,
+# a rebuild gives the shipped base's bytes on any machine, whatever its cores. The shipped base was built so.
+THREADS = 1
+
+
 def pretrain_base(
     corpus: Path,
     llava_dir: Path,
@@ -109,7 +114,19 @@ def pretrain_base(
     s: PretrainConfig,
     progress: ProgressConfig = ProgressConfig(),  # noqa: B008
 ) -> dict:
-    """Train CLIP then LLaVA on `corpus/train.json` (generic captions); write both folders atomically."""
+    """Train CLIP then LLaVA on `corpus/train.json` (generic captions), on `THREADS` threads; write both
+    folders atomically."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(THREADS)
+    try:
+        return _pretrain(corpus, llava_dir, clip_dir, s, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(
+    corpus: Path, llava_dir: Path, clip_dir: Path, s: PretrainConfig, progress: ProgressConfig
+) -> dict:
     torch.manual_seed(s.seed)
     records = json.loads((Path(corpus) / "train.json").read_text())
     texts = _corpus_texts(records)
@@ -128,7 +145,7 @@ def pretrain_base(
     collate = Collator(tokenizer.pad_token_id, clip_tokenizer.pad_token_id, left_pad=False)
     captions = [_caption(r) for r in data.records]
     with_image = [i for i, r in enumerate(data.records) if r.get("image")]
-    report = {"records": len(data), "vocab": len(tokenizer)}
+    report = {"records": len(data), "vocab": len(tokenizer), "threads": torch.get_num_threads()}
 
     # 1. CLIP: image <-> caption
     def clip_loss(batch, idx):

@@ -8,7 +8,7 @@ from pathlib import Path
 from modalprompt import layout, methods
 from modalprompt.config import ConfigError, Generator, ModelSource, job_to_json
 from modalprompt.experiment import experiment_from_dict, resolve_paths
-from modalprompt.jobs import eval_job, train_job
+from modalprompt.jobs import eval_job, job_settings, train_job
 from modalprompt.tracking import unreachable
 
 CONFIG_FILE = Path((list(workflow.overwrite_configfiles) or ["config.yaml"])[-1]).resolve()
@@ -129,13 +129,13 @@ def checkpoint_folder(root, method, stage):
 @functools.cache
 def eval_settings(task, method):
     """An evaluation's rerun key: the settings of `method` evaluated on `task` (the same at every stage)."""
-    return job_to_json(eval_job(EXP, task, method))
+    return job_settings(eval_job(EXP, task, method))
 
 
 @functools.cache
 def train_settings(stage, method, seed):
     """A training stage's rerun key."""
-    return job_to_json(train_job(EXP, task_of(stage).name, method, seed))
+    return job_settings(train_job(EXP, task_of(stage).name, method, seed))
 
 
 @functools.cache

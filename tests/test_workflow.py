@@ -624,7 +624,10 @@ def test_ci_config_runs_the_whole_minicoin_dag(tmp_path):
         }
     assert "mlflow ui --backend-store-uri" in out
     pretraining = json.loads((tmp_path / "models" / raw["model"]["llava"] / "pretraining.json").read_text())
-    assert pretraining["settings"] == raw["model"]["pretrain"]
+    from modalprompt.config import PretrainConfig, from_dict, to_jsonable
+
+    resolved = from_dict(PretrainConfig, raw["model"]["pretrain"], "config/ci.yaml")  # defaults filled in
+    assert pretraining["settings"] == to_jsonable(resolved) and pretraining["threads"] == 1
     assert planned_jobs(tmp_path) == set()  # a second run has nothing to do
 
 

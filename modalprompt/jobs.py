@@ -7,7 +7,6 @@ uses (modalprompt/methods/), so this sits above the methods.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -150,7 +149,7 @@ def job_settings(job: TrainJob | EvalJob) -> str:
     `model.pretrain` unless the base is pretrained here (`model.source: pretrain`). A setting that the job
     does not read reruns nothing: a CoIN run keeps its stages when the mini-CoIN base's settings change. The
     job reads the omitted section back as its defaults."""
-    settings = json.loads(job_to_json(job))
+    settings = to_jsonable(job)
     if job.model.source != ModelSource.PRETRAIN:
         del settings["model"]["pretrain"]
-    return json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return job_to_json(settings)

@@ -66,9 +66,8 @@ LANGUAGE_KINDS = ("repeat", "list", "numeral")  # text-only records cycle throug
 # (the colour of a named shape is phrased too, "the circle is red", for color_attribute)
 CHOICES = {"shape": SHAPES, "color": tuple(COLORS), "word": WORDS, "digit": tuple("0123456789"),
            "number of dots": tuple("12345")}  # fmt: skip
-CHOICE_SHARE = (
-    0.5  # a fact of CHOICES is asked as multiple choice this often, else as a short answer (never both)
-)
+# a fact of CHOICES is asked as multiple choice this often, else as a short answer (never both)
+CHOICE_SHARE = 0.5
 PHRASED = {
     "word": lambda word: f"the word {word}",
     "digit": lambda digit: f"the digit {NUMBER_WORDS[int(digit)]}",

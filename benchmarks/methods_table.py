@@ -5,7 +5,7 @@ Markdown table of such a file (mean +- standard deviation per metric).
         --out benchmarks/results/minicoin-all-cpu-2core.json
     python benchmarks/methods_table.py --table benchmarks/results/minicoin-all-cpu-2core.json
 
-The first runs `snakemake --configfile CONFIG --cores N` in the repository, timed (the config's paths are
+The first runs `snakemake --profile profiles/default --configfile CONFIG --cores N` in the repository, timed (the config's paths are
 relative to the config file: config/minicoin-all.yaml shares the default run's generated data and pretrained
 base, so run `make demo` first, or the DAG builds them too and the wall time includes them; the jobs Snakemake
 planned, per rule, are recorded). It refuses to start when the experiment's results folder exists: the wall
@@ -23,11 +23,10 @@ import csv
 import json
 import os
 import re
-import subprocess
 import sys
 from pathlib import Path
 
-from record import Measurement, relative, write_results
+from record import PROFILE, Measurement, profile_scheduler, relative, run_sampled, write_results
 
 from modalprompt import layout
 from modalprompt.experiment import load_experiment
@@ -46,19 +45,20 @@ def job_seconds(results: Path) -> dict[str, float]:
     return {k: round(v, 1) for k, v in sorted(totals.items())}
 
 
-def run_dag(config: Path, cores: int) -> dict[str, int]:
-    """`snakemake --configfile CONFIG --cores N` in the repository; the jobs it planned, per rule."""
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--configfile",
-               str(config), "--cores", str(cores)]  # fmt: skip
+def run_dag(config: Path, cores: int) -> tuple[dict[str, int], float | None]:
+    """`snakemake --configfile CONFIG --cores N` in the repository; the jobs it planned, per rule, and the CPU
+    seconds of Snakemake's own process (its scheduling and bookkeeping, its jobs not counted)."""
+    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--profile",
+               str(PROFILE), "--configfile", str(config), "--cores", str(cores)]  # fmt: skip
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     }  # the jobs' modalprompt
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    done, scheduler_cpu = run_sampled(command, cwd=ROOT, env=env)
     if done.returncode != 0:
         sys.exit(f"snakemake failed:\n{(done.stdout + done.stderr)[-3000:]}")
     stats = (done.stdout + done.stderr).partition("Job stats:")[2].split("\n\n")[0]
-    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M)}
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", stats, re.M)}, scheduler_cpu
 
 
 def budgets(cfg, results: Path) -> dict[str, dict]:
@@ -131,7 +131,7 @@ def measure(config: Path, cores: int, argv: list[str] | None) -> dict:
             f"{results} exists: delete it (or rename the experiment) so that the run is timed whole"
         )
     with Measurement() as measured:
-        jobs = run_dag(config, cores)
+        jobs, scheduler_cpu = run_dag(config, cores)
     methods = [str(m) for m in dict.fromkeys(cfg.pipeline.methods)]
     table = {m: json.loads((layout.method_dir(results, m) / "metrics.json").read_text()) for m in methods}
     first_run = layout.run_dir(results, cfg.pipeline.seeds[0])
@@ -150,6 +150,8 @@ def measure(config: Path, cores: int, argv: list[str] | None) -> dict:
         "cost": costs(cfg, results),
         "train_size": cfg.benchmark.train_size,
         "job_seconds": job_seconds(results),
+        "scheduler_cpu_seconds": scheduler_cpu,  # Snakemake's own process, its jobs not counted
+        "profile_scheduler": profile_scheduler(),
         "environment": environment,
     }
 

@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import shlex
+import subprocess
 import sys
 import threading
 import time
@@ -130,6 +131,51 @@ class Measurement:
             },
             "wall_seconds": self.wall_seconds,
         }
+
+
+def _own_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of process `pid` itself, not of its children (Linux's /proc/PID/stat)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def run_sampled(
+    command: list[str], every: float = 1.0, **kwargs
+) -> tuple[subprocess.CompletedProcess, float | None]:
+    """`subprocess.run(command, capture_output=True, text=True, **kwargs)`, and the CPU seconds the process
+    used itself, its children's not counted: for Snakemake, its scheduling and bookkeeping, not its jobs'.
+    Sampled every `every` seconds until it exits (its last `every` seconds may be missed); None without /proc."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    cpu: list[float | None] = [None]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(every):
+            seconds = _own_cpu_seconds(process.pid)
+            if seconds is not None:
+                cpu[0] = seconds
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    stdout, stderr = process.communicate()
+    done.set()
+    sampler.join()
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr), (
+        None if cpu[0] is None else round(cpu[0], 1)
+    )
+
+
+PROFILE = ROOT / "profiles" / "default"  # what `snakemake` from the repository root runs with
+
+
+def profile_scheduler() -> str:
+    """The job scheduler the default profile gives Snakemake (Snakemake's own default: ilp)."""
+    import yaml
+
+    return yaml.safe_load((PROFILE / "config.yaml").read_text()).get("scheduler", "ilp")
 
 
 def write_results(path: Path, report: dict[str, Any]) -> None:

@@ -81,6 +81,15 @@ def _measured_at(report: dict) -> str:
     return f"commit {report['commit'][:7]}" + (" with uncommitted changes" if report["dirty"] else "")
 
 
+def _scheduler_row(report: dict, time: Callable[[float], str]) -> list[list[str]]:
+    """Snakemake's own CPU time (scheduling and bookkeeping, beside the jobs on the same cores), where the
+    file records it."""
+    seconds = report.get("scheduler_cpu_seconds")
+    if seconds is None:
+        return []
+    return [["Snakemake itself (CPU)", time(seconds), f"{report['profile_scheduler']} scheduler"]]
+
+
 def minicoin_time(report: dict) -> str:
     """Wall time of the DAG and job seconds per rule, and the commit measured."""
     rows = [["whole DAG (wall)", f"{report['dag_wall_seconds']:.0f} s", _measured_at(report)]]
@@ -88,6 +97,7 @@ def minicoin_time(report: dict) -> str:
         [f"{rule} jobs", f"{s['seconds']:.0f} s", f"{s['jobs']} of them, summed"]
         for rule, s in report["job_seconds"].items()
     ]
+    rows += _scheduler_row(report, lambda seconds: f"{seconds:.0f} s")
     return _rows(["", "seconds", ""], rows)
 
 
@@ -236,6 +246,7 @@ def methods_run(report: dict) -> str:
              ("met" if minutes <= 90 else "**not met**")]]  # fmt: skip
     rows += [[f"{rule} jobs", f"{seconds / 60:.0f} min", f"{report['jobs'].get(rule, '-')} of them, summed"]
              for rule, seconds in report["job_seconds"].items()]  # fmt: skip
+    rows += _scheduler_row(report, lambda seconds: f"{seconds / 60:.0f} min")
     load = report["load"]
     rows.append(["1-minute load", f"{load['start']:.2f} at the start", f"{load['during_max']:.2f} at most "
                  f"during, {load['during_mean']:.2f} on average, {report['cores_used']} cores"])  # fmt: skip

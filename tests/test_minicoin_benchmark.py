@@ -36,6 +36,15 @@ def test_every_target_is_judged_from_its_measured_value():
     assert verdicts["gain_over_zero_shot"]["lowest"] == 29.9 and verdicts["oracle_gap"]["measured"] == 3.1
 
 
+def test_a_process_own_cpu_is_sampled_and_its_childrens_is_not():
+    """What the benchmarks record as Snakemake's own CPU: the process's time, not its jobs' (its children)."""
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass"
+    done, own = record.run_sampled([sys.executable, "-c", busy + "\ntime.sleep(0.3)"], every=0.05)
+    assert done.returncode == 0 and 0.4 <= own <= 1.5
+    _, parent = record.run_sampled(["bash", "-c", f"{sys.executable} -c '{busy}'; sleep 0.3"], every=0.05)
+    assert parent is not None and parent < 0.2
+
+
 def test_a_results_record_names_the_commit_command_machine_load_and_wall(tmp_path):
     with record.Measurement(every=0.01) as measured:
         sum(range(10**6))

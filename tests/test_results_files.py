@@ -176,7 +176,7 @@ def test_methods_table_writes_a_results_file_and_its_table(tmp_path, monkeypatch
         bench = cfg.results_dir / "seed-0" / "benchmarks" / "modalprompt" / "train-stage-1.tsv"
         bench.parent.mkdir(parents=True)
         bench.write_text("s\th:m:s\n2.5\t0:00:02\n")
-        return {"train": 1, "total": 1}
+        return {"train": 1, "total": 1}, 42.0
 
     monkeypatch.setattr(methods_table, "run_dag", finished_run)
     out = tmp_path / "all-methods.json"
@@ -195,7 +195,10 @@ def test_methods_table_writes_a_results_file_and_its_table(tmp_path, monkeypatch
     assert (
         budgets["lora_ft"]["lr"] == cfg.lora.training["lr"] and report["cost"]["ewc"]["device_hours"] == 0.25
     )
-    assert "| train jobs | 0 min | 1 of them, summed |" in _script("tables").methods_run(report)
+    assert report["scheduler_cpu_seconds"] == 42.0 and report["profile_scheduler"] == "greedy"
+    run_table = _script("tables").methods_run(report)
+    assert "| train jobs | 0 min | 1 of them, summed |" in run_table
+    assert "| Snakemake itself (CPU) | 1 min | greedy scheduler |" in run_table
     docs_table = _script("tables").methods_over_seeds(report)
     assert "| replay | 50.0 ± 1.5 |" in docs_table and "+16 (50% of a task)" in docs_table
     capsys.readouterr()

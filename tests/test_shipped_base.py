@@ -87,7 +87,6 @@ def test_every_answer_fits_the_default_generation_length():
 
 def test_a_shipped_base_round_trips_through_its_manifest(tmp_path):
     """What `make shipped-base` writes (`ship`) is what the DAG reads back (`difference`, `install`)."""
-    from modalprompt.bench import pretrain as pretrain_module
     from modalprompt.bench.pretrain import pretrain_base
     from modalprompt.config import BenchmarkConfig, PretrainConfig, ProgressConfig
 
@@ -99,7 +98,7 @@ def test_a_shipped_base_round_trips_through_its_manifest(tmp_path):
     threads = torch.get_num_threads()
     report = pretrain_base(corpus, tmp_path / "llava", tmp_path / "clip", pretrain, ProgressConfig(0, 0))
     # one thread whatever the machine (the weights depend on it), and the caller's threads restored
-    assert report["threads"] == pretrain_module.THREADS == 1 and torch.get_num_threads() == threads
+    assert report["threads"] == shipped.PRETRAIN_THREADS == 1 and torch.get_num_threads() == threads
     into = tmp_path / "package"
     manifest = shipped.ship(tmp_path / "llava", tmp_path / "clip", shipped.build_settings(pretrain, benchmark),
                             corpus / "train.json", report, "abc123", into=into)  # fmt: skip

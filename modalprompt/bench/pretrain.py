@@ -25,6 +25,7 @@ from transformers import (
 )
 
 from modalprompt.bench import minicoin
+from modalprompt.bench.shipped import PRETRAIN_THREADS
 from modalprompt.bench.tiny import build_clip_tokenizer, build_llm_tokenizer, save_base, tiny_configs
 from modalprompt.config import PretrainConfig, ProgressConfig, to_jsonable
 from modalprompt.data.datasets import (
@@ -102,11 +103,6 @@ def _fit(
     return loss.item(), time.perf_counter() - start
 
 
-# The weights depend on how many threads sum each product (floating-point sums in another order); on one,
-# a rebuild gives the shipped base's bytes on any machine, whatever its cores. The shipped base was built so.
-THREADS = 1
-
-
 def pretrain_base(
     corpus: Path,
     llava_dir: Path,
@@ -114,10 +110,10 @@ def pretrain_base(
     s: PretrainConfig,
     progress: ProgressConfig = ProgressConfig(),  # noqa: B008
 ) -> dict:
-    """Train CLIP then LLaVA on `corpus/train.json` (generic captions), on `THREADS` threads; write both
+    """Train CLIP then LLaVA on `corpus/train.json` (generic captions), on `PRETRAIN_THREADS` threads; write both
     folders atomically."""
     threads = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(PRETRAIN_THREADS)
     try:
         return _pretrain(corpus, llava_dir, clip_dir, s, progress)
     finally:

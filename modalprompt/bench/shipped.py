@@ -26,6 +26,10 @@ SHIPPED = Path(__file__).resolve().parent / "minicoin_base"
 MANIFEST = SHIPPED / "manifest.json"
 FOLDERS = ("llava", "clip")
 
+# The weights depend on how many threads sum each product (floating-point sums in another order); on one,
+# a rebuild gives the shipped base's bytes on any machine, whatever its cores. The shipped base was built so.
+PRETRAIN_THREADS = 1
+
 
 def build_settings(pretrain: PretrainConfig, benchmark: BenchmarkConfig) -> dict[str, Any]:
     """Everything the base's weights depend on besides the code: pretraining and the corpus's settings."""

@@ -145,7 +145,7 @@ if EXP.model.source == ModelSource.PRETRAIN and SHIPPED_DIFFERS is not None:
             str(layout.benchmark_file(RESULTS, None, "pretrain_base"))
         conda:
             CONDA_ENV
-        threads: EXP.resources.prepare.cpus
+        threads: shipped.PRETRAIN_THREADS  # whatever it is given (the weights depend on it): the rest stay free
         resources:
             **slurm_resources("prepare"),
         params:

@@ -172,10 +172,13 @@ PROFILE = ROOT / "profiles" / "default"  # what `snakemake` from the repository 
 
 
 def profile_scheduler() -> str:
-    """The job scheduler the default profile gives Snakemake (Snakemake's own default: ilp)."""
+    """How the default profile has Snakemake choose its next jobs: the scheduler (Snakemake's own default:
+    ilp) and, where set, how many ready jobs it considers per step."""
     import yaml
 
-    return yaml.safe_load((PROFILE / "config.yaml").read_text()).get("scheduler", "ilp")
+    profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
+    subsample = profile.get("scheduler-subsample")
+    return profile.get("scheduler", "ilp") + ("" if subsample is None else f", subsample {subsample}")
 
 
 def write_results(path: Path, report: dict[str, Any]) -> None:

@@ -87,7 +87,7 @@ def _scheduler_row(report: dict, time: Callable[[float], str]) -> list[list[str]
     seconds = report.get("scheduler_cpu_seconds")
     if seconds is None:
         return []
-    return [["Snakemake itself (CPU)", time(seconds), f"{report['profile_scheduler']} scheduler"]]
+    return [["Snakemake itself (CPU)", time(seconds), f"scheduler: {report['profile_scheduler']}"]]
 
 
 def minicoin_time(report: dict) -> str:

@@ -21,12 +21,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import re
 import sys
 from pathlib import Path
 
-from record import PROFILE, Measurement, profile_scheduler, relative, run_sampled, write_results
+from record import (
+    Measurement,
+    jobs_env,
+    profile_scheduler,
+    relative,
+    run_sampled,
+    snakemake_command,
+    write_results,
+)
 
 from modalprompt import layout
 from modalprompt.experiment import load_experiment
@@ -48,13 +55,7 @@ def job_seconds(results: Path) -> dict[str, float]:
 def run_dag(config: Path, cores: int) -> tuple[dict[str, int], float | None]:
     """`snakemake --configfile CONFIG --cores N` in the repository; the jobs it planned, per rule, and the CPU
     seconds of Snakemake's own process (its scheduling and bookkeeping, its jobs not counted)."""
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"), "--profile",
-               str(PROFILE), "--configfile", str(config), "--cores", str(cores)]  # fmt: skip
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-    }  # the jobs' modalprompt
-    done, scheduler_cpu = run_sampled(command, cwd=ROOT, env=env)
+    done, scheduler_cpu = run_sampled(snakemake_command(config, cores), cwd=ROOT, env=jobs_env())
     if done.returncode != 0:
         sys.exit(f"snakemake failed:\n{(done.stdout + done.stderr)[-3000:]}")
     stats = (done.stdout + done.stderr).partition("Job stats:")[2].split("\n\n")[0]

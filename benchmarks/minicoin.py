@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,15 @@ from collections import defaultdict
 from pathlib import Path
 
 import yaml
-from record import PROFILE, Measurement, profile_scheduler, relative, run_sampled, write_results
+from record import (
+    Measurement,
+    jobs_env,
+    profile_scheduler,
+    relative,
+    run_sampled,
+    snakemake_command,
+    write_results,
+)
 
 from modalprompt.bench.shipped import read_manifest
 from modalprompt.files import sha256_file
@@ -42,19 +49,13 @@ TARGETS = {"wall_minutes": 10.0, "wall_minutes_ceiling": 15.0, "gain_over_zero_s
            "selection": 90.0, "oracle_gap": 3.0, "test_size": 200}  # fmt: skip
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-
-
 def run_dag(config: Path, cores: int, folder: Path) -> tuple[Path, float, dict, float | None]:
     raw = yaml.safe_load(config.read_text())
     raw["paths"] = {"models": "models", "data": "data", "results": "results"}
     (folder / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
-    command = [sys.executable, "-m", "snakemake", "-s", str(ROOT / "workflow" / "Snakefile"),
-               "--profile", str(PROFILE), "--directory", str(folder), "--configfile", str(folder / "config.yaml"),
-               "--cores", str(cores)]  # fmt: skip
+    command = snakemake_command(folder / "config.yaml", cores, directory=folder)
     start = time.perf_counter()
-    done, scheduler_cpu = run_sampled(command, cwd=folder, env=_env())
+    done, scheduler_cpu = run_sampled(command, cwd=folder, env=jobs_env())
     wall = time.perf_counter() - start
     (folder / "snakemake.log").write_text(done.stdout + done.stderr)
     if done.returncode != 0:
@@ -75,7 +76,7 @@ def rebuild_base(raw: dict, folder: Path) -> dict:
     seconds = {}
     for name, args in steps.items():
         start = time.perf_counter()
-        done = subprocess.run([sys.executable, "-m", "modalprompt", *args], env=_env(), capture_output=True,
+        done = subprocess.run([sys.executable, "-m", "modalprompt", *args], env=jobs_env(), capture_output=True,
                               text=True)  # fmt: skip
         seconds[name] = round(time.perf_counter() - start, 1)
         if done.returncode != 0:

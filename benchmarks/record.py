@@ -171,14 +171,38 @@ def run_sampled(
 PROFILE = ROOT / "profiles" / "default"  # what `snakemake` from the repository root runs with
 
 
+def jobs_env() -> dict[str, str]:
+    """This environment with this interpreter's folder first on PATH: the DAG's jobs run its `modalprompt`."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
+def snakemake_command(config: Path, cores: int, directory: Path | None = None) -> list[str]:
+    """The project's DAG as `make demo` runs it (the default profile), on CONFIG, in DIRECTORY if given."""
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-s",
+        str(ROOT / "workflow" / "Snakefile"),
+        "--profile",
+        str(PROFILE),
+    ]
+    if directory is not None:
+        command += ["--directory", str(directory)]
+    return [*command, "--configfile", str(config), "--cores", str(cores)]
+
+
 def profile_scheduler() -> str:
-    """How the default profile has Snakemake choose its next jobs: the scheduler (Snakemake's own default:
-    ilp) and, where set, how many ready jobs it considers per step."""
+    """How the default profile has Snakemake schedule its jobs: the scheduler, how many ready jobs a pass
+    considers, and the submission rate (whose timespan is also how often Snakemake re-runs a pass), each with
+    Snakemake's own default where the profile does not set it."""
     import yaml
 
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text())
-    subsample = profile.get("scheduler-subsample")
-    return profile.get("scheduler", "ilp") + ("" if subsample is None else f", subsample {subsample}")
+    return (
+        f"{profile.get('scheduler', 'ilp')}, subsample {profile.get('scheduler-subsample', 'none')}, "
+        f"max-jobs-per-timespan {profile.get('max-jobs-per-timespan', '100/1s')}"
+    )
 
 
 def write_results(path: Path, report: dict[str, Any]) -> None:

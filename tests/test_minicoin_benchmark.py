@@ -4,8 +4,11 @@ results file was measured with no machine's paths in it."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -43,6 +46,25 @@ def test_a_process_own_cpu_is_sampled_and_its_childrens_is_not():
     assert done.returncode == 0 and 0.4 <= own <= 1.5
     _, parent = record.run_sampled(["bash", "-c", f"{sys.executable} -c '{busy}'; sleep 0.3"], every=0.05)
     assert parent is not None and parent < 0.2
+
+
+def test_the_benchmarks_run_the_dag_as_make_demo_does(tmp_path):
+    """`record.snakemake_command`: the default profile (a key Snakemake does not know fails this dry run)
+    on a config in a folder of its own; and the scheduler settings the results files record are the profile's."""
+    raw = yaml.safe_load((ROOT / "config" / "toy.yaml").read_text())
+    raw["paths"] = {"models": "models", "data": "data", "results": "results"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    command = record.snakemake_command(tmp_path / "config.yaml", 1, directory=tmp_path)
+    done = subprocess.run(
+        [*command, "-n"], cwd=tmp_path, env=record.jobs_env(), capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "--profile" in command and "This was a dry-run" in done.stdout
+    profile = yaml.safe_load((record.PROFILE / "config.yaml").read_text())
+    assert record.profile_scheduler() == (
+        f"{profile['scheduler']}, subsample {profile['scheduler-subsample']}, "
+        f"max-jobs-per-timespan {profile['max-jobs-per-timespan']}"
+    )
 
 
 def test_a_results_record_names_the_commit_command_machine_load_and_wall(tmp_path):

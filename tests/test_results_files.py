@@ -195,10 +195,16 @@ def test_methods_table_writes_a_results_file_and_its_table(tmp_path, monkeypatch
     assert (
         budgets["lora_ft"]["lr"] == cfg.lora.training["lr"] and report["cost"]["ewc"]["device_hours"] == 0.25
     )
-    assert report["scheduler_cpu_seconds"] == 42.0 and report["profile_scheduler"] == "greedy, subsample 50"
+    assert (
+        report["scheduler_cpu_seconds"] == 42.0
+        and report["profile_scheduler"] == "greedy, subsample 50, max-jobs-per-timespan 1000/10s"
+    )
     run_table = _script("tables").methods_run(report)
     assert "| train jobs | 0 min | 1 of them, summed |" in run_table
-    assert "| Snakemake itself (CPU) | 1 min | scheduler: greedy, subsample 50 |" in run_table
+    assert (
+        "| Snakemake itself (CPU) | 1 min | scheduler: greedy, subsample 50, max-jobs-per-timespan 1000/10s |"
+        in run_table
+    )
     docs_table = _script("tables").methods_over_seeds(report)
     assert "| replay | 50.0 ± 1.5 |" in docs_table and "+16 (50% of a task)" in docs_table
     capsys.readouterr()

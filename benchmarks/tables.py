@@ -197,6 +197,17 @@ def startup(report: dict) -> str:
     return _rows(["", "wall", "of which", "Snakemake's floor", "target"], rows)
 
 
+def scheduler(report: dict) -> str:
+    """benchmarks/scheduler.py (a stand-in: a generated DAG of sleeping jobs): Snakemake's own CPU time and the
+    wall time per scheduling setting, beside the time the sleeps alone take."""
+    rows = [[name, f"{v['snakemake_cpu_seconds']:.1f} s", f"{v['wall_seconds']:.1f} s"]
+            for name, v in report["variants"].items()]  # fmt: skip
+    rows.append([f"the sleeps alone, {report['cores']} cores", "", f"{report['sleeps_alone_seconds']:.1f} s"])
+    rows.append(["measured at", _measured_at(report), ""])
+    header = f"{report['jobs']} jobs of {report['sleep_seconds']} s sleep (stand-in)"
+    return _rows([header, "Snakemake's own CPU", "wall"], rows)
+
+
 def published_row(report: dict) -> str:
     """A published row (docs/published/*.json): final accuracy per task and its metrics."""
     final, metrics = report["final"], report.get("metrics", {})
@@ -266,6 +277,7 @@ TABLES: dict[str, Callable[[dict], str]] = {
     "scaling-latency": scaling_latency,
     "scaling-ratios": scaling_ratios,
     "startup": startup,
+    "scheduler": scheduler,
     "published-row": published_row,
 }
 

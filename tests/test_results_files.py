@@ -237,6 +237,23 @@ def test_startup_writes_a_results_file_that_says_how_it_was_measured(tmp_path):
     assert report["noop_toy"]["nothing_to_do"] and report["snakemake_floor"]["toy"]["nothing_to_do"]
 
 
+@pytest.mark.slow
+def test_scheduler_writes_a_results_file_that_says_how_it_was_measured(tmp_path):
+    """The whole script on a DAG of 8 short jobs: every variant run, Snakemake's own CPU recorded for each."""
+    out = tmp_path / "scheduler.json"
+    script = _script("scheduler")
+    script.main(["--jobs", "8", "--sleep", "0.05", "--out", str(out)])
+    report = _written(out)
+    assert list(report["variants"]) == list(script.VARIANTS) and report["sleeps_alone_seconds"] == 0.2
+    assert all(v["snakemake_cpu_seconds"] > 0 and v["wall_seconds"] > 0 for v in report["variants"].values())
+    table = _script("tables").scheduler(report)
+    assert (
+        "(stand-in)" in table
+        and "| the default profile |" in table
+        and "| the sleeps alone, 2 cores |" in table
+    )
+
+
 def test_a_rewritten_results_file_leaves_the_tree_clean_and_an_edit_does_not(tmp_path):
     """git_state: what the records' `dirty` and stage.json's git_commit rest on."""
     from modalprompt.run.environment import git_state

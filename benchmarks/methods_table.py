@@ -8,12 +8,13 @@ Markdown table of such a file (mean +- standard deviation per metric).
 The first runs `snakemake --profile profiles/default --configfile CONFIG --cores N` in the repository, timed
 (the config's paths are relative to the config file: config/minicoin-all.yaml shares the default run's
 generated data and pretrained base, so run `make demo` first, or the DAG builds them too and the wall time
-includes them; the jobs Snakemake planned, per rule, and Snakemake's own CPU time are recorded). It refuses to start when the experiment's results folder exists: the wall
-time must be the whole run's. Then it reads what the run wrote: each method's metrics.json over the seeds
-(results/<experiment>/<method>/), its cost (cost.json), its budget (prompt rows, epochs, learning rate, values
-trained per stage, records of earlier tasks), the environment fingerprint of one stage, and the job times of
-Snakemake's benchmark files, and writes them with how they were measured (benchmarks/record.py). The config must set
-pipeline.seeds. The second prints the table of a results file written by the first.
+includes them; the jobs Snakemake planned, per rule, and Snakemake's own CPU time are recorded). It refuses to
+start when the experiment's results folder exists: the wall time must be the whole run's. Then it reads what
+the run wrote: each method's metrics.json over the seeds (results/<experiment>/<method>/), its cost
+(cost.json), its budget (prompt rows, epochs, learning rate, values trained per stage, records of earlier
+tasks), the environment fingerprint of one stage, and the job times of Snakemake's benchmark files, and writes
+them with how they were measured (benchmarks/record.py). The config must set pipeline.seeds. The second prints
+the table of a results file written by the first.
 """
 
 from __future__ import annotations
